@@ -1,0 +1,126 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT OR Apache-2.0
+# Runs inside the virtme-ng guest: brings up Soft-RoCE, loads regwatch when it
+# was built for this kernel, then runs one mode:
+#   test          every test executable staged under /opt/regcache
+#   run CMD...    one command
+#   demo          the devices, their ODP caps, and the tests with output shown
+#   shell         an interactive shell
+# It always ends by printing the kernel log between markers, which the host
+# scans for warnings. Environment from the host: REGCACHE_EXPECT_RXE1=1 to
+# add rxe1 in network namespace ns1, REGCACHE_EXPECT_ODP.
+set -u
+STAGE=/opt/regcache
+mode=${1:?mode}
+shift
+
+say() { echo "regcache-guest: $*"; }
+
+dump_kernel_log() {
+	echo "===REGCACHE-DMESG-BEGIN==="
+	dmesg
+	echo "===REGCACHE-DMESG-END==="
+}
+
+setup_rxe() {
+	ulimit -l unlimited || return 1
+	modprobe rdma_rxe || return 1
+	ip link add veth0 type veth peer name veth1 || return 1
+	ip link set veth0 mtu 9000 up
+	ip addr add 10.77.0.1/24 dev veth0
+	rdma link add rxe0 type rxe netdev veth0 || return 1
+	if [ "${REGCACHE_EXPECT_RXE1:-0}" = 1 ]; then
+		ip netns add ns1 || return 1
+		ip link set veth1 netns ns1
+		ip netns exec ns1 ip link set lo up
+		ip netns exec ns1 ip link set veth1 mtu 9000 up
+		ip netns exec ns1 ip addr add 10.77.0.2/24 dev veth1
+		ip netns exec ns1 rdma link add rxe1 type rxe netdev veth1 || return 1
+	else
+		ip link set veth1 mtu 9000 up
+	fi
+	rdma link show
+}
+
+load_regwatch() {
+	ko=$STAGE/kmod/$(uname -r)/regwatch.ko
+	[ -e "$ko" ] || { say "no regwatch.ko for $(uname -r): not loading"; return 0; }
+	insmod "$ko" || return 1
+	say "regwatch loaded: $(ls -l /dev/regwatch)"
+}
+
+run_tests() {
+	failed=0
+	for exe in "$STAGE"/ctests/* "$STAGE"/bin/*; do
+		[ -x "$exe" ] || continue
+		name=$(basename "$exe")
+		say "running $name"
+		case $exe in
+		*/bin/*) "$exe" --test-threads=1 ;;
+		*) "$exe" ;;
+		esac
+		rc=$?
+		if [ $rc -eq 0 ]; then
+			echo "REGCACHE-RESULT pass $name"
+		else
+			echo "REGCACHE-RESULT fail $name (exit $rc)"
+			failed=1
+		fi
+	done
+	return $failed
+}
+
+show_devices() {
+	say "RDMA devices:"
+	rdma link show
+	for dev in $(ibv_devices | awk 'NR > 2 { print $1 }'); do
+		say "$dev on-demand paging capabilities:"
+		ibv_devinfo -v -d "$dev" | sed -n '/general_odp_caps/,/ud_odp_caps/p'
+	done
+}
+
+run_demo() {
+	for exe in "$STAGE"/bin/*; do
+		[ -x "$exe" ] || continue
+		"$exe" --test-threads=1 --nocapture || return 1
+	done
+}
+
+export REGCACHE_VM=1
+cd /tmp || exit 1
+if ! setup_rxe; then
+	say "Soft-RoCE set-up failed"
+	dump_kernel_log
+	exit 2
+fi
+if ! load_regwatch; then
+	say "loading regwatch failed"
+	dump_kernel_log
+	exit 2
+fi
+
+case $mode in
+test)
+	run_tests
+	rc=$?
+	;;
+run)
+	"$@"
+	rc=$?
+	;;
+demo)
+	show_devices
+	run_demo
+	rc=$?
+	;;
+shell)
+	bash -il
+	rc=$?
+	;;
+*)
+	say "unknown mode $mode"
+	rc=2
+	;;
+esac
+dump_kernel_log
+exit $rc

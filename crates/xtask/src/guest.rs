@@ -1,0 +1,162 @@
+//! What goes into the guest (the staging directory inside the rootfs) and what
+//! comes out of it (results and the kernel log, judged on the host).
+
+use crate::rootfs::{Kernel, Rootfs};
+use crate::virtme::GuestRun;
+use anyhow::{Context, Result};
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Where staged files live in the guest.
+pub const STAGE: &str = "/opt/regcache";
+const GUEST_SCRIPT: &str = include_str!("../guest/guest.sh");
+
+/// Kernel-log lines that fail a run whatever the tests said.
+const KERNEL_LOG_FAILURES: &[&str] = &[
+    "WARNING:",
+    "BUG:",
+    "Oops",
+    "general protection",
+    "list_del corruption",
+    "refcount_t:",
+    "UBSAN",
+    "KASAN",
+];
+
+/// The staging directory in the rootfs, emptied and refilled for each run.
+#[derive(Debug)]
+pub struct Stage {
+    pub dir: PathBuf,
+}
+
+impl Stage {
+    pub fn fresh(rootfs: &Rootfs) -> Result<Self> {
+        let dir = rootfs.host_path(STAGE);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
+        }
+        for sub in ["bin", "ctests", "kmod"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let script = dir.join("guest.sh");
+        fs::write(&script, GUEST_SCRIPT)?;
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+        Ok(Stage { dir })
+    }
+
+    /// Copies a host-built test executable into the guest's `bin/`.
+    pub fn add_test_binary(&self, exe: &Path) -> Result<()> {
+        let name = exe.file_name().context("test binary without a name")?;
+        fs::copy(exe, self.dir.join("bin").join(name))
+            .with_context(|| format!("staging {}", exe.display()))?;
+        Ok(())
+    }
+
+    /// Guest path of the directory a kernel's modules are built into.
+    pub fn kmod_dir(kernel: &Kernel) -> String {
+        format!("{STAGE}/kmod/{}", kernel.release)
+    }
+}
+
+/// The command line handed to the guest: the environment that tells tests
+/// what this kernel must support, then the guest script in a mode.
+pub fn exec_line(kernel: &Kernel, mode_and_args: &str) -> String {
+    format!(
+        "env REGCACHE_EXPECT_ODP={} REGCACHE_EXPECT_RXE1={} {STAGE}/guest.sh {mode_and_args}",
+        u8::from(kernel.rxe_has_odp()),
+        u8::from(kernel.rxe_crosses_netns()),
+    )
+}
+
+/// The host's reading of one guest run.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    /// Test cases counted from libtest's `test result:` lines.
+    pub cases_passed: u64,
+    pub cases_failed: u64,
+    pub problems: Vec<String>,
+}
+
+impl Verdict {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.problems.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "{} test programs passed, {} failed ({} test cases passed, {} failed)",
+            self.passed.len(),
+            self.failed.len(),
+            self.cases_passed,
+            self.cases_failed
+        );
+        for name in &self.failed {
+            let _ = write!(text, "\n      failed: {name}");
+        }
+        for problem in &self.problems {
+            let _ = write!(text, "\n      problem: {problem}");
+        }
+        text
+    }
+}
+
+/// Judges a guest run: its exit status, the per-program results, and every
+/// line of the kernel log.
+pub fn judge(run: &GuestRun) -> Verdict {
+    let mut verdict = Verdict::default();
+    let mut in_kernel_log = false;
+    let mut saw_kernel_log = false;
+    for line in &run.output {
+        if line.contains("===REGCACHE-DMESG-BEGIN===") {
+            in_kernel_log = true;
+            continue;
+        }
+        if line.contains("===REGCACHE-DMESG-END===") {
+            in_kernel_log = false;
+            saw_kernel_log = true;
+            continue;
+        }
+        if in_kernel_log {
+            if KERNEL_LOG_FAILURES.iter().any(|pattern| line.contains(pattern)) {
+                verdict.problems.push(format!("kernel log: {}", line.trim()));
+            }
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("REGCACHE-RESULT pass ") {
+            verdict.passed.push(name.to_owned());
+        } else if let Some(name) = line.strip_prefix("REGCACHE-RESULT fail ") {
+            verdict.failed.push(name.to_owned());
+        } else if let Some(counts) = line.strip_prefix("test result: ") {
+            verdict.cases_passed += libtest_count(counts, "passed");
+            verdict.cases_failed += libtest_count(counts, "failed");
+        }
+    }
+    match run.status {
+        None => verdict.problems.push(format!("boot timed out after {} s", run.elapsed.as_secs())),
+        Some(0) => {}
+        Some(code) => verdict.problems.push(format!("guest command exited with status {code}")),
+    }
+    if !saw_kernel_log {
+        verdict.problems.push("the guest never printed its kernel log (crash or timeout?)".to_owned());
+    }
+    verdict
+}
+
+/// The number libtest prints before `label` in a `test result:` line such as
+/// `ok. 3 passed; 0 failed; 0 ignored; ...`.
+fn libtest_count(counts: &str, label: &str) -> u64 {
+    counts
+        .split(';')
+        .find_map(|part| {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            match words.as_slice() {
+                [.., number, word] if *word == label => number.parse().ok(),
+                _ => None,
+            }
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,84 @@
+//! The regwatch module's build matrix: Debian bookworm's 6.1 with the host's
+//! gcc-12, and each kernel under test inside the trixie rootfs with gcc-14
+//! (the compiler those kernels were built with). `Kbuild` adds -Werror.
+
+use crate::guest::{Stage, STAGE};
+use crate::rootfs::{Kernel, Rootfs};
+use crate::sh::{self, cmd};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Guest path the module sources are copied to for building in the chroot.
+const GUEST_SRC: &str = "/opt/regcache-src";
+
+pub fn module_exists(workspace: &Path) -> bool {
+    workspace.join("kmod/Kbuild").exists()
+}
+
+fn tests_exist(workspace: &Path) -> bool {
+    workspace.join("kmod/tests/Makefile").exists()
+}
+
+/// Copies `kmod/` to `dest` (fresh), so builds never litter the source tree.
+fn copy_sources(workspace: &Path, dest: &Path) -> Result<()> {
+    if dest.exists() {
+        fs::remove_dir_all(dest)?;
+    }
+    fs::create_dir_all(dest.parent().context("no parent")?)?;
+    sh::run(&mut cmd("cp", ["-a".as_ref(), workspace.join("kmod").as_os_str(), dest.as_os_str()]))
+}
+
+/// The newest bookworm kernel headers on the host (from linux-headers-amd64).
+fn host_headers() -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir("/usr/src")?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name.starts_with("linux-headers-") && name.ends_with("-amd64")
+        })
+        .collect();
+    found.sort();
+    found.pop().context("no /usr/src/linux-headers-*-amd64: install linux-headers-amd64")
+}
+
+/// Builds against bookworm's 6.1 headers with the host compiler.
+pub fn build_on_host(workspace: &Path, build_root: &Path) -> Result<String> {
+    let headers = host_headers()?;
+    let release = headers.file_name().unwrap_or_default().to_string_lossy().replace("linux-headers-", "");
+    sh::step(&format!("building regwatch for {release} (host gcc-12, -Werror)"), || {
+        let dir = build_root.join(format!("kmod-{release}"));
+        copy_sources(workspace, &dir)?;
+        sh::run(cmd("make", ["-C".as_ref(), dir.as_os_str()]).arg(format!("KDIR={}", headers.display())))?;
+        if !dir.join("regwatch.ko").exists() {
+            bail!("make succeeded but left no regwatch.ko in {}", dir.display());
+        }
+        Ok(release.clone())
+    })
+}
+
+/// Builds the module for `kernel` inside the rootfs and stages the `.ko`.
+pub fn build_in_rootfs(workspace: &Path, rootfs: &Rootfs, kernel: &Kernel) -> Result<()> {
+    let release = &kernel.release;
+    sh::step(&format!("building regwatch for {release} (rootfs gcc-14, -Werror)"), || {
+        let src = format!("{GUEST_SRC}/kmod-{release}");
+        copy_sources(workspace, &rootfs.host_path(&src))?;
+        let out = Stage::kmod_dir(kernel);
+        rootfs.chroot(&format!(
+            "make -C {src} KDIR=/lib/modules/{release}/build CC=gcc-14\n\
+             mkdir -p {out} && cp {src}/regwatch.ko {out}/"
+        ))
+    })
+}
+
+/// Builds the module's C tests inside the rootfs into the stage.
+pub fn build_tests_in_rootfs(workspace: &Path, rootfs: &Rootfs) -> Result<()> {
+    if !tests_exist(workspace) {
+        return Ok(());
+    }
+    sh::step("building the module's C tests (rootfs gcc-14)", || {
+        let src = format!("{GUEST_SRC}/kmod-tests");
+        copy_sources(workspace, &rootfs.host_path(&src))?;
+        rootfs.chroot(&format!("make -C {src}/tests CC=gcc-14 OUT={STAGE}/ctests"))
+    })
+}

@@ -1,0 +1,103 @@
+//! `cargo xtask`: the project's build, VM and test automation.
+//!
+//! The VM harness boots Debian's own kernels (trixie-backports' newest and
+//! trixie's LTS) with virtme-ng on a cached trixie rootfs, brings up Soft-RoCE
+//! (rdma_rxe) in the guest, loads the regwatch module and runs the
+//! integration tests there, because build machines have no RDMA device and
+//! cannot load modules.
+
+mod guest;
+mod host;
+mod kmod;
+mod rootfs;
+mod sh;
+mod suite;
+mod virtme;
+mod vmdir;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "regcache build, VM and test automation")]
+struct Cli {
+    /// Cache directory for the rootfs, kernels and virtme-ng.
+    #[arg(long, env = "REGCACHE_VM_DIR", global = true)]
+    vm_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pins: vmdir::KernelPins,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    /// The main job: boot the newest kernel and show what regcache does.
+    Demo,
+    /// Everything: rustfmt, clippy, unit tests, the harness self-test, the
+    /// module's build matrix and the VM suite on every kernel under test.
+    Test,
+    /// The Soft-RoCE VM harness.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// The regwatch kernel module.
+    #[command(subcommand)]
+    Kmod(KmodCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Install host packages, virtme-ng, the rootfs and the kernels (cached).
+    Setup,
+    /// Run the integration tests in a guest per kernel.
+    Test {
+        /// all, backports, lts or a release prefix such as 6.12.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
+    /// An interactive guest with Soft-RoCE up and regwatch loaded.
+    Shell {
+        #[arg(long, default_value = "backports")]
+        kernel: String,
+    },
+    /// One command in a guest; exits with its status.
+    Run {
+        #[arg(long, default_value = "backports")]
+        kernel: String,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Prove the harness reports a failing command and a kernel warning.
+    Selftest,
+}
+
+#[derive(Debug, Subcommand)]
+enum KmodCommand {
+    /// Build regwatch with -Werror for 6.1 (host) and every kernel under test.
+    Build,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = dispatch(cli) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize()?;
+    let vm_dir = cli.vm_dir.unwrap_or_else(|| workspace.join("target/vm"));
+    let ctx = suite::Context { workspace, vm_dir, pins: cli.pins };
+    match cli.command {
+        Top::Demo => suite::demo(&ctx),
+        Top::Test => suite::test_everything(&ctx),
+        Top::Vm(VmCommand::Setup) => suite::prepare(&ctx).map(drop),
+        Top::Vm(VmCommand::Test { kernel }) => suite::vm_test(&ctx, &kernel),
+        Top::Vm(VmCommand::Shell { kernel }) => suite::vm_shell(&ctx, &kernel),
+        Top::Vm(VmCommand::Run { kernel, command }) => suite::vm_run(&ctx, &kernel, &command),
+        Top::Vm(VmCommand::Selftest) => suite::vm_selftest(&ctx),
+        Top::Kmod(KmodCommand::Build) => suite::kmod_build(&ctx),
+    }
+}

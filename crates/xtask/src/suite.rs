@@ -1,0 +1,268 @@
+//! The commands: set-up, the VM suite, the harness self-test, the module
+//! build matrix, the demo and the whole test run.
+
+use crate::guest::{self, Stage, Verdict};
+use crate::rootfs::{Kernel, Rootfs};
+use crate::sh::{self, cmd};
+use crate::virtme::{self, Accel, Guest, Virtme};
+use crate::vmdir::{self, KernelPins, VmDir};
+use crate::{host, kmod};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Per-guest time limit for the test suite; TCG is slow, a hang is not.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+/// Time limit for one command, a demo or a self-test case.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const GUEST_MEMORY: &str = "4G";
+const GUEST_CPUS: u32 = 2;
+
+#[derive(Debug)]
+pub struct Context {
+    pub workspace: PathBuf,
+    pub vm_dir: PathBuf,
+    pub pins: KernelPins,
+}
+
+/// Everything a guest boot needs, installed and cached.
+#[derive(Debug)]
+pub struct Prepared {
+    virtme: Virtme,
+    rootfs: Rootfs,
+    kernels: Vec<Kernel>,
+    accel: Accel,
+}
+
+impl Prepared {
+    fn guest(&self) -> Guest<'_> {
+        Guest {
+            virtme: &self.virtme,
+            rootfs: &self.rootfs,
+            accel: self.accel,
+            memory: GUEST_MEMORY,
+            cpus: GUEST_CPUS,
+        }
+    }
+
+    fn kernels(&self, selector: &str) -> Result<Vec<Kernel>> {
+        vmdir::select(self.kernels.clone(), selector)
+    }
+}
+
+/// `vm setup`: host packages, virtme-ng, rootfs, kernels, KVM or TCG.
+pub fn prepare(ctx: &Context) -> Result<Prepared> {
+    let started = Instant::now();
+    eprintln!("==> VM set-up (cache: {})", ctx.vm_dir.display());
+    host::require_root("the VM harness")?;
+    host::install_packages()?;
+    let vm = VmDir::new(ctx.vm_dir.clone())?;
+    let virtme = Virtme::ensure(&vm)?;
+    let rootfs = Rootfs::locate(&vm);
+    rootfs.ensure_base()?;
+    let kernels = vmdir::kernels_under_test(&vm, &rootfs, &ctx.pins)?;
+    for kernel in &kernels {
+        rootfs.ensure_kernel(kernel)?;
+    }
+    host::assert_no_trixie_sources()?;
+    let accel = virtme::detect_accel(&rootfs.vmlinuz(&kernels[0]));
+    eprintln!("    VM set-up ready in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(Prepared { virtme, rootfs, kernels, accel })
+}
+
+/// Builds the integration-test executables on the host and returns their paths.
+fn build_test_binaries(ctx: &Context) -> Result<Vec<PathBuf>> {
+    sh::step("building the integration tests (rdma-tests) on the host", || {
+        let json = sh::output(
+            cmd("cargo", ["test", "--package", "rdma-tests", "--no-run", "--message-format=json"])
+                .current_dir(&ctx.workspace),
+        )?;
+        let mut executables = Vec::new();
+        for line in json.lines() {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if message["reason"] == "compiler-artifact" && message["profile"]["test"] == true {
+                if let Some(exe) = message["executable"].as_str() {
+                    executables.push(PathBuf::from(exe));
+                }
+            }
+        }
+        if executables.is_empty() {
+            bail!("cargo built no test executable for rdma-tests");
+        }
+        Ok(executables)
+    })
+}
+
+/// Fills the guest's staging directory: test binaries, the module for each
+/// kernel and the module's C tests.
+fn stage_suite(ctx: &Context, prepared: &Prepared, kernels: &[Kernel]) -> Result<Stage> {
+    let binaries = build_test_binaries(ctx)?;
+    let stage = Stage::fresh(&prepared.rootfs)?;
+    for exe in &binaries {
+        stage.add_test_binary(exe)?;
+    }
+    if kmod::module_exists(&ctx.workspace) {
+        for kernel in kernels {
+            kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, kernel)?;
+        }
+        kmod::build_tests_in_rootfs(&ctx.workspace, &prepared.rootfs)?;
+    }
+    Ok(stage)
+}
+
+/// Boots each kernel with the suite and prints a summary per kernel.
+fn run_suite(prepared: &Prepared, kernels: &[Kernel]) -> Result<()> {
+    let mut verdicts = Vec::new();
+    for kernel in kernels {
+        let run = prepared.guest().run(kernel, &guest::exec_line(kernel, "test"), SUITE_TIMEOUT)?;
+        verdicts.push((kernel, guest::judge(&run), run.elapsed));
+    }
+    eprintln!("==> VM suite summary");
+    for (kernel, verdict, elapsed) in &verdicts {
+        let state = if verdict.ok() { "PASS" } else { "FAIL" };
+        eprintln!("    {state} {} in {} s: {}", kernel.release, elapsed.as_secs(), verdict.summary());
+    }
+    let failed = verdicts.iter().filter(|(_, v, _)| !v.ok()).count();
+    if failed > 0 {
+        bail!("the VM suite failed on {failed} of {} kernels", verdicts.len());
+    }
+    Ok(())
+}
+
+/// `vm test`.
+pub fn vm_test(ctx: &Context, selector: &str) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernels = prepared.kernels(selector)?;
+    stage_suite(ctx, &prepared, &kernels)?;
+    run_suite(&prepared, &kernels)
+}
+
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// Runs the guest script in one mode on `kernel` and judges the run.
+fn run_in_guest(prepared: &Prepared, kernel: &Kernel, mode_and_args: &str) -> Result<Verdict> {
+    let run = prepared.guest().run(kernel, &guest::exec_line(kernel, mode_and_args), COMMAND_TIMEOUT)?;
+    Ok(guest::judge(&run))
+}
+
+/// `vm run --kernel K -- CMD`: exits non-zero when the command or the kernel log failed.
+pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernels = prepared.kernels(selector)?;
+    stage_suite(ctx, &prepared, &kernels)?;
+    let line: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
+    for kernel in &kernels {
+        let verdict = run_in_guest(&prepared, kernel, &format!("run {}", line.join(" ")))?;
+        if !verdict.ok() {
+            bail!("{}: {}", kernel.release, verdict.summary());
+        }
+    }
+    Ok(())
+}
+
+/// `vm shell`.
+pub fn vm_shell(ctx: &Context, selector: &str) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernels = prepared.kernels(selector)?;
+    stage_suite(ctx, &prepared, &kernels[..1])?;
+    prepared.guest().interactive(&kernels[0], &guest::exec_line(&kernels[0], "shell"))
+}
+
+/// `vm selftest`: the harness must fail a guest command that exits 1 and
+/// one that leaves a kernel warning, and pass a clean one.
+pub fn vm_selftest(ctx: &Context) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    Stage::fresh(&prepared.rootfs)?;
+    let kernel = &prepared.kernels("lts")?[0];
+    let cases = [
+        ("a command exiting 1", "false", false),
+        ("a kernel WARNING", "sh -c 'echo \"WARNING: regcache harness selftest\" > /dev/kmsg'", false),
+        ("a clean command", "true", true),
+    ];
+    let mut wrong = Vec::new();
+    for (name, command, should_pass) in cases {
+        let verdict = run_in_guest(&prepared, kernel, &format!("run {command}"))?;
+        let judged = if verdict.ok() { "pass" } else { "failure" };
+        let right = verdict.ok() == should_pass;
+        eprintln!(
+            "    selftest: {name}: reported as {judged} ({}){}",
+            if right { "correct" } else { "WRONG" },
+            if verdict.ok() { String::new() } else { format!(": {}", verdict.summary()) }
+        );
+        if !right {
+            wrong.push(name);
+        }
+    }
+    if !wrong.is_empty() {
+        bail!("harness selftest: misjudged {}", wrong.join(", "));
+    }
+    eprintln!("    selftest: all 3 cases judged correctly");
+    Ok(())
+}
+
+/// `kmod build`: the three-kernel matrix, all with -Werror.
+pub fn kmod_build(ctx: &Context) -> Result<()> {
+    if !kmod::module_exists(&ctx.workspace) {
+        bail!("no kmod/Kbuild in {}: nothing to build", ctx.workspace.display());
+    }
+    let host_release = kmod::build_on_host(&ctx.workspace, &ctx.workspace.join("target/kmod"))?;
+    let prepared = prepare(ctx)?;
+    Stage::fresh(&prepared.rootfs)?;
+    for kernel in &prepared.kernels {
+        kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, kernel)?;
+    }
+    let built: Vec<&str> =
+        std::iter::once(host_release.as_str()).chain(prepared.kernels.iter().map(|k| k.release.as_str())).collect();
+    eprintln!("    regwatch built with -Werror for: {}", built.join(", "));
+    Ok(())
+}
+
+/// `demo`: the newest kernel, its rxe devices and their ODP caps, and the
+/// integration tests' transfers with their output shown.
+pub fn demo(ctx: &Context) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernel = &prepared.kernels("backports")?[0];
+    stage_suite(ctx, &prepared, std::slice::from_ref(kernel))?;
+    let verdict = run_in_guest(&prepared, kernel, "demo")?;
+    if !verdict.ok() {
+        bail!("demo failed: {}", verdict.summary());
+    }
+    Ok(())
+}
+
+/// `test`: every check, in order, each reported; fails if any failed.
+pub fn test_everything(ctx: &Context) -> Result<()> {
+    host::install_packages()?;
+    let cargo = |args: &[&str]| -> Result<()> { sh::run(cmd("cargo", args).current_dir(&ctx.workspace)) };
+    let module = kmod::module_exists(&ctx.workspace);
+    let mut steps: Vec<(&str, Box<dyn Fn() -> Result<()> + '_>)> = vec![
+        ("rustfmt", Box::new(|| cargo(&["fmt", "--all", "--check"]))),
+        ("clippy", Box::new(|| cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))),
+        ("unit tests", Box::new(|| cargo(&["test", "--workspace"]))),
+        ("VM harness selftest", Box::new(|| vm_selftest(ctx))),
+    ];
+    if module {
+        steps.push(("regwatch build matrix", Box::new(|| kmod_build(ctx))));
+    }
+    steps.push(("VM suite", Box::new(|| vm_test(ctx, "all"))));
+    let mut failed = Vec::new();
+    for (name, body) in &steps {
+        if let Err(error) = sh::step(name, body) {
+            eprintln!("error: {error:#}");
+            failed.push(*name);
+        }
+    }
+    eprintln!("==> cargo xtask test: summary");
+    for (name, _) in &steps {
+        let state = if failed.contains(name) { "FAIL" } else { "ok  " };
+        eprintln!("    {state} {name}");
+    }
+    println!("xtask test: {} passed, {} failed", steps.len() - failed.len(), failed.len());
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+

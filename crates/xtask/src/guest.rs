@@ -25,6 +25,12 @@ const KERNEL_LOG_FAILURES: &[&str] = &[
     "KASAN",
 ];
 
+pub fn is_kernel_log_failure(line: &str) -> bool {
+    KERNEL_LOG_FAILURES
+        .iter()
+        .any(|pattern| line.contains(pattern))
+}
+
 /// The staging directory in the rootfs, emptied and refilled for each run.
 #[derive(Debug)]
 pub struct Stage {
@@ -121,8 +127,10 @@ pub fn judge(run: &GuestRun) -> Verdict {
             continue;
         }
         if in_kernel_log {
-            if KERNEL_LOG_FAILURES.iter().any(|pattern| line.contains(pattern)) {
-                verdict.problems.push(format!("kernel log: {}", line.trim()));
+            if is_kernel_log_failure(line) {
+                verdict
+                    .problems
+                    .push(format!("kernel log: {}", line.trim()));
             }
             continue;
         }
@@ -136,12 +144,18 @@ pub fn judge(run: &GuestRun) -> Verdict {
         }
     }
     match run.status {
-        None => verdict.problems.push(format!("boot timed out after {} s", run.elapsed.as_secs())),
+        None => verdict
+            .problems
+            .push(format!("boot timed out after {} s", run.elapsed.as_secs())),
         Some(0) => {}
-        Some(code) => verdict.problems.push(format!("guest command exited with status {code}")),
+        Some(code) => verdict
+            .problems
+            .push(format!("guest command exited with status {code}")),
     }
     if !saw_kernel_log {
-        verdict.problems.push("the guest never printed its kernel log (crash or timeout?)".to_owned());
+        verdict
+            .problems
+            .push("the guest never printed its kernel log (crash or timeout?)".to_owned());
     }
     verdict
 }

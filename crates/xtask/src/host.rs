@@ -63,14 +63,20 @@ pub fn install_packages() -> Result<()> {
             missing.join(" ")
         );
     }
-    sh::step(&format!("installing host packages: {}", missing.join(" ")), || {
-        sh::run(&mut cmd("apt-get", ["update", "-q"]))?;
-        sh::run(
-            cmd("apt-get", ["install", "-y", "-q", "--no-install-recommends"])
+    sh::step(
+        &format!("installing host packages: {}", missing.join(" ")),
+        || {
+            sh::run(&mut cmd("apt-get", ["update", "-q"]))?;
+            sh::run(
+                cmd(
+                    "apt-get",
+                    ["install", "-y", "-q", "--no-install-recommends"],
+                )
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    })
+            )
+        },
+    )
 }
 
 /// Asserts the host's apt sources name no trixie suite: guests get trixie in
@@ -78,9 +84,15 @@ pub fn install_packages() -> Result<()> {
 pub fn assert_no_trixie_sources() -> Result<()> {
     let listing = sh::output(&mut cmd(
         "sh",
-        ["-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null || true"],
+        [
+            "-c",
+            "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null || true",
+        ],
     ))?;
-    if listing.lines().any(|line| !line.trim_start().starts_with('#') && line.contains("trixie")) {
+    if listing
+        .lines()
+        .any(|line| !line.trim_start().starts_with('#') && line.contains("trixie"))
+    {
         bail!("the host's apt sources name trixie; remove it (it upgrades the host's libc)");
     }
     Ok(())

@@ -26,7 +26,14 @@ fn copy_sources(workspace: &Path, dest: &Path) -> Result<()> {
         fs::remove_dir_all(dest)?;
     }
     fs::create_dir_all(dest.parent().context("no parent")?)?;
-    sh::run(&mut cmd("cp", ["-a".as_ref(), workspace.join("kmod").as_os_str(), dest.as_os_str()]))
+    sh::run(&mut cmd(
+        "cp",
+        [
+            "-a".as_ref(),
+            workspace.join("kmod").as_os_str(),
+            dest.as_os_str(),
+        ],
+    ))
 }
 
 /// The newest bookworm kernel headers on the host (from linux-headers-amd64).
@@ -34,41 +41,62 @@ fn host_headers() -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir("/usr/src")?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             name.starts_with("linux-headers-") && name.ends_with("-amd64")
         })
         .collect();
     found.sort();
-    found.pop().context("no /usr/src/linux-headers-*-amd64: install linux-headers-amd64")
+    found
+        .pop()
+        .context("no /usr/src/linux-headers-*-amd64: install linux-headers-amd64")
 }
 
 /// Builds against bookworm's 6.1 headers with the host compiler.
 pub fn build_on_host(workspace: &Path, build_root: &Path) -> Result<String> {
     let headers = host_headers()?;
-    let release = headers.file_name().unwrap_or_default().to_string_lossy().replace("linux-headers-", "");
-    sh::step(&format!("building regwatch for {release} (host gcc-12, -Werror)"), || {
-        let dir = build_root.join(format!("kmod-{release}"));
-        copy_sources(workspace, &dir)?;
-        sh::run(cmd("make", ["-C".as_ref(), dir.as_os_str()]).arg(format!("KDIR={}", headers.display())))?;
-        if !dir.join("regwatch.ko").exists() {
-            bail!("make succeeded but left no regwatch.ko in {}", dir.display());
-        }
-        Ok(release.clone())
-    })
+    let release = headers
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .replace("linux-headers-", "");
+    sh::step(
+        &format!("building regwatch for {release} (host gcc-12, -Werror)"),
+        || {
+            let dir = build_root.join(format!("kmod-{release}"));
+            copy_sources(workspace, &dir)?;
+            sh::run(
+                cmd("make", ["-C".as_ref(), dir.as_os_str()])
+                    .arg(format!("KDIR={}", headers.display())),
+            )?;
+            if !dir.join("regwatch.ko").exists() {
+                bail!(
+                    "make succeeded but left no regwatch.ko in {}",
+                    dir.display()
+                );
+            }
+            Ok(release.clone())
+        },
+    )
 }
 
 /// Builds the module for `kernel` inside the rootfs and stages the `.ko`.
 pub fn build_in_rootfs(workspace: &Path, rootfs: &Rootfs, kernel: &Kernel) -> Result<()> {
     let release = &kernel.release;
-    sh::step(&format!("building regwatch for {release} (rootfs gcc-14, -Werror)"), || {
-        let src = format!("{GUEST_SRC}/kmod-{release}");
-        copy_sources(workspace, &rootfs.host_path(&src))?;
-        let out = Stage::kmod_dir(kernel);
-        rootfs.chroot(&format!(
-            "make -C {src} KDIR=/lib/modules/{release}/build CC=gcc-14\n\
+    sh::step(
+        &format!("building regwatch for {release} (rootfs gcc-14, -Werror)"),
+        || {
+            let src = format!("{GUEST_SRC}/kmod-{release}");
+            copy_sources(workspace, &rootfs.host_path(&src))?;
+            let out = Stage::kmod_dir(kernel);
+            rootfs.chroot(&format!(
+                "make -C {src} KDIR=/lib/modules/{release}/build CC=gcc-14\n\
              mkdir -p {out} && cp {src}/regwatch.ko {out}/"
-        ))
-    })
+            ))
+        },
+    )
 }
 
 /// Builds the module's C tests inside the rootfs into the stage.

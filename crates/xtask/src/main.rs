@@ -87,9 +87,15 @@ fn main() {
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize()?;
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()?;
     let vm_dir = cli.vm_dir.unwrap_or_else(|| workspace.join("target/vm"));
-    let ctx = suite::Context { workspace, vm_dir, pins: cli.pins };
+    let ctx = suite::Context {
+        workspace,
+        vm_dir,
+        pins: cli.pins,
+    };
     match cli.command {
         Top::Demo => suite::demo(&ctx),
         Top::Test => suite::test_everything(&ctx),

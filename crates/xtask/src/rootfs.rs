@@ -78,7 +78,11 @@ pub struct Rootfs {
 fn package_key() -> String {
     // FNV-1a over the package list and hooks: a changed list is a new rootfs.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in GUEST_PACKAGES.join(",").bytes().chain(NO_INITRAMFS_HOOK.bytes()) {
+    for byte in GUEST_PACKAGES
+        .join(",")
+        .bytes()
+        .chain(NO_INITRAMFS_HOOK.bytes())
+    {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("{:08x}", hash as u32)
@@ -86,7 +90,9 @@ fn package_key() -> String {
 
 impl Rootfs {
     pub fn locate(vm: &VmDir) -> Self {
-        Rootfs { path: vm.root.join(format!("rootfs-trixie-{}", package_key())) }
+        Rootfs {
+            path: vm.root.join(format!("rootfs-trixie-{}", package_key())),
+        }
     }
 
     fn stamp(&self, name: &str) -> PathBuf {
@@ -100,36 +106,53 @@ impl Rootfs {
     /// Builds the base system unless it is there already.
     pub fn ensure_base(&self) -> Result<()> {
         if self.exists() {
-            eprintln!("    rootfs: cached at {} ({} MiB)", self.path.display(), sh::du_mib(&self.path));
+            eprintln!(
+                "    rootfs: cached at {} ({} MiB)",
+                self.path.display(),
+                sh::du_mib(&self.path)
+            );
             return Ok(());
         }
-        sh::step("building the trixie rootfs with mmdebstrap (about 40 s, ~150 MB download)", || {
-            if self.path.exists() {
-                fs::remove_dir_all(&self.path).context("removing a half-built rootfs")?;
-            }
-            let sources: Vec<String> =
-                SUITES.iter().map(|suite| format!("deb {MIRROR} {suite} main")).collect();
-            sh::run(
-                cmd("mmdebstrap", ["--variant=apt", "--components=main"])
-                    .arg(format!("--include={}", GUEST_PACKAGES.join(",")))
-                    .arg(NO_INITRAMFS_HOOK)
-                    .arg("trixie")
-                    .arg(&self.path)
-                    .args(&sources),
-            )?;
-            fs::write(self.stamp("base"), "")?;
-            eprintln!("    rootfs: {} MiB", sh::du_mib(&self.path));
-            Ok(())
-        })
+        sh::step(
+            "building the trixie rootfs with mmdebstrap (about 40 s, ~150 MB download)",
+            || {
+                if self.path.exists() {
+                    fs::remove_dir_all(&self.path).context("removing a half-built rootfs")?;
+                }
+                let sources: Vec<String> = SUITES
+                    .iter()
+                    .map(|suite| format!("deb {MIRROR} {suite} main"))
+                    .collect();
+                sh::run(
+                    cmd("mmdebstrap", ["--variant=apt", "--components=main"])
+                        .arg(format!("--include={}", GUEST_PACKAGES.join(",")))
+                        .arg(NO_INITRAMFS_HOOK)
+                        .arg("trixie")
+                        .arg(&self.path)
+                        .args(&sources),
+                )?;
+                fs::write(self.stamp("base"), "")?;
+                eprintln!("    rootfs: {} MiB", sh::du_mib(&self.path));
+                Ok(())
+            },
+        )
     }
 
     /// Runs a shell command inside the rootfs with /proc mounted.
     pub fn chroot(&self, script: &str) -> Result<()> {
         let _proc = ProcMount::new(&self.path)?;
         sh::run(
-            cmd("chroot", [self.path.as_os_str(), "/bin/sh".as_ref(), "-ec".as_ref(), script.as_ref()])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .env("LC_ALL", "C"),
+            cmd(
+                "chroot",
+                [
+                    self.path.as_os_str(),
+                    "/bin/sh".as_ref(),
+                    "-ec".as_ref(),
+                    script.as_ref(),
+                ],
+            )
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("LC_ALL", "C"),
         )
     }
 
@@ -137,18 +160,29 @@ impl Rootfs {
     pub fn chroot_output(&self, script: &str) -> Result<String> {
         let _proc = ProcMount::new(&self.path)?;
         sh::output(
-            cmd("chroot", [self.path.as_os_str(), "/bin/sh".as_ref(), "-ec".as_ref(), script.as_ref()])
-                .env("LC_ALL", "C"),
+            cmd(
+                "chroot",
+                [
+                    self.path.as_os_str(),
+                    "/bin/sh".as_ref(),
+                    "-ec".as_ref(),
+                    script.as_ref(),
+                ],
+            )
+            .env("LC_ALL", "C"),
         )
     }
 
     /// The newest amd64 kernel of trixie-backports and of trixie proper, as
     /// the rootfs's apt sees them now.
     pub fn resolve_kernels(&self) -> Result<(Kernel, Kernel)> {
-        let listing = sh::step("resolving kernel versions (apt-get update in the rootfs)", || {
-            self.chroot("apt-get update -q >/dev/null")?;
-            self.chroot_output("apt-cache show linux-image-amd64")
-        })?;
+        let listing = sh::step(
+            "resolving kernel versions (apt-get update in the rootfs)",
+            || {
+                self.chroot("apt-get update -q >/dev/null")?;
+                self.chroot_output("apt-cache show linux-image-amd64")
+            },
+        )?;
         let mut backports = None;
         let mut lts = None;
         let mut version = "";
@@ -163,8 +197,15 @@ impl Rootfs {
                     .next()
                     .with_context(|| format!("no linux-image-<release> in `{deps}`"))?;
                 let from_backports = version.contains("bpo");
-                let kernel = Kernel { release: release.to_owned(), from_backports };
-                let slot = if from_backports { &mut backports } else { &mut lts };
+                let kernel = Kernel {
+                    release: release.to_owned(),
+                    from_backports,
+                };
+                let slot = if from_backports {
+                    &mut backports
+                } else {
+                    &mut lts
+                };
                 slot.get_or_insert(kernel);
             }
         }
@@ -181,9 +222,16 @@ impl Rootfs {
             eprintln!("    kernel {}: cached", kernel.release);
             return Ok(());
         }
-        let what = format!("installing kernel {} with headers into the rootfs (~1 min, ~150 MB)", kernel.release);
+        let what = format!(
+            "installing kernel {} with headers into the rootfs (~1 min, ~150 MB)",
+            kernel.release
+        );
         sh::step(&what, || {
-            let target = if kernel.from_backports { "-t trixie-backports" } else { "" };
+            let target = if kernel.from_backports {
+                "-t trixie-backports"
+            } else {
+                ""
+            };
             let release = &kernel.release;
             self.chroot(&format!(
                 "ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -q >/dev/null\n\
@@ -196,7 +244,9 @@ impl Rootfs {
     }
 
     pub fn vmlinuz(&self, kernel: &Kernel) -> PathBuf {
-        self.path.join("boot").join(format!("vmlinuz-{}", kernel.release))
+        self.path
+            .join("boot")
+            .join(format!("vmlinuz-{}", kernel.release))
     }
 
     /// A host path inside the rootfs for a guest path like `/opt/regcache`.
@@ -218,9 +268,16 @@ impl ProcMount {
             .lines()
             .any(|line| line.split_whitespace().nth(1) == Some(&*target.to_string_lossy()));
         if !already {
-            sh::run(Command::new("mount").args(["-t", "proc", "proc"]).arg(&target))?;
+            sh::run(
+                Command::new("mount")
+                    .args(["-t", "proc", "proc"])
+                    .arg(&target),
+            )?;
         }
-        Ok(ProcMount { target, mounted_here: !already })
+        Ok(ProcMount {
+            target,
+            mounted_here: !already,
+        })
     }
 }
 

@@ -11,7 +11,10 @@ pub fn step<T>(what: &str, body: impl FnOnce() -> Result<T>) -> Result<T> {
     eprintln!("==> {what}");
     let started = Instant::now();
     let out = body().with_context(|| format!("step failed: {what}"))?;
-    eprintln!("    {what}: done in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "    {what}: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(out)
 }
 
@@ -61,7 +64,8 @@ pub fn output(command: &mut Command) -> Result<String> {
         .output()
         .with_context(|| format!("cannot start `{}`", describe(command)))?;
     check(command, out.status)?;
-    String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", describe(command)))
+    String::from_utf8(out.stdout)
+        .with_context(|| format!("`{}` printed non-UTF-8", describe(command)))
 }
 
 /// Size of a directory tree in MiB, for progress lines.

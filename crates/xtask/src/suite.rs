@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const SUITE_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 /// Time limit for one command, a demo or a self-test case.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-const GUEST_MEMORY: &str = "4G";
+const GUEST_MEMORY_GIB: u32 = 4;
 const GUEST_CPUS: u32 = 2;
 
 #[derive(Debug)]
@@ -40,7 +40,7 @@ impl Prepared {
             virtme: &self.virtme,
             rootfs: &self.rootfs,
             accel: self.accel,
-            memory: GUEST_MEMORY,
+            memory_gib: GUEST_MEMORY_GIB,
             cpus: GUEST_CPUS,
         }
     }
@@ -66,31 +66,53 @@ pub fn prepare(ctx: &Context) -> Result<Prepared> {
     }
     host::assert_no_trixie_sources()?;
     let accel = virtme::detect_accel(&rootfs.vmlinuz(&kernels[0]));
-    eprintln!("    VM set-up ready in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(Prepared { virtme, rootfs, kernels, accel })
+    eprintln!(
+        "    VM set-up ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Prepared {
+        virtme,
+        rootfs,
+        kernels,
+        accel,
+    })
 }
 
 /// Builds the integration-test executables on the host and returns their paths.
 fn build_test_binaries(ctx: &Context) -> Result<Vec<PathBuf>> {
-    sh::step("building the integration tests (rdma-tests) on the host", || {
-        let json = sh::output(
-            cmd("cargo", ["test", "--package", "rdma-tests", "--no-run", "--message-format=json"])
+    sh::step(
+        "building the integration tests (rdma-tests) on the host",
+        || {
+            let json = sh::output(
+                cmd(
+                    "cargo",
+                    [
+                        "test",
+                        "--package",
+                        "rdma-tests",
+                        "--no-run",
+                        "--message-format=json",
+                    ],
+                )
                 .current_dir(&ctx.workspace),
-        )?;
-        let mut executables = Vec::new();
-        for line in json.lines() {
-            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            if message["reason"] == "compiler-artifact" && message["profile"]["test"] == true {
-                if let Some(exe) = message["executable"].as_str() {
-                    executables.push(PathBuf::from(exe));
+            )?;
+            let mut executables = Vec::new();
+            for line in json.lines() {
+                let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if message["reason"] == "compiler-artifact" && message["profile"]["test"] == true {
+                    if let Some(exe) = message["executable"].as_str() {
+                        executables.push(PathBuf::from(exe));
+                    }
                 }
             }
-        }
-        if executables.is_empty() {
-            bail!("cargo built no test executable for rdma-tests");
-        }
-        Ok(executables)
-    })
+            if executables.is_empty() {
+                bail!("cargo built no test executable for rdma-tests");
+            }
+            Ok(executables)
+        },
+    )
 }
 
 /// Fills the guest's staging directory: test binaries, the module for each
@@ -114,17 +136,27 @@ fn stage_suite(ctx: &Context, prepared: &Prepared, kernels: &[Kernel]) -> Result
 fn run_suite(prepared: &Prepared, kernels: &[Kernel]) -> Result<()> {
     let mut verdicts = Vec::new();
     for kernel in kernels {
-        let run = prepared.guest().run(kernel, &guest::exec_line(kernel, "test"), SUITE_TIMEOUT)?;
+        let run = prepared
+            .guest()
+            .run(kernel, &guest::exec_line(kernel, "test"), SUITE_TIMEOUT)?;
         verdicts.push((kernel, guest::judge(&run), run.elapsed));
     }
     eprintln!("==> VM suite summary");
     for (kernel, verdict, elapsed) in &verdicts {
         let state = if verdict.ok() { "PASS" } else { "FAIL" };
-        eprintln!("    {state} {} in {} s: {}", kernel.release, elapsed.as_secs(), verdict.summary());
+        eprintln!(
+            "    {state} {} in {} s: {}",
+            kernel.release,
+            elapsed.as_secs(),
+            verdict.summary()
+        );
     }
     let failed = verdicts.iter().filter(|(_, v, _)| !v.ok()).count();
     if failed > 0 {
-        bail!("the VM suite failed on {failed} of {} kernels", verdicts.len());
+        bail!(
+            "the VM suite failed on {failed} of {} kernels",
+            verdicts.len()
+        );
     }
     Ok(())
 }
@@ -143,7 +175,11 @@ fn shell_quote(word: &str) -> String {
 
 /// Runs the guest script in one mode on `kernel` and judges the run.
 fn run_in_guest(prepared: &Prepared, kernel: &Kernel, mode_and_args: &str) -> Result<Verdict> {
-    let run = prepared.guest().run(kernel, &guest::exec_line(kernel, mode_and_args), COMMAND_TIMEOUT)?;
+    let run = prepared.guest().run(
+        kernel,
+        &guest::exec_line(kernel, mode_and_args),
+        COMMAND_TIMEOUT,
+    )?;
     Ok(guest::judge(&run))
 }
 
@@ -167,7 +203,9 @@ pub fn vm_shell(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernels = prepared.kernels(selector)?;
     stage_suite(ctx, &prepared, &kernels[..1])?;
-    prepared.guest().interactive(&kernels[0], &guest::exec_line(&kernels[0], "shell"))
+    prepared
+        .guest()
+        .interactive(&kernels[0], &guest::exec_line(&kernels[0], "shell"))
 }
 
 /// `vm selftest`: the harness must fail a guest command that exits 1 and
@@ -178,7 +216,11 @@ pub fn vm_selftest(ctx: &Context) -> Result<()> {
     let kernel = &prepared.kernels("lts")?[0];
     let cases = [
         ("a command exiting 1", "false", false),
-        ("a kernel WARNING", "sh -c 'echo \"WARNING: regcache harness selftest\" > /dev/kmsg'", false),
+        (
+            "a kernel WARNING",
+            "sh -c 'echo \"WARNING: regcache harness selftest\" > /dev/kmsg'",
+            false,
+        ),
         ("a clean command", "true", true),
     ];
     let mut wrong = Vec::new();
@@ -189,7 +231,11 @@ pub fn vm_selftest(ctx: &Context) -> Result<()> {
         eprintln!(
             "    selftest: {name}: reported as {judged} ({}){}",
             if right { "correct" } else { "WRONG" },
-            if verdict.ok() { String::new() } else { format!(": {}", verdict.summary()) }
+            if verdict.ok() {
+                String::new()
+            } else {
+                format!(": {}", verdict.summary())
+            }
         );
         if !right {
             wrong.push(name);
@@ -205,7 +251,10 @@ pub fn vm_selftest(ctx: &Context) -> Result<()> {
 /// `kmod build`: the three-kernel matrix, all with -Werror.
 pub fn kmod_build(ctx: &Context) -> Result<()> {
     if !kmod::module_exists(&ctx.workspace) {
-        bail!("no kmod/Kbuild in {}: nothing to build", ctx.workspace.display());
+        bail!(
+            "no kmod/Kbuild in {}: nothing to build",
+            ctx.workspace.display()
+        );
     }
     let host_release = kmod::build_on_host(&ctx.workspace, &ctx.workspace.join("target/kmod"))?;
     let prepared = prepare(ctx)?;
@@ -213,8 +262,9 @@ pub fn kmod_build(ctx: &Context) -> Result<()> {
     for kernel in &prepared.kernels {
         kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, kernel)?;
     }
-    let built: Vec<&str> =
-        std::iter::once(host_release.as_str()).chain(prepared.kernels.iter().map(|k| k.release.as_str())).collect();
+    let built: Vec<&str> = std::iter::once(host_release.as_str())
+        .chain(prepared.kernels.iter().map(|k| k.release.as_str()))
+        .collect();
     eprintln!("    regwatch built with -Werror for: {}", built.join(", "));
     Ok(())
 }
@@ -232,14 +282,30 @@ pub fn demo(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
+/// One named check of `cargo xtask test`.
+type Step<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+
 /// `test`: every check, in order, each reported; fails if any failed.
 pub fn test_everything(ctx: &Context) -> Result<()> {
     host::install_packages()?;
-    let cargo = |args: &[&str]| -> Result<()> { sh::run(cmd("cargo", args).current_dir(&ctx.workspace)) };
+    let cargo =
+        |args: &[&str]| -> Result<()> { sh::run(cmd("cargo", args).current_dir(&ctx.workspace)) };
     let module = kmod::module_exists(&ctx.workspace);
-    let mut steps: Vec<(&str, Box<dyn Fn() -> Result<()> + '_>)> = vec![
+    let mut steps: Vec<(&str, Step<'_>)> = vec![
         ("rustfmt", Box::new(|| cargo(&["fmt", "--all", "--check"]))),
-        ("clippy", Box::new(|| cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))),
+        (
+            "clippy",
+            Box::new(|| {
+                cargo(&[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+            }),
+        ),
         ("unit tests", Box::new(|| cargo(&["test", "--workspace"]))),
         ("VM harness selftest", Box::new(|| vm_selftest(ctx))),
     ];
@@ -256,13 +322,20 @@ pub fn test_everything(ctx: &Context) -> Result<()> {
     }
     eprintln!("==> cargo xtask test: summary");
     for (name, _) in &steps {
-        let state = if failed.contains(name) { "FAIL" } else { "ok  " };
+        let state = if failed.contains(name) {
+            "FAIL"
+        } else {
+            "ok  "
+        };
         eprintln!("    {state} {name}");
     }
-    println!("xtask test: {} passed, {} failed", steps.len() - failed.len(), failed.len());
+    println!(
+        "xtask test: {} passed, {} failed",
+        steps.len() - failed.len(),
+        failed.len()
+    );
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
     }
     Ok(())
 }
-

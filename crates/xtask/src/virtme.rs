@@ -28,13 +28,19 @@ impl Virtme {
             eprintln!("    virtme-ng {VIRTME_NG_VERSION}: cached");
             return Ok(Virtme { bin });
         }
-        sh::step(&format!("installing virtme-ng {VIRTME_NG_VERSION} from PyPI into {}", venv.display()), || {
-            sh::run(cmd("python3", ["-m", "venv"]).arg(&venv))?;
-            sh::run(
-                cmd(&bin.join("pip").to_string_lossy(), ["install", "-q"])
-                    .arg(format!("virtme-ng=={VIRTME_NG_VERSION}")),
-            )
-        })?;
+        sh::step(
+            &format!(
+                "installing virtme-ng {VIRTME_NG_VERSION} from PyPI into {}",
+                venv.display()
+            ),
+            || {
+                sh::run(cmd("python3", ["-m", "venv"]).arg(&venv))?;
+                sh::run(
+                    cmd(&bin.join("pip").to_string_lossy(), ["install", "-q"])
+                        .arg(format!("virtme-ng=={VIRTME_NG_VERSION}")),
+                )
+            },
+        )?;
         Ok(Virtme { bin })
     }
 }
@@ -51,12 +57,27 @@ pub enum Accel {
 /// started under KVM and must print its banner within seconds; anything else
 /// means TCG. Never hangs: the probe is killed at its deadline.
 pub fn detect_accel(kernel_image: &std::path::Path) -> Accel {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         eprintln!("    accel: TCG (/dev/kvm not usable)");
         return Accel::Tcg;
     }
     let probe = Command::new("qemu-system-x86_64")
-        .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-nographic", "-no-reboot", "-kernel"])
+        .args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
         .arg(kernel_image)
         .args(["-append", "console=ttyS0 earlyprintk=serial panic=-1"])
         .stdin(Stdio::null())
@@ -78,7 +99,9 @@ pub fn detect_accel(kernel_image: &std::path::Path) -> Accel {
                 verdict = Accel::Kvm;
                 break;
             }
-            Ok(line) if line.contains("KVM internal error") || line.contains("failed to set MSR") => {
+            Ok(line)
+                if line.contains("KVM internal error") || line.contains("failed to set MSR") =>
+            {
                 reason = line.trim().to_owned();
                 break;
             }
@@ -103,8 +126,14 @@ pub fn detect_accel(kernel_image: &std::path::Path) -> Accel {
 fn stream_lines(child: &mut Child, label: Option<&str>) -> mpsc::Receiver<String> {
     let (sender, receiver) = mpsc::channel();
     let pipes: [Option<Box<dyn Read + Send>>; 2] = [
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
     ];
     for pipe in pipes.into_iter().flatten() {
         let sender = sender.clone();
@@ -113,7 +142,9 @@ fn stream_lines(child: &mut Child, label: Option<&str>) -> mpsc::Receiver<String
             for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
                 let line = String::from_utf8_lossy(&line).into_owned();
                 if let Some(label) = &label {
-                    eprintln!("[{label}] {line}");
+                    if !is_routine_kernel_line(&line) {
+                        eprintln!("[{label}] {line}");
+                    }
                 }
                 if sender.send(line).is_err() {
                     break;
@@ -122,6 +153,19 @@ fn stream_lines(child: &mut Child, label: Option<&str>) -> mpsc::Receiver<String
         });
     }
     receiver
+}
+
+/// A timestamped kernel-log line that is no warning: captured and judged,
+/// but not echoed, so the progress shows the guest's own output.
+fn is_routine_kernel_line(line: &str) -> bool {
+    let timestamped = line.trim_start().starts_with('[')
+        && line.split_once(']').is_some_and(|(stamp, _)| {
+            stamp
+                .trim_start_matches([' ', '['])
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '.')
+        });
+    timestamped && !crate::guest::is_kernel_log_failure(line)
 }
 
 fn kill_group(child: &mut Child) {
@@ -149,7 +193,11 @@ pub struct Guest<'a> {
     pub virtme: &'a Virtme,
     pub rootfs: &'a Rootfs,
     pub accel: Accel,
-    pub memory: &'a str,
+    /// Guest memory in GiB, split over two NUMA nodes so that page migration
+    /// between nodes can be tested: node 0 holds every CPU, node 1 only
+    /// memory (a CPU per node would split the CPUs' shared cache across
+    /// nodes, which the kernel warns about at boot).
+    pub memory_gib: u32,
     pub cpus: u32,
 }
 
@@ -161,19 +209,34 @@ impl Guest<'_> {
             .arg(self.rootfs.vmlinuz(kernel))
             .arg("--root")
             .arg(&self.rootfs.path)
-            .args(["--memory", self.memory, "--cpus", &self.cpus.to_string(), "--exec", exec]);
+            .args([
+                "--memory",
+                &format!("{}G", self.memory_gib),
+                "--cpus",
+                &self.cpus.to_string(),
+            ]);
+        let node_mib = self.memory_gib * 1024 / 2;
+        command.args(["--numa", &format!("{node_mib}M,cpus=0-{}", self.cpus - 1)]);
+        command.args(["--numa", &format!("{node_mib}M")]);
+        command.args(["--exec", exec]);
         if self.accel == Accel::Tcg {
             command.arg("--disable-kvm");
         }
         let path = std::env::var("PATH").unwrap_or_default();
-        command.env("PATH", format!("{}:/usr/sbin:/sbin:{path}", self.virtme.bin.display()));
+        command.env(
+            "PATH",
+            format!("{}:/usr/sbin:/sbin:{path}", self.virtme.bin.display()),
+        );
         command
     }
 
     /// Boots `kernel`, runs `exec` in the guest, echoes its output prefixed
     /// with the kernel's release and returns it; kills the guest at `timeout`.
     pub fn run(&self, kernel: &Kernel, exec: &str, timeout: Duration) -> Result<GuestRun> {
-        eprintln!("==> booting {} ({:?}) to run: {exec}", kernel.release, self.accel);
+        eprintln!(
+            "==> booting {} ({:?}) to run: {exec}",
+            kernel.release, self.accel
+        );
         let started = Instant::now();
         let mut child = self
             .command(kernel, exec)
@@ -192,21 +255,36 @@ impl Guest<'_> {
                 Ok(line) => output.push(line),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) if left.is_zero() => {
-                    eprintln!("[{}] timed out after {} s: killing the guest", kernel.release, timeout.as_secs());
+                    eprintln!(
+                        "[{}] timed out after {} s: killing the guest",
+                        kernel.release,
+                        timeout.as_secs()
+                    );
                     kill_group(&mut child);
-                    return Ok(GuestRun { output, status: None, elapsed: started.elapsed() });
+                    return Ok(GuestRun {
+                        output,
+                        status: None,
+                        elapsed: started.elapsed(),
+                    });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
         }
         let status = child.wait()?.code().or(Some(-1));
         output.extend(lines.try_iter());
-        Ok(GuestRun { output, status, elapsed: started.elapsed() })
+        Ok(GuestRun {
+            output,
+            status,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// Boots `kernel` with the terminal attached, for `vm shell`.
     pub fn interactive(&self, kernel: &Kernel, exec: &str) -> Result<()> {
-        let status = self.command(kernel, exec).status().context("cannot start vng (virtme-ng)")?;
+        let status = self
+            .command(kernel, exec)
+            .status()
+            .context("cannot start vng (virtme-ng)")?;
         eprintln!("guest shell ended: {status}");
         Ok(())
     }

@@ -43,22 +43,37 @@ pub struct KernelPins {
 /// mirror; pins override either.
 pub fn kernels_under_test(vm: &VmDir, rootfs: &Rootfs, pins: &KernelPins) -> Result<Vec<Kernel>> {
     let all_pinned = pins.backports_kernel.is_some() && pins.lts_kernel.is_some();
-    let cached = fs::read_to_string(vm.resolved_kernels()).ok().filter(|_| !pins.refresh_kernels);
+    let cached = fs::read_to_string(vm.resolved_kernels())
+        .ok()
+        .filter(|_| !pins.refresh_kernels);
     let (backports, lts) = if all_pinned {
         (String::new(), String::new())
     } else if let Some(found) = cached.as_deref().and_then(parse_resolved) {
         found
     } else {
         let (backports, lts) = rootfs.resolve_kernels()?;
-        fs::write(vm.resolved_kernels(), format!("{}\n{}\n", backports.release, lts.release))?;
+        fs::write(
+            vm.resolved_kernels(),
+            format!("{}\n{}\n", backports.release, lts.release),
+        )?;
         (backports.release, lts.release)
     };
     let kernels = vec![
-        Kernel { release: pins.backports_kernel.clone().unwrap_or(backports), from_backports: true },
-        Kernel { release: pins.lts_kernel.clone().unwrap_or(lts), from_backports: false },
+        Kernel {
+            release: pins.backports_kernel.clone().unwrap_or(backports),
+            from_backports: true,
+        },
+        Kernel {
+            release: pins.lts_kernel.clone().unwrap_or(lts),
+            from_backports: false,
+        },
     ];
     for kernel in &kernels {
-        let origin = if kernel.from_backports { "trixie-backports" } else { "trixie" };
+        let origin = if kernel.from_backports {
+            "trixie-backports"
+        } else {
+            "trixie"
+        };
         eprintln!("    kernel under test: {} ({origin})", kernel.release);
     }
     Ok(kernels)

@@ -4,6 +4,7 @@
 # was built for this kernel, then runs one mode:
 #   test          every test executable staged under /opt/regcache
 #   run CMD...    one command
+#   bench         every benchmark staged under /opt/regcache/cbench
 #   demo          the devices, their ODP caps, and the tests with output shown
 #   shell         an interactive shell
 # It always ends by printing the kernel log between markers, which the host
@@ -107,6 +108,12 @@ test)
 run)
 	"$@"
 	rc=$?
+	;;
+bench)
+	rc=0
+	for exe in "$STAGE"/cbench/*; do
+		[ -x "$exe" ] && { "$exe" || rc=1; }
+	done
 	;;
 demo)
 	show_devices

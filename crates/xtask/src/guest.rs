@@ -43,7 +43,7 @@ impl Stage {
         if dir.exists() {
             fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
         }
-        for sub in ["bin", "ctests", "kmod"] {
+        for sub in ["bin", "ctests", "cbench", "kmod"] {
             fs::create_dir_all(dir.join(sub))?;
         }
         let script = dir.join("guest.sh");

@@ -16,10 +16,6 @@ pub fn module_exists(workspace: &Path) -> bool {
     workspace.join("kmod/Kbuild").exists()
 }
 
-fn tests_exist(workspace: &Path) -> bool {
-    workspace.join("kmod/tests/Makefile").exists()
-}
-
 /// Copies `kmod/` to `dest` (fresh), so builds never litter the source tree.
 fn copy_sources(workspace: &Path, dest: &Path) -> Result<()> {
     if dest.exists() {
@@ -99,14 +95,43 @@ pub fn build_in_rootfs(workspace: &Path, rootfs: &Rootfs, kernel: &Kernel) -> Re
     )
 }
 
-/// Builds the module's C tests inside the rootfs into the stage.
-pub fn build_tests_in_rootfs(workspace: &Path, rootfs: &Rootfs) -> Result<()> {
-    if !tests_exist(workspace) {
+/// C programs of `kmod/` built in the rootfs against the uapi header: the
+/// tests, which every suite run executes, and the benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub enum CPrograms {
+    Tests,
+    Benches,
+}
+
+impl CPrograms {
+    fn source_dir(self) -> &'static str {
+        match self {
+            CPrograms::Tests => "tests",
+            CPrograms::Benches => "bench",
+        }
+    }
+
+    /// The stage subdirectory the guest script runs them from.
+    pub fn stage_dir(self) -> &'static str {
+        match self {
+            CPrograms::Tests => "ctests",
+            CPrograms::Benches => "cbench",
+        }
+    }
+}
+
+/// Builds `kmod/tests` or `kmod/bench` inside the rootfs into the stage.
+pub fn build_c_programs(workspace: &Path, rootfs: &Rootfs, programs: CPrograms) -> Result<()> {
+    let dir = programs.source_dir();
+    if !workspace.join("kmod").join(dir).join("Makefile").exists() {
         return Ok(());
     }
-    sh::step("building the module's C tests (rootfs gcc-14)", || {
-        let src = format!("{GUEST_SRC}/kmod-tests");
+    sh::step(&format!("building kmod/{dir} (rootfs gcc-14)"), || {
+        let src = format!("{GUEST_SRC}/kmod-{dir}");
         copy_sources(workspace, &rootfs.host_path(&src))?;
-        rootfs.chroot(&format!("make -C {src}/tests CC=gcc-14 OUT={STAGE}/ctests"))
+        rootfs.chroot(&format!(
+            "make -C {src}/{dir} CC=gcc-14 OUT={STAGE}/{}",
+            programs.stage_dir()
+        ))
     })
 }

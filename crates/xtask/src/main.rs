@@ -44,6 +44,18 @@ enum Top {
     /// The regwatch kernel module.
     #[command(subcommand)]
     Kmod(KmodCommand),
+    /// Benchmarks; figures go to target/bench and, by hand, benches/RESULTS.md.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The module's micro-benchmarks in a guest (ratios count under TCG).
+    Regwatch {
+        #[arg(long, default_value = "backports")]
+        kernel: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,5 +117,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         Top::Vm(VmCommand::Run { kernel, command }) => suite::vm_run(&ctx, &kernel, &command),
         Top::Vm(VmCommand::Selftest) => suite::vm_selftest(&ctx),
         Top::Kmod(KmodCommand::Build) => suite::kmod_build(&ctx),
+        Top::Bench(BenchCommand::Regwatch { kernel }) => suite::bench_regwatch(&ctx, &kernel),
     }
 }

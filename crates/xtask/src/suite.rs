@@ -2,11 +2,12 @@
 //! build matrix, the demo and the whole test run.
 
 use crate::guest::{self, Stage, Verdict};
+use crate::host;
+use crate::kmod::{self, CPrograms};
 use crate::rootfs::{Kernel, Rootfs};
 use crate::sh::{self, cmd};
 use crate::virtme::{self, Accel, Guest, Virtme};
 use crate::vmdir::{self, KernelPins, VmDir};
-use crate::{host, kmod};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -127,7 +128,7 @@ fn stage_suite(ctx: &Context, prepared: &Prepared, kernels: &[Kernel]) -> Result
         for kernel in kernels {
             kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, kernel)?;
         }
-        kmod::build_tests_in_rootfs(&ctx.workspace, &prepared.rootfs)?;
+        kmod::build_c_programs(&ctx.workspace, &prepared.rootfs, CPrograms::Tests)?;
     }
     Ok(stage)
 }
@@ -336,6 +337,58 @@ pub fn test_everything(ctx: &Context) -> Result<()> {
     );
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `bench regwatch`: the module's micro-benchmarks in a guest; the lines
+/// they print are kept in `target/bench/regwatch-<kernel>.txt`.
+pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
+    if !kmod::module_exists(&ctx.workspace) {
+        bail!(
+            "no kmod/Kbuild in {}: nothing to benchmark",
+            ctx.workspace.display()
+        );
+    }
+    let prepared = prepare(ctx)?;
+    let kernels = prepared.kernels(selector)?;
+    Stage::fresh(&prepared.rootfs)?;
+    for kernel in &kernels {
+        kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, kernel)?;
+    }
+    kmod::build_c_programs(&ctx.workspace, &prepared.rootfs, CPrograms::Benches)?;
+    let out_dir = ctx.workspace.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    for kernel in &kernels {
+        let run =
+            prepared
+                .guest()
+                .run(kernel, &guest::exec_line(kernel, "bench"), SUITE_TIMEOUT)?;
+        let verdict = guest::judge(&run);
+        let figures: Vec<&str> = run
+            .output
+            .iter()
+            .filter(|line| line.contains("-bench:"))
+            .map(String::as_str)
+            .collect();
+        let file = out_dir.join(format!("regwatch-{}.txt", kernel.release));
+        std::fs::write(&file, format!("{}\n", figures.join("\n")))?;
+        eprintln!(
+            "==> regwatch benchmark on {} ({:?}), saved to {}",
+            kernel.release,
+            prepared.accel,
+            file.display()
+        );
+        for line in &figures {
+            eprintln!("    {line}");
+        }
+        if !verdict.ok() {
+            bail!(
+                "benchmark run failed on {}: {}",
+                kernel.release,
+                verdict.summary()
+            );
+        }
     }
     Ok(())
 }

@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * regwatch micro-benchmarks. Under an emulated CPU absolute times mean
+ * little, so each figure is printed beside the ratio it is judged by:
+ *  - a watch+unwatch pair against the cheapest ioctl of the device (the API
+ *    handshake): the cost of the bookkeeping beyond a system call;
+ *  - munmap of a page no watch covers, without watches and with a million
+ *    unrelated ones: what watching costs everybody else;
+ *  - draining 10,000 dirty watches with read().
+ * Sizes can be lowered with REGWATCH_BENCH_WATCHES / REGWATCH_BENCH_ITERS.
+ */
+#include "../tests/regwatch_util.h"
+
+static uint64_t env_or(const char *name, uint64_t fallback)
+{
+	const char *value = getenv(name);
+
+	return value ? strtoull(value, NULL, 0) : fallback;
+}
+
+/* Median of a few batches: robust against the emulator's hiccups. */
+#define BATCHES 7
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median_ns(uint64_t *batch_ns, uint64_t per_batch)
+{
+	qsort(batch_ns, BATCHES, sizeof(*batch_ns), cmp_u64);
+	return (double)batch_ns[BATCHES / 2] / per_batch;
+}
+
+static double api_ioctl_ns(int fd, uint64_t iters)
+{
+	uint64_t batch_ns[BATCHES];
+
+	for (int b = 0; b < BATCHES; b++) {
+		uint64_t t0 = rw_now_ns();
+
+		for (uint64_t i = 0; i < iters; i++) {
+			struct regwatch_api api = { .api = REGWATCH_API };
+
+			ASSERT_EQ(ioctl(fd, REGWATCH_IOC_API, &api), 0);
+		}
+		batch_ns[b] = rw_now_ns() - t0;
+	}
+	return median_ns(batch_ns, iters);
+}
+
+static double watch_unwatch_ns(int fd, char *page, uint64_t iters)
+{
+	uint64_t batch_ns[BATCHES];
+
+	for (int b = 0; b < BATCHES; b++) {
+		uint64_t t0 = rw_now_ns();
+
+		for (uint64_t i = 0; i < iters; i++) {
+			struct regwatch_watch w = rw_watch(fd, page, rw_page(), i);
+
+			ASSERT_EQ(rw_unwatch(fd, w.slot, i), 0);
+		}
+		batch_ns[b] = rw_now_ns() - t0;
+	}
+	return median_ns(batch_ns, iters);
+}
+
+/* Time munmap alone of a fresh, populated page, far from every watch. */
+static double munmap_ns(uint64_t iters)
+{
+	uint64_t batch_ns[BATCHES];
+
+	for (int b = 0; b < BATCHES; b++) {
+		uint64_t spent = 0;
+
+		for (uint64_t i = 0; i < iters; i++) {
+			char *p = rw_map_pages(1);
+			uint64_t t0 = rw_now_ns();
+
+			ASSERT_EQ(munmap(p, rw_page()), 0);
+			spent += rw_now_ns() - t0;
+		}
+		batch_ns[b] = spent;
+	}
+	return median_ns(batch_ns, iters);
+}
+
+TEST(watch_unwatch_against_api_ioctl)
+{
+	uint64_t iters = env_or("REGWATCH_BENCH_ITERS", 20000);
+	int fd = rw_open(0);
+	char *page = rw_map_pages(1);
+	double api = api_ioctl_ns(fd, iters);
+	double pair = watch_unwatch_ns(fd, page, iters);
+
+	printf("regwatch-bench: API ioctl %.0f ns; watch+unwatch pair %.0f ns; ratio %.2f (target <= 3)\n",
+	       api, pair, pair / api);
+	close(fd);
+}
+
+TEST(munmap_with_unrelated_watches)
+{
+	uint64_t iters = env_or("REGWATCH_BENCH_ITERS", 20000) / 4;
+	uint64_t watches = env_or("REGWATCH_BENCH_WATCHES", 1000000);
+	long page = rw_page();
+	double before, with, after;
+	char *reserved;
+	int fd;
+
+	before = munmap_ns(iters);
+	fd = rw_open(0);
+	rw_set_capacity(fd, watches);
+	reserved = mmap(NULL, watches * page, PROT_NONE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ASSERT_NE(reserved, MAP_FAILED);
+	for (uint64_t i = 0; i < watches; i++)
+		rw_watch(fd, reserved + i * page, page, i);
+	with = munmap_ns(iters);
+	close(fd);
+	ASSERT_EQ(munmap(reserved, watches * page), 0);
+	after = munmap_ns(iters);
+	printf("regwatch-bench: munmap of an unwatched page: %.0f ns before, %.0f ns with %llu unrelated watches, %.0f ns after; ratio %.3f (target <= 1.05)\n",
+	       before, with, (unsigned long long)watches, after,
+	       with / ((before + after) / 2));
+}
+
+TEST(drain_ten_thousand_dirty_watches)
+{
+	const uint64_t watches = 10000;
+	struct regwatch_record *records = calloc(watches, sizeof(*records));
+	int fd = rw_open(O_NONBLOCK);
+	char *area = rw_map_pages(watches);
+	uint64_t t0;
+	int drained;
+
+	ASSERT_TRUE(records != NULL);
+	for (uint64_t i = 0; i < watches; i++)
+		rw_watch(fd, area + i * rw_page(), rw_page(), i);
+	ASSERT_EQ(munmap(area, watches * rw_page()), 0);
+	t0 = rw_now_ns();
+	drained = rw_drain(fd, records, watches);
+	t0 = rw_now_ns() - t0;
+	ASSERT_EQ(drained, (int)watches);
+	printf("regwatch-bench: drained %d dirty watches in %.0f us (%.0f ns per record)\n",
+	       drained, t0 / 1e3, (double)t0 / drained);
+	free(records);
+	close(fd);
+}
+
+TEST_HARNESS_MAIN

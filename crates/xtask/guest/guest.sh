@@ -1,7 +1,8 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT OR Apache-2.0
 # Runs inside the virtme-ng guest: brings up Soft-RoCE, loads regwatch when it
-# was built for this kernel, then runs one mode:
+# was built for this kernel (in test mode: installed with DKMS from its
+# source, so the suite proves the DKMS package too), then runs one mode:
 #   test          every test executable staged under /opt/regcache
 #   run CMD...    one command
 #   bench         every benchmark staged under /opt/regcache/cbench
@@ -43,7 +44,20 @@ setup_rxe() {
 	rdma link show
 }
 
+# Loads the module built on the host for this kernel; with "dkms", builds
+# and installs it from source with DKMS in the guest first, then modprobes it.
 load_regwatch() {
+	if [ "${1:-}" = dkms ] && [ -e "$STAGE/dkms/dkms.conf" ]; then
+		name=$(sed -n 's/^PACKAGE_NAME="\(.*\)"/\1/p' "$STAGE/dkms/dkms.conf")
+		version=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' "$STAGE/dkms/dkms.conf")
+		cp -a "$STAGE/dkms" "/usr/src/$name-$version" &&
+			dkms add "$name/$version" &&
+			dkms build "$name/$version" -k "$(uname -r)" &&
+			dkms install "$name/$version" -k "$(uname -r)" &&
+			modprobe regwatch || return 1
+		say "regwatch installed with DKMS: $(modinfo -n regwatch)"
+		return 0
+	fi
 	ko=$STAGE/kmod/$(uname -r)/regwatch.ko
 	[ -e "$ko" ] || { say "no regwatch.ko for $(uname -r): not loading"; return 0; }
 	insmod "$ko" || return 1
@@ -94,7 +108,9 @@ if ! setup_rxe; then
 	dump_kernel_log
 	exit 2
 fi
-if ! load_regwatch; then
+loader=insmod
+[ "$mode" = test ] && loader=dkms
+if ! load_regwatch $loader; then
 	say "loading regwatch failed"
 	dump_kernel_log
 	exit 2

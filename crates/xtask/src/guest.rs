@@ -2,6 +2,7 @@
 //! comes out of it (results and the kernel log, judged on the host).
 
 use crate::rootfs::{Kernel, Rootfs};
+use crate::sh;
 use crate::virtme::GuestRun;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
@@ -57,6 +58,25 @@ impl Stage {
         let name = exe.file_name().context("test binary without a name")?;
         fs::copy(exe, self.dir.join("bin").join(name))
             .with_context(|| format!("staging {}", exe.display()))?;
+        Ok(())
+    }
+
+    /// Copies the module's sources (without its tests and benchmarks) for a
+    /// DKMS install in the guest.
+    pub fn add_dkms_source(&self, kmod: &Path) -> Result<()> {
+        let dest = self.dir.join("dkms");
+        fs::create_dir_all(&dest)?;
+        for entry in fs::read_dir(kmod)? {
+            let path = entry?.path();
+            let name = path.file_name().context("unnamed entry")?;
+            if name == "tests" || name == "bench" {
+                continue;
+            }
+            sh::run(&mut sh::cmd(
+                "cp",
+                ["-a".as_ref(), path.as_os_str(), dest.as_os_str()],
+            ))?;
+        }
         Ok(())
     }
 

@@ -129,6 +129,7 @@ fn stage_suite(ctx: &Context, prepared: &Prepared, kernels: &[Kernel]) -> Result
             kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, kernel)?;
         }
         kmod::build_c_programs(&ctx.workspace, &prepared.rootfs, CPrograms::Tests)?;
+        stage.add_dkms_source(&ctx.workspace.join("kmod"))?;
     }
     Ok(stage)
 }

@@ -1,0 +1,439 @@
+//! The cache: a lock-free lookup over an immutable index, and a locked path that changes it.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwap;
+
+use crate::access::Access;
+use crate::config::{Limits, Policy};
+use crate::entry::{Entry, Registration, Shared};
+use crate::error::{Error, Result};
+use crate::index::{Index, Slot};
+use crate::stats::{Counters, Stats};
+use crate::traits::{InvalidationSource, Registrar};
+
+/// Registrations are page aligned: every page holding a requested byte is mapped, so
+/// widening to whole pages never fails, and neighbouring small buffers share a registration.
+const PAGE: usize = 4096;
+
+/// Registrations tried before a range whose pages keep changing is reported as
+/// [`Error::Unstable`].
+const REGISTER_ATTEMPTS: u32 = 4;
+
+type Snapshot<R, I> = Index<Arc<Entry<R, I>>>;
+
+/// What a miss finds around the requested range.
+struct Survey {
+    /// Starts of neighbours whose pages changed: they leave the index.
+    stale: Vec<usize>,
+    /// Valid neighbours (overlapping or adjacent).
+    neighbours: usize,
+    /// The request widened to its valid neighbours, with all their rights.
+    union: (usize, usize, Access),
+}
+
+impl Survey {
+    fn of<R: Registrar, I: InvalidationSource>(
+        index: &Snapshot<R, I>,
+        start: usize,
+        end: usize,
+        access: Access,
+    ) -> Self {
+        let mut survey = Self {
+            stale: Vec::new(),
+            neighbours: 0,
+            union: (start, end, access),
+        };
+        for slot in index.touching(start, end) {
+            if slot.item.is_valid() {
+                survey.neighbours += 1;
+                survey.union.0 = survey.union.0.min(slot.start);
+                survey.union.1 = survey.union.1.max(slot.end);
+                survey.union.2 = survey.union.2 | slot.item.access.without(Access::ON_DEMAND);
+            } else {
+                survey.stale.push(slot.start);
+            }
+        }
+        survey
+    }
+}
+
+/// What only the locked path touches.
+struct State<R: Registrar, I: InvalidationSource> {
+    /// Replaced index versions; each is dropped once this list holds its only reference, so
+    /// that a reader never drops the last one (see the module documentation).
+    retired: Vec<Arc<Snapshot<R, I>>>,
+    /// The invalidation source's generation before the last complete drain.
+    last_generation: u64,
+}
+
+impl<R: Registrar, I: InvalidationSource> State<R, I> {
+    fn purge_retired(&mut self) {
+        self.retired.retain(|index| Arc::strong_count(index) > 1);
+    }
+}
+
+/// A registration cache; the crate documentation lists the rules it keeps.
+///
+/// # Why the hit path takes no lock and allocates nothing
+///
+/// A hit ([`Cache::cached_reg`] finding a valid covering registration) does exactly this:
+/// 1. `ArcSwap::load` of the current index: a load of the pointer and a store into one of this
+///    thread's arc-swap debt slots. arc-swap allocates a debt node the first time a thread uses
+///    any `ArcSwap` and never frees it (it is reused by later threads), so a thread allocates at
+///    most once in its life, never on later hits.
+/// 2. `Index::covering`: two binary searches over contiguous keys.
+/// 3. [`InvalidationSource::is_valid`]: one acquire load by the trait's contract.
+/// 4. A relaxed store of the LRU stamp, `Arc::clone` of the entry (an atomic increment) and a
+///    striped hit counter (a const thread-local and an atomic add on a per-thread cache line).
+/// 5. Dropping the arc-swap guard. If a writer replaced the index meanwhile, the guard owns a
+///    reference and drops it; it is never the last one, because writers keep every replaced
+///    index in a list of retired versions and drop it, under the lock, only once that list
+///    holds its sole reference. So no index, chunk or entry is freed (nor deregistered) on a hit.
+///
+/// `tests/hit_path_alloc.rs` counts allocations over 10,000 hits and fails on any.
+///
+/// # Why a hit is never stale
+///
+/// An entry is watched before it is registered and checked after, so its watch turns invalid
+/// after any change of its pages since before the registration started. A hit checks the watch
+/// after loading the entry, with acquire ordering (trait contract), so a change that
+/// happened-before the `cached_reg` call is seen and the request goes to the locked path. The
+/// entry reached through a guard stays alive (the index version holds it), so the check reads a
+/// live watch; the returned `Arc` keeps it registered from then on. A hit may return an entry a
+/// writer removed from the index a moment before (evicted, or merged into a larger one): it is
+/// still registered and its watch still checked, so it is still a correct registration, only
+/// deregistered later, when its last handle drops.
+pub struct Cache<R: Registrar, I: InvalidationSource> {
+    shared: Arc<Shared<R, I>>,
+    index: ArcSwap<Snapshot<R, I>>,
+    state: Mutex<State<R, I>>,
+    policy: Policy,
+    limits: Limits,
+    /// LRU clock: advanced by each registration, stamped on entries by each hit.
+    clock: AtomicU64,
+}
+
+impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
+    /// A cache registering through `registrar`, learning of changes from `source` (unused unless
+    /// `policy` watches), running `policy` within `limits`.
+    pub fn new(registrar: R, source: I, policy: Policy, limits: Limits) -> Self {
+        let last_generation = source.generation();
+        Self {
+            shared: Arc::new(Shared {
+                registrar,
+                source,
+                counters: Counters::default(),
+            }),
+            index: ArcSwap::from_pointee(Index::default()),
+            state: Mutex::new(State {
+                retired: Vec::new(),
+                last_generation,
+            }),
+            policy,
+            limits,
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    /// The policy the cache runs.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// A registration covering `[ptr, ptr + len)` with at least `access` (the cache decides
+    /// about [`Access::ON_DEMAND`]). A hit takes no lock and allocates nothing.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidRange`]: `len` is 0 or the range wraps around the address space;
+    /// - [`Error::Watch`], [`Error::Register`]: the invalidation source or the registrar failed
+    ///   (`Register` with `EFAULT` when part of the range is not mapped);
+    /// - [`Error::Unstable`]: the pages changed during every registration attempt;
+    /// - [`Error::Drain`]: pending invalidations could not be read.
+    pub fn cached_reg(
+        &self,
+        ptr: *const u8,
+        len: usize,
+        access: Access,
+    ) -> Result<Registration<R, I>> {
+        let start = ptr.addr();
+        let end = start
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(Error::InvalidRange { addr: start, len })?;
+        let access = access.without(Access::ON_DEMAND);
+        if self.policy.caches() {
+            if let Some(hit) = self.lookup(start, end, access) {
+                self.shared.counters.hits.increment();
+                return Ok(hit);
+            }
+        }
+        self.miss(start, end, access)
+    }
+
+    /// The counters. Takes the lock and walks the index (to count idle registrations).
+    pub fn stats(&self) -> Stats {
+        let mut state = self.lock();
+        state.purge_retired();
+        let idle = self.idle_slots().len();
+        self.shared.counters.snapshot(idle as u64)
+    }
+
+    /// Reads pending invalidations now and drops the registrations they name (a miss does this
+    /// anyway; call it to release pinned memory sooner).
+    ///
+    /// # Errors
+    /// [`Error::Drain`] when the invalidation source fails.
+    pub fn flush_invalidations(&self) -> Result<()> {
+        let mut state = self.lock();
+        self.process_invalidations(&mut state)
+    }
+
+    /// Deregisters every cached registration no handle holds; returns how many.
+    pub fn evict_idle(&self) -> usize {
+        let mut state = self.lock();
+        state.purge_retired();
+        let victims: Vec<usize> = self.idle_slots().iter().map(|&(start, ..)| start).collect();
+        self.remove(&mut state, &victims);
+        Counters::add(&self.shared.counters.evictions, victims.len() as u64);
+        victims.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<R, I>> {
+        // Every update of `State` is a single push or assignment, so a panic elsewhere under the
+        // lock (in a registrar, say) cannot leave it half-changed.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lookup(&self, start: usize, end: usize, access: Access) -> Option<Registration<R, I>> {
+        let index = self.index.load();
+        let entry = index.covering(start, end)?;
+        if !entry.serves(access) || !entry.is_valid() {
+            return None;
+        }
+        entry.touch(self.clock.load(Relaxed));
+        Some(Registration::new(Arc::clone(entry)))
+    }
+
+    fn miss(&self, start: usize, end: usize, access: Access) -> Result<Registration<R, I>> {
+        let _span =
+            tracing::debug_span!("regcache.miss", addr = start, len = end - start).entered();
+        Counters::add(&self.shared.counters.misses, 1);
+        if !self.policy.caches() {
+            return Ok(Registration::new(Arc::new(
+                self.register(start, end, access)?,
+            )));
+        }
+        let mut state = self.lock();
+        self.process_invalidations(&mut state)?;
+        if let Some(hit) = self.lookup(start, end, access) {
+            return Ok(hit);
+        }
+        let aligned_start = start - start % PAGE;
+        let aligned_end = end
+            .checked_next_multiple_of(PAGE)
+            .ok_or(Error::InvalidRange {
+                addr: start,
+                len: end - start,
+            })?;
+
+        let current = self.index.load_full();
+        let survey = Survey::of(&current, aligned_start, aligned_end, access);
+        Counters::add(
+            &self.shared.counters.invalidations,
+            survey.stale.len() as u64,
+        );
+        let registered = match self.register_merged(&survey) {
+            Some(entry) => Ok(entry),
+            None => self.register(aligned_start, aligned_end, access),
+        };
+        match registered {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                self.insert(&mut state, current, survey.stale, &entry);
+                self.evict_over_limits(&mut state);
+                Ok(Registration::new(entry))
+            }
+            Err(err) => {
+                drop(current);
+                self.remove(&mut state, &survey.stale);
+                Err(err)
+            }
+        }
+    }
+
+    /// Registers the union of the request and its valid neighbours when there are any and the
+    /// union stays within the merge limit; `None` when not, or when that registration fails
+    /// (the request alone may still succeed, e.g. with rights a neighbour's pages refuse).
+    fn register_merged(&self, survey: &Survey) -> Option<Entry<R, I>> {
+        let (start, end, access) = survey.union;
+        if survey.neighbours == 0 || end - start > self.limits.max_merge_bytes {
+            return None;
+        }
+        match self.register(start, end, access) {
+            Ok(entry) => {
+                Counters::add(&self.shared.counters.merges, 1);
+                Some(entry)
+            }
+            Err(err) => {
+                tracing::debug!(%err, "regcache: merge failed, registering the request alone");
+                None
+            }
+        }
+    }
+
+    /// Publishes `current` plus `entry`, minus `stale` and whatever `entry` overlaps (merged
+    /// neighbours, or registrations with other rights that it replaces), so the index stays
+    /// disjoint.
+    fn insert(
+        &self,
+        state: &mut State<R, I>,
+        current: Arc<Snapshot<R, I>>,
+        mut remove: Vec<usize>,
+        entry: &Arc<Entry<R, I>>,
+    ) {
+        remove.extend(
+            current
+                .touching(entry.start, entry.end())
+                .filter(|slot| slot.start < entry.end() && slot.end > entry.start)
+                .map(|slot| slot.start),
+        );
+        let next = current.edit(
+            &remove,
+            Some(Slot {
+                start: entry.start,
+                end: entry.end(),
+                item: Arc::clone(entry),
+            }),
+        );
+        // Readers must not be left holding the only other reference to `current` (see `publish`).
+        drop(current);
+        self.publish(state, next);
+    }
+
+    /// Registers `[start, end)`, retrying while the pages change during registration.
+    fn register(&self, start: usize, end: usize, access: Access) -> Result<Entry<R, I>> {
+        let len = end - start;
+        let plan = self.policy.plan(access);
+        for _ in 0..REGISTER_ATTEMPTS {
+            // Each new entry takes the current tick and moves the clock on, so that hits after
+            // it stamp a later tick than its creation.
+            let stamp = self.clock.fetch_add(1, Relaxed);
+            let entry = Entry::register(&self.shared, start, len, plan, stamp)?;
+            if entry.is_valid() {
+                return Ok(entry);
+            }
+            Counters::add(&self.shared.counters.registration_retries, 1);
+            tracing::debug!(
+                addr = start,
+                len,
+                "regcache: pages changed during registration, retrying"
+            );
+        }
+        Err(Error::Unstable {
+            addr: start,
+            len,
+            attempts: REGISTER_ATTEMPTS,
+        })
+    }
+
+    fn process_invalidations(&self, state: &mut State<R, I>) -> Result<()> {
+        if !self.policy.watches() {
+            return Ok(());
+        }
+        let generation = self.shared.source.generation();
+        if generation == state.last_generation {
+            return Ok(());
+        }
+        let _span = tracing::debug_span!("regcache.invalidations", generation).entered();
+        let current = self.index.load_full();
+        let mut stale = Vec::new();
+        self.shared
+            .source
+            .drain(&mut |cookie| {
+                let start = cookie as usize;
+                if current.get(start).is_some_and(|entry| !entry.is_valid()) {
+                    stale.push(start);
+                }
+            })
+            .map_err(|source| Error::Drain { source })?;
+        state.last_generation = generation;
+        drop(current);
+        tracing::debug!(
+            count = stale.len(),
+            "regcache: dropping invalidated registrations"
+        );
+        Counters::add(&self.shared.counters.invalidations, stale.len() as u64);
+        self.remove(state, &stale);
+        Ok(())
+    }
+
+    /// Evicts idle registrations, least recently used first, down to 15/16 of the limits (the
+    /// slack spreads the O(n) scan over many misses).
+    fn evict_over_limits(&self, state: &mut State<R, I>) {
+        let (regions, bytes) = self.shared.counters.live();
+        let (max_regions, max_bytes) =
+            (self.limits.max_regions as u64, self.limits.max_bytes as u64);
+        if regions <= max_regions && bytes <= max_bytes {
+            return;
+        }
+        let (low_regions, low_bytes) = (max_regions - max_regions / 16, max_bytes - max_bytes / 16);
+        let mut idle = self.idle_slots();
+        idle.sort_unstable_by_key(|&(start, _, last_used)| (last_used, start));
+        let (mut regions, mut bytes) = (regions, bytes);
+        let mut victims = Vec::new();
+        for (start, len, _) in idle {
+            if regions <= low_regions && bytes <= low_bytes {
+                break;
+            }
+            victims.push(start);
+            regions -= 1;
+            bytes -= len as u64;
+        }
+        tracing::debug!(
+            count = victims.len(),
+            regions,
+            bytes,
+            "regcache: evicting idle registrations"
+        );
+        Counters::add(&self.shared.counters.evictions, victims.len() as u64);
+        self.remove(state, &victims);
+    }
+
+    /// `(start, len, last_used)` of indexed entries nothing but the index holds. Conservative:
+    /// a reader between its lookup and its `Arc::clone` may still take one, which only delays
+    /// that region's deregistration until its handle drops.
+    fn idle_slots(&self) -> Vec<(usize, usize, u64)> {
+        self.index
+            .load()
+            .iter()
+            .filter(|slot| Arc::strong_count(&slot.item) == 1)
+            .map(|slot| (slot.start, slot.item.len, slot.item.last_used()))
+            .collect()
+    }
+
+    fn remove(&self, state: &mut State<R, I>, starts: &[usize]) {
+        if starts.is_empty() {
+            return;
+        }
+        let next = self.index.load().edit(starts, None);
+        self.publish(state, next);
+    }
+
+    fn publish(&self, state: &mut State<R, I>, next: Snapshot<R, I>) {
+        let replaced = self.index.swap(Arc::new(next));
+        state.retired.push(replaced);
+        state.purge_retired();
+    }
+}
+
+impl<R: Registrar, I: InvalidationSource> std::fmt::Debug for Cache<R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("policy", &self.policy)
+            .field("limits", &self.limits)
+            .field("cached", &self.index.load().len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,191 @@
+//! One registration owned by the cache, and the handle callers hold.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::access::Access;
+use crate::config::Plan;
+use crate::error::{Error, Result};
+use crate::stats::Counters;
+use crate::traits::{InvalidationSource, MemoryRegion, Registrar};
+
+/// What every entry of one cache shares, and what must outlive the cache while handles exist.
+pub(crate) struct Shared<R, I> {
+    pub(crate) registrar: R,
+    pub(crate) source: I,
+    pub(crate) counters: Counters,
+}
+
+impl<R: Registrar, I: InvalidationSource> Shared<R, I> {
+    fn unwatch(&self, watch: I::Watch, start: usize) {
+        if let Err(err) = self.source.unwatch(watch) {
+            Counters::add(&self.counters.unwatch_failures, 1);
+            tracing::warn!(addr = start, %err, "regcache: unwatch failed");
+        }
+    }
+}
+
+/// A live registration: its region, the watch guarding it, and its LRU stamp. Dropping the last
+/// reference deregisters and unwatches, so a region can never be released under a handle.
+pub(crate) struct Entry<R: Registrar, I: InvalidationSource> {
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+    /// As registered, including [`Access::ON_DEMAND`] for ODP registrations.
+    pub(crate) access: Access,
+    lkey: u32,
+    rkey: u32,
+    last_used: AtomicU64,
+    watch: Option<I::Watch>,
+    /// `Some` until `Drop` hands it back to the registrar.
+    region: Option<R::Region>,
+    shared: Arc<Shared<R, I>>,
+}
+
+impl<R: Registrar, I: InvalidationSource> Entry<R, I> {
+    /// Watches (when the plan says so) and then registers `[start, start + len)`. The watch comes
+    /// first so that a change during registration shows in [`Entry::is_valid`] afterwards.
+    ///
+    /// The cookie is `start`: the index holds at most one entry per start, and an event whose
+    /// entry already left the index is recognised by the indexed entry still being valid.
+    pub(crate) fn register(
+        shared: &Arc<Shared<R, I>>,
+        start: usize,
+        len: usize,
+        plan: Plan,
+        last_used: u64,
+    ) -> Result<Self> {
+        let watch = plan
+            .watched
+            .then(|| shared.source.watch(start, len, start as u64))
+            .transpose()
+            .map_err(|source| Error::Watch {
+                addr: start,
+                len,
+                source,
+            })?;
+        let region = match shared.registrar.register(start, len, plan.access) {
+            Ok(region) => region,
+            Err(source) => {
+                if let Some(watch) = watch {
+                    shared.unwatch(watch, start);
+                }
+                return Err(Error::Register {
+                    addr: start,
+                    len,
+                    source,
+                });
+            }
+        };
+        shared.counters.region_added(len);
+        Ok(Self {
+            start,
+            len,
+            access: plan.access,
+            lkey: region.lkey(),
+            rkey: region.rkey(),
+            last_used: AtomicU64::new(last_used),
+            watch,
+            region: Some(region),
+            shared: Arc::clone(shared),
+        })
+    }
+
+    pub(crate) fn end(&self) -> usize {
+        self.start + self.len
+    }
+
+    /// Whether the pages are still those that were registered (always, for unwatched entries).
+    pub(crate) fn is_valid(&self) -> bool {
+        self.watch
+            .as_ref()
+            .is_none_or(|watch| self.shared.source.is_valid(watch))
+    }
+
+    /// Whether a request for `access` may use this registration.
+    pub(crate) fn serves(&self, access: Access) -> bool {
+        self.access
+            .without(Access::ON_DEMAND)
+            .contains(access.without(Access::ON_DEMAND))
+    }
+
+    pub(crate) fn touch(&self, now: u64) {
+        self.last_used.store(now, Relaxed);
+    }
+
+    pub(crate) fn last_used(&self) -> u64 {
+        self.last_used.load(Relaxed)
+    }
+}
+
+impl<R: Registrar, I: InvalidationSource> Drop for Entry<R, I> {
+    fn drop(&mut self) {
+        if let Some(region) = self.region.take() {
+            if let Err(err) = self.shared.registrar.deregister(region) {
+                Counters::add(&self.shared.counters.deregister_failures, 1);
+                let (addr, len) = (self.start, self.len);
+                tracing::warn!(addr, len, %err, "regcache: deregistration failed");
+            }
+            self.shared.counters.region_removed(self.len);
+        }
+        if let Some(watch) = self.watch.take() {
+            self.shared.unwatch(watch, self.start);
+        }
+    }
+}
+
+/// A registration covering the requested range: cheap to clone, keeps its region registered
+/// while held, and releases it on drop.
+pub struct Registration<R: Registrar, I: InvalidationSource> {
+    entry: Arc<Entry<R, I>>,
+}
+
+impl<R: Registrar, I: InvalidationSource> Registration<R, I> {
+    pub(crate) fn new(entry: Arc<Entry<R, I>>) -> Self {
+        Self { entry }
+    }
+
+    /// Local key for work requests on any part of `[addr, addr + length)`.
+    pub fn lkey(&self) -> u32 {
+        self.entry.lkey
+    }
+
+    /// Remote key for peers.
+    pub fn rkey(&self) -> u32 {
+        self.entry.rkey
+    }
+
+    /// Start of the registered region (at or below the requested pointer).
+    pub fn addr(&self) -> usize {
+        self.entry.start
+    }
+
+    /// Length of the registered region (covers the requested range).
+    pub fn length(&self) -> usize {
+        self.entry.len
+    }
+
+    /// Rights of the registered region (a superset of the requested ones; holds
+    /// [`Access::ON_DEMAND`] for ODP registrations).
+    pub fn access(&self) -> Access {
+        self.entry.access
+    }
+}
+
+impl<R: Registrar, I: InvalidationSource> Clone for Registration<R, I> {
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.entry))
+    }
+}
+
+impl<R: Registrar, I: InvalidationSource> fmt::Debug for Registration<R, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("addr", &format_args!("{:#x}", self.addr()))
+            .field("length", &self.length())
+            .field("access", &self.access())
+            .field("lkey", &self.lkey())
+            .field("rkey", &self.rkey())
+            .finish()
+    }
+}

@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * regwatch: file operations of /dev/regwatch.
+ *
+ * An fd is bound to its opener's mm. Every operation but release checks
+ * that the caller runs in that mm and fails with EIO otherwise, before
+ * touching anything.
+ */
+#include <linux/fs.h>
+#include <linux/poll.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+
+#include "regwatch_internal.h"
+
+/* Records copied per round trip through the kernel bounce buffer. */
+#define REGWATCH_READ_BATCH	8
+
+static bool regwatch_caller_owns(struct regwatch_ctx *ctx)
+{
+	return current->mm == ctx->mm;
+}
+
+static int regwatch_open(struct inode *inode, struct file *file)
+{
+	struct regwatch_ctx *ctx;
+
+	if (!current->mm)
+		return -EINVAL;
+	ctx = kzalloc(sizeof(*ctx), GFP_KERNEL_ACCOUNT);
+	if (!ctx)
+		return -ENOMEM;
+	regwatch_notifier_init_ops(&ctx->notifier_ops);
+	mmgrab(current->mm);
+	ctx->mm = current->mm;
+	ctx->strict = regwatch_strict_default();
+	mutex_init(&ctx->setup_lock);
+	spin_lock_init(&ctx->lock);
+	ctx->free_head = REGWATCH_NO_SLOT;
+	ctx->dirty_head = REGWATCH_NO_SLOT;
+	ctx->dirty_tail = REGWATCH_NO_SLOT;
+	ctx->next_seq = 2;
+	init_waitqueue_head(&ctx->read_wait);
+	file->private_data = ctx;
+	regwatch_fd_opened();
+	return stream_open(inode, file);
+}
+
+static int regwatch_release(struct inode *inode, struct file *file)
+{
+	struct regwatch_ctx *ctx = file->private_data;
+
+	if (smp_load_acquire(&ctx->nslots))
+		regwatch_teardown(ctx);
+	mmdrop(ctx->mm);
+	mutex_destroy(&ctx->setup_lock);
+	kfree(ctx);
+	regwatch_fd_closed();
+	return 0;
+}
+
+static long regwatch_ioctl_api(struct regwatch_ctx *ctx,
+			       struct regwatch_api __user *uarg)
+{
+	struct regwatch_api api;
+
+	if (copy_from_user(&api, uarg, sizeof(api)))
+		return -EFAULT;
+	if (api.api != REGWATCH_API || api.features & ~REGWATCH_FEATURES ||
+	    memchr_inv(api.reserved, 0, sizeof(api.reserved)))
+		return -EINVAL;
+	if (api.features & REGWATCH_FEATURE_STRICT)
+		WRITE_ONCE(ctx->strict, true);
+
+	api.features = READ_ONCE(ctx->strict) ? REGWATCH_FEATURE_STRICT : 0;
+	api.supported_features = REGWATCH_FEATURES;
+	api.ioctls = BIT_ULL(_IOC_NR(REGWATCH_IOC_API)) |
+		     BIT_ULL(_IOC_NR(REGWATCH_IOC_SET_CAPACITY)) |
+		     BIT_ULL(_IOC_NR(REGWATCH_IOC_WATCH)) |
+		     BIT_ULL(_IOC_NR(REGWATCH_IOC_UNWATCH));
+	api.max_slots = regwatch_max_slots();
+	api.default_slots = regwatch_default_slots();
+	api.record_size = sizeof(struct regwatch_record);
+	return copy_to_user(uarg, &api, sizeof(api)) ? -EFAULT : 0;
+}
+
+static long regwatch_ioctl_set_capacity(struct regwatch_ctx *ctx,
+					struct regwatch_capacity __user *uarg)
+{
+	struct regwatch_capacity cap;
+	int ret;
+
+	if (copy_from_user(&cap, uarg, sizeof(cap)))
+		return -EFAULT;
+	if (!cap.slots || cap.slots > regwatch_max_slots() ||
+	    memchr_inv(cap.reserved, 0, sizeof(cap.reserved)))
+		return -EINVAL;
+	ret = regwatch_fix_capacity(ctx, cap.slots);
+	if (ret)
+		return ret;
+	cap.status_size = ctx->status_size;
+	return copy_to_user(uarg, &cap, sizeof(cap)) ? -EFAULT : 0;
+}
+
+static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
+				 struct regwatch_watch __user *uarg)
+{
+	struct regwatch_watch w;
+	u32 slot;
+	u64 seq;
+	int ret;
+
+	if (copy_from_user(&w, uarg, sizeof(w)))
+		return -EFAULT;
+	if (w.flags & ~REGWATCH_WATCH_FLAGS ||
+	    memchr_inv(w.reserved, 0, sizeof(w.reserved)))
+		return -EINVAL;
+	ret = regwatch_watch(ctx, w.start, w.length, w.cookie, &slot, &seq);
+	if (ret)
+		return ret;
+	w.slot = slot;
+	w.seq = seq;
+	if (copy_to_user(uarg, &w, sizeof(w))) {
+		/* the caller never learnt the slot: take the watch back */
+		regwatch_unwatch(ctx, slot, w.cookie);
+		return -EFAULT;
+	}
+	return 0;
+}
+
+static long regwatch_ioctl_unwatch(struct regwatch_ctx *ctx,
+				   struct regwatch_unwatch __user *uarg)
+{
+	struct regwatch_unwatch u;
+
+	if (copy_from_user(&u, uarg, sizeof(u)))
+		return -EFAULT;
+	if (memchr_inv(u.reserved, 0, sizeof(u.reserved)))
+		return -EINVAL;
+	return regwatch_unwatch(ctx, u.slot, u.cookie);
+}
+
+static long regwatch_ioctl(struct file *file, unsigned int cmd,
+			   unsigned long arg)
+{
+	struct regwatch_ctx *ctx = file->private_data;
+	void __user *uarg = (void __user *)arg;
+
+	if (!regwatch_caller_owns(ctx))
+		return -EIO;
+	switch (cmd) {
+	case REGWATCH_IOC_API:
+		return regwatch_ioctl_api(ctx, uarg);
+	case REGWATCH_IOC_SET_CAPACITY:
+		return regwatch_ioctl_set_capacity(ctx, uarg);
+	case REGWATCH_IOC_WATCH:
+		return regwatch_ioctl_watch(ctx, uarg);
+	case REGWATCH_IOC_UNWATCH:
+		return regwatch_ioctl_unwatch(ctx, uarg);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static ssize_t regwatch_read(struct file *file, char __user *buf,
+			     size_t count, loff_t *ppos)
+{
+	struct regwatch_ctx *ctx = file->private_data;
+	struct regwatch_record rec[REGWATCH_READ_BATCH];
+	size_t copied = 0;
+
+	if (!regwatch_caller_owns(ctx))
+		return -EIO;
+	if (count < sizeof(rec[0]))
+		return -EINVAL;
+	while (count - copied >= sizeof(rec[0])) {
+		unsigned int want = min_t(size_t, REGWATCH_READ_BATCH,
+					  (count - copied) / sizeof(rec[0]));
+		unsigned int got, left;
+		int ret;
+
+		if (!regwatch_has_pending(ctx)) {
+			if (copied)
+				break;
+			if (file->f_flags & O_NONBLOCK)
+				return -EAGAIN;
+			ret = wait_event_interruptible(ctx->read_wait,
+						       regwatch_has_pending(ctx));
+			if (ret)
+				return ret;
+		}
+		got = regwatch_take_records(ctx, rec, want);
+		if (!got)
+			continue;
+		/* never copy to user space under ctx->lock: a fault could
+		 * re-enter our own invalidate callback
+		 */
+		left = copy_to_user(buf + copied, rec, got * sizeof(rec[0]));
+		if (left) {
+			unsigned int done = (got * sizeof(rec[0]) - left) /
+					    sizeof(rec[0]);
+
+			regwatch_requeue_records(ctx, rec + done, got - done);
+			copied += done * sizeof(rec[0]);
+			return copied ? copied : -EFAULT;
+		}
+		copied += got * sizeof(rec[0]);
+	}
+	return copied;
+}
+
+static __poll_t regwatch_poll(struct file *file, poll_table *wait)
+{
+	struct regwatch_ctx *ctx = file->private_data;
+
+	if (!regwatch_caller_owns(ctx))
+		return EPOLLERR;
+	poll_wait(file, &ctx->read_wait, wait);
+	if (regwatch_has_pending(ctx))
+		return EPOLLIN | EPOLLRDNORM;
+	return 0;
+}
+
+static int regwatch_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct regwatch_ctx *ctx = file->private_data;
+	int ret;
+
+	if (!regwatch_caller_owns(ctx))
+		return -EIO;
+	ret = regwatch_fix_capacity(ctx, 0);
+	if (ret)
+		return ret;
+	return regwatch_status_mmap(ctx, vma);
+}
+
+const struct file_operations regwatch_fops = {
+	.owner = THIS_MODULE,
+	.open = regwatch_open,
+	.release = regwatch_release,
+	.unlocked_ioctl = regwatch_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.read = regwatch_read,
+	.poll = regwatch_poll,
+	.mmap = regwatch_mmap,
+	.llseek = noop_llseek,
+};

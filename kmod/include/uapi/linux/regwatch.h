@@ -1,0 +1,236 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * regwatch: tell a process when the pages behind a watched range of its own
+ * address space change (munmap, mremap, MAP_FIXED, madvise, migration, exit).
+ *
+ * This header is the one source of truth for the ABI of /dev/regwatch.
+ *
+ * Usage:
+ *   fd = open("/dev/regwatch", O_RDWR | O_CLOEXEC);
+ *   ioctl(fd, REGWATCH_IOC_API, &api);          // optional, recommended
+ *   ioctl(fd, REGWATCH_IOC_SET_CAPACITY, &cap); // optional, before any watch
+ *   status = mmap(NULL, REGWATCH_STATUS_SIZE(nslots, page_size), PROT_READ,
+ *                 MAP_SHARED, fd, 0);
+ *   ioctl(fd, REGWATCH_IOC_WATCH, &w);          // -> w.slot, w.seq
+ *   valid = __atomic_load_n(&REGWATCH_STATUS_SEQ(status)[w.slot],
+ *                           __ATOMIC_ACQUIRE) == w.seq;
+ *   read(fd, records, n * sizeof(struct regwatch_record));
+ *   ioctl(fd, REGWATCH_IOC_UNWATCH, &u);
+ *
+ * The fd is bound to the address space (mm) of the process that opened it.
+ * Every ioctl, read, poll and mmap from another address space (a fork child
+ * that inherited the fd, a process that received it over a unix socket)
+ * fails with EIO (poll: EPOLLERR) and changes nothing. close() from anywhere
+ * is fine and removes every watch.
+ *
+ * Errors common to all ioctls: EFAULT (bad argument pointer), EIO (other mm),
+ * ENOTTY (unknown ioctl), EINVAL (a reserved field is not zero).
+ */
+#ifndef _UAPI_LINUX_REGWATCH_H
+#define _UAPI_LINUX_REGWATCH_H
+
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
+/* ABI version; zero is never valid. */
+#define REGWATCH_API			1ULL
+
+/*
+ * Feature bits for struct regwatch_api.
+ *
+ * REGWATCH_FEATURE_STRICT: protection-only changes (mprotect, the
+ * write-protect pass of fork over the parent's copy-on-write areas,
+ * soft-dirty clearing) dirty a watch too. Off by default: those events keep
+ * every page where it is. Always on when the module parameter strict=1.
+ * Once enabled on an fd it stays enabled.
+ */
+#define REGWATCH_FEATURE_STRICT		(1ULL << 0)
+#define REGWATCH_FEATURES		(REGWATCH_FEATURE_STRICT)
+
+/* Watch flags: none defined yet; any bit set is EINVAL. */
+#define REGWATCH_WATCH_FLAGS		0ULL
+
+/**
+ * struct regwatch_api - handshake (modelled on UFFDIO_API)
+ * @api: (in) must be REGWATCH_API, else EINVAL; (out) REGWATCH_API.
+ * @features: (in) features to enable on this fd; an unknown bit is EINVAL
+ *	and enables nothing. (out) features enabled on this fd.
+ * @supported_features: (out) every feature this module knows.
+ * @ioctls: (out) bit (1 << _IOC_NR(cmd)) set for every supported ioctl.
+ * @max_slots: (out) largest capacity REGWATCH_IOC_SET_CAPACITY accepts.
+ * @default_slots: (out) capacity used if none was set before the first
+ *	watch or mmap.
+ * @record_size: (out) sizeof(struct regwatch_record) of this module.
+ * @reserved: (in) must be zero; (out) zero.
+ *
+ * May be called any number of times, also after watches exist.
+ */
+struct regwatch_api {
+	__u64 api;
+	__u64 features;
+	__u64 supported_features;
+	__u64 ioctls;
+	__u64 max_slots;
+	__u64 default_slots;
+	__u64 record_size;
+	__u64 reserved[9];
+};
+
+/**
+ * struct regwatch_capacity - fix the number of slots of this fd
+ * @slots: (in) 1 .. max_slots, else EINVAL.
+ * @status_size: (out) exact length mmap() of the status area needs.
+ * @reserved: (in) must be zero.
+ *
+ * Allowed once, and only before the first watch and before the first mmap
+ * (either of which fixes the capacity at default_slots): EBUSY otherwise.
+ * ENOMEM if the memory cannot be charged to the caller's memory cgroup.
+ * Kernel memory per slot is fixed at this point (about 120 bytes/slot).
+ */
+struct regwatch_capacity {
+	__u64 slots;
+	__u64 status_size;
+	__u64 reserved[2];
+};
+
+/**
+ * struct regwatch_watch - start watching [start, start + length)
+ * @start: (in) first byte; rounded down to a page boundary.
+ * @length: (in) bytes; the end is rounded up to a page boundary.
+ * @cookie: (in) opaque, returned in records and needed to unwatch.
+ * @flags: (in) must be zero (REGWATCH_WATCH_FLAGS).
+ * @slot: (out) index of this watch's word in the status area.
+ * @seq: (out) value of that word while the watch is valid: even, never 0,
+ *	never reused on this fd.
+ * @reserved: (in) must be zero.
+ *
+ * EINVAL: zero length, start + length overflows, range beyond the user
+ * address space, unknown flags. ENOSPC: every slot is in use. ENOMEM.
+ * On any error nothing changed.
+ */
+struct regwatch_watch {
+	__u64 start;
+	__u64 length;
+	__u64 cookie;
+	__u64 flags;
+	__u64 slot;
+	__u64 seq;
+	__u64 reserved[2];
+};
+
+/**
+ * struct regwatch_unwatch - stop watching
+ * @slot: (in) slot returned by REGWATCH_IOC_WATCH.
+ * @cookie: (in) cookie given to REGWATCH_IOC_WATCH.
+ * @reserved: (in) must be zero.
+ *
+ * EINVAL: slot not in use or wrong cookie. After success no record of this
+ * watch is ever read, its slot word is 0 and the slot may be reused with a
+ * new seq.
+ */
+struct regwatch_unwatch {
+	__u64 slot;
+	__u64 cookie;
+	__u64 reserved[2];
+};
+
+/* Why a watch turned dirty (first event only). Zero is never used. */
+enum regwatch_reason {
+	REGWATCH_REASON_UNMAP = 1,	/* munmap, mremap, MAP_FIXED, brk, shmdt */
+	REGWATCH_REASON_CLEAR = 2,	/* pages zapped/replaced: madvise, COW break, reclaim, migration */
+	REGWATCH_REASON_PROTECTION = 3,	/* protection change, strict mode only */
+	REGWATCH_REASON_RELEASE = 4,	/* the address space is exiting */
+	REGWATCH_REASON_MIGRATE = 5,	/* device migration (migrate_vma) */
+	REGWATCH_REASON_EXCLUSIVE = 6,	/* device-exclusive access */
+	REGWATCH_REASON_OTHER = 7,	/* an event this module does not name */
+};
+
+/**
+ * struct regwatch_record - one dirty watch, as returned by read()
+ * @cookie: (out) the watch's cookie.
+ * @seq: (out) the seq returned when the watch was created.
+ * @start: (out) page-rounded start of the watched range.
+ * @end: (out) page-rounded end of the watched range (exclusive).
+ * @slot: (out) the watch's slot.
+ * @reason: (out) enum regwatch_reason of the first event that dirtied it.
+ * @reserved: (out) zero.
+ *
+ * read() returns whole records only, each dirty watch exactly once.
+ * EINVAL if the buffer is smaller than one record; EAGAIN under O_NONBLOCK
+ * when nothing is pending, otherwise it blocks; EFAULT if nothing could be
+ * copied (records not copied stay pending). poll()/epoll: EPOLLIN when a
+ * record is pending.
+ */
+struct regwatch_record {
+	__u64 cookie;
+	__u64 seq;
+	__u64 start;
+	__u64 end;
+	__u32 slot;
+	__u32 reason;
+	__u64 reserved;
+};
+
+/**
+ * struct regwatch_status - header of the read-only status area
+ * @abi_version: REGWATCH_API.
+ * @header_size: byte offset of the first slot word (sizeof this struct).
+ * @nslots: number of slot words that follow the header.
+ * @generation: incremented, with release ordering, after any watch's slot
+ *	word turned dirty. Equal values mean no watch turned dirty in between;
+ *	compare for equality only (a 32-bit reader may see torn values, which
+ *	only ever causes an extra read()).
+ * @dirty_unread: dirty watches not yet returned by read().
+ * @total_watched: successful REGWATCH_IOC_WATCH calls.
+ * @total_unwatched: successful REGWATCH_IOC_UNWATCH calls.
+ * @total_dirtied: watches that turned dirty.
+ * @total_reported: records returned by read().
+ * @reserved: zero.
+ *
+ * mmap() rules: offset 0, length exactly REGWATCH_STATUS_SIZE(nslots, page),
+ * PROT_READ and MAP_SHARED: EINVAL for another offset, length or MAP_PRIVATE,
+ * EPERM for PROT_WRITE/PROT_EXEC or a later mprotect() to them. The mapping
+ * is not inherited across fork (a child gets no mapping there).
+ *
+ * Slot word values (64-bit, read with an acquire load):
+ *   seq (even)          the watch created with seq is valid;
+ *   seq | REGWATCH_SEQ_DIRTY  it is dirty (reported by read() or about to be);
+ *   0                   slot not in use.
+ * A word changes when its watch turns dirty or is unwatched.
+ */
+struct regwatch_status {
+	__u64 abi_version;
+	__u64 header_size;
+	__u64 nslots;
+	__u64 generation;
+	__u64 dirty_unread;
+	__u64 total_watched;
+	__u64 total_unwatched;
+	__u64 total_dirtied;
+	__u64 total_reported;
+	__u64 reserved[7];
+};
+
+#define REGWATCH_SEQ_DIRTY		1ULL
+
+/* Pointer to slot word 0 of a mapped status area. */
+#define REGWATCH_STATUS_SEQ(status) \
+	((__u64 *)((char *)(status) + sizeof(struct regwatch_status)))
+
+/* Exact mmap() length of the status area for nslots slots. */
+#define REGWATCH_STATUS_SIZE(nslots, page_size) \
+	(((sizeof(struct regwatch_status) + 8ULL * (nslots)) + \
+	  (page_size) - 1) & ~((__u64)(page_size) - 1))
+
+#define REGWATCH_IOC_MAGIC		0xB9
+
+#define REGWATCH_IOC_API \
+	_IOWR(REGWATCH_IOC_MAGIC, 0x00, struct regwatch_api)
+#define REGWATCH_IOC_SET_CAPACITY \
+	_IOWR(REGWATCH_IOC_MAGIC, 0x01, struct regwatch_capacity)
+#define REGWATCH_IOC_WATCH \
+	_IOWR(REGWATCH_IOC_MAGIC, 0x02, struct regwatch_watch)
+#define REGWATCH_IOC_UNWATCH \
+	_IOW(REGWATCH_IOC_MAGIC, 0x03, struct regwatch_unwatch)
+
+#endif /* _UAPI_LINUX_REGWATCH_H */

@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * regwatch internals shared by the module's source files.
+ */
+#ifndef _REGWATCH_INTERNAL_H
+#define _REGWATCH_INTERNAL_H
+
+#include <linux/atomic.h>
+#include <linux/mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
+#include <linux/version.h>
+#include <linux/wait.h>
+#include <linux/regwatch.h>
+
+/* Slot indices are u32; this value terminates the free and dirty lists. */
+#define REGWATCH_NO_SLOT	U32_MAX
+/* Hard ceiling for the max_slots parameter (about 2 GiB of kernel memory). */
+#define REGWATCH_SLOTS_LIMIT	(1U << 24)
+
+enum regwatch_slot_state {
+	REGWATCH_SLOT_FREE = 0,
+	/* reserved by a watch ioctl that is still inserting its notifier */
+	REGWATCH_SLOT_INSERTING,
+	REGWATCH_SLOT_LIVE,
+	/* an unwatch is removing the notifier; the slot is not yet reusable */
+	REGWATCH_SLOT_REMOVING,
+};
+
+enum regwatch_dirty_state {
+	REGWATCH_CLEAN = 0,
+	/* dirty and on the dirty list, waiting for read() */
+	REGWATCH_PENDING,
+	/* dirty and already returned by read() */
+	REGWATCH_REPORTED,
+};
+
+/**
+ * struct regwatch_slot - one watch, stored in a per-fd array indexed by slot
+ * @notifier: interval notifier covering the page-rounded range.
+ * @cookie: user cookie.
+ * @next: dirty-list successor while PENDING, free-list successor while FREE.
+ * @prev: dirty-list predecessor while PENDING.
+ * @state: enum regwatch_slot_state.
+ * @dirty: enum regwatch_dirty_state.
+ * @reason: enum regwatch_reason of the first event that dirtied it.
+ *
+ * Kept small on purpose: a million watches must cost at most 128 bytes
+ * each. The owning ctx is found through @notifier.ops (which points into the
+ * ctx) and the slot number by pointer arithmetic, so neither is stored.
+ * All fields but @notifier are protected by regwatch_ctx.lock.
+ */
+struct regwatch_slot {
+	struct mmu_interval_notifier notifier;
+	u64 cookie;
+	u32 next;
+	u32 prev;
+	u8 state;
+	u8 dirty;
+	u8 reason;
+};
+
+/**
+ * struct regwatch_ctx - state of one open /dev/regwatch file
+ * @notifier_ops: this fd's notifier ops; every slot's notifier points here,
+ *	which lets the callback recover the ctx with container_of().
+ * @mm: address space the fd is bound to (mmgrab'ed: the struct stays, the
+ *	address space may exit before the fd is closed).
+ * @strict: protection-only events dirty watches too.
+ * @setup_lock: serialises fixing the capacity (which allocates).
+ * @lock: protects the slot states, both lists, @next_seq, @high_water and
+ *	every write to the status area. Taken in the invalidate callback, so
+ *	nothing that sleeps, allocates or faults may happen under it.
+ * @slots: array of @nslots watches (vmalloc, charged to the memcg).
+ * @status: the status area mapped read-only into user space.
+ * @status_size: bytes of @status, the exact mmap() length.
+ * @nslots: capacity; 0 until fixed, then published with release ordering
+ *	after @slots and @status exist, never changed again.
+ * @high_water: slots at and above this index were never used.
+ * @free_head: first slot of the free list (slots freed by unwatch).
+ * @dirty_head: oldest PENDING slot.
+ * @dirty_tail: newest PENDING slot.
+ * @next_seq: sequence number for the next watch (even, starts at 2).
+ * @read_wait: readers and pollers waiting for a PENDING slot.
+ */
+struct regwatch_ctx {
+	struct mmu_interval_notifier_ops notifier_ops;
+	struct mm_struct *mm;
+	bool strict;
+	struct mutex setup_lock;
+	spinlock_t lock;
+	struct regwatch_slot *slots;
+	struct regwatch_status *status;
+	size_t status_size;
+	u32 nslots;
+	u32 high_water;
+	u32 free_head;
+	u32 dirty_head;
+	u32 dirty_tail;
+	u64 next_seq;
+	wait_queue_head_t read_wait;
+};
+
+extern atomic_long_t regwatch_live_watches;
+
+/* main.c */
+u32 regwatch_max_slots(void);
+u32 regwatch_default_slots(void);
+bool regwatch_strict_default(void);
+void regwatch_fd_opened(void);
+void regwatch_fd_closed(void);
+
+/* fops.c */
+extern const struct file_operations regwatch_fops;
+
+/* notifier.c */
+void regwatch_notifier_init_ops(struct mmu_interval_notifier_ops *ops);
+
+/* watch.c */
+int regwatch_fix_capacity(struct regwatch_ctx *ctx, u32 nslots);
+int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
+		   u64 cookie, u32 *slot_out, u64 *seq_out);
+int regwatch_unwatch(struct regwatch_ctx *ctx, u64 slot_nr, u64 cookie);
+bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
+			 u8 reason);
+bool regwatch_has_pending(struct regwatch_ctx *ctx);
+unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
+				   struct regwatch_record *rec,
+				   unsigned int max);
+void regwatch_requeue_records(struct regwatch_ctx *ctx,
+			      const struct regwatch_record *rec,
+			      unsigned int count);
+void regwatch_teardown(struct regwatch_ctx *ctx);
+
+/* status.c */
+int regwatch_status_alloc(struct regwatch_ctx *ctx, u32 nslots);
+void regwatch_status_free(struct regwatch_ctx *ctx);
+int regwatch_status_mmap(struct regwatch_ctx *ctx, struct vm_area_struct *vma);
+u64 regwatch_status_seq(struct regwatch_ctx *ctx, u32 slot);
+void regwatch_status_set_seq(struct regwatch_ctx *ctx, u32 slot, u64 seq);
+void regwatch_status_dirtied(struct regwatch_ctx *ctx, u32 slot);
+void regwatch_status_count(struct regwatch_ctx *ctx, u64 *counter, s64 delta);
+
+static inline u32 regwatch_slot_index(struct regwatch_ctx *ctx,
+				      struct regwatch_slot *slot)
+{
+	return slot - ctx->slots;
+}
+
+/* Bookworm's 6.1 predates the vm_flags_*() accessors (6.3). */
+static inline void regwatch_vm_flags_mod(struct vm_area_struct *vma,
+					 vm_flags_t set, vm_flags_t clear)
+{
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 3, 0)
+	vma->vm_flags = (vma->vm_flags | set) & ~clear;
+#else
+	vm_flags_mod(vma, set, clear);
+#endif
+}
+
+#endif /* _REGWATCH_INTERNAL_H */

@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Helpers shared by the regwatch tests.
+ */
+#ifndef REGWATCH_TEST_UTIL_H
+#define REGWATCH_TEST_UTIL_H
+
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/regwatch.h>
+
+#include "harness.h"
+
+#define RW_DEV "/dev/regwatch"
+
+static inline long rw_page(void)
+{
+	return sysconf(_SC_PAGESIZE);
+}
+
+static inline bool rw_in_vm(void)
+{
+	const char *vm = getenv("REGCACHE_VM");
+
+	return vm && !strcmp(vm, "1");
+}
+
+/* Skip on a host without the module; inside the test VM that is a failure. */
+static inline void rw_require_device(void)
+{
+	if (access(RW_DEV, F_OK) == 0)
+		return;
+	if (rw_in_vm()) {
+		TH_LOG(RW_DEV " missing inside the VM (REGCACHE_VM=1)");
+		th_fail(true);
+	}
+	SKIP(, RW_DEV " not present (module not loaded on this machine)");
+}
+
+static inline int rw_open(int flags)
+{
+	int fd;
+
+	rw_require_device();
+	fd = open(RW_DEV, O_RDWR | O_CLOEXEC | flags);
+	if (fd < 0) {
+		TH_LOG("open " RW_DEV ": %s", strerror(errno));
+		th_fail(true);
+	}
+	return fd;
+}
+
+static inline uint64_t rw_set_capacity(int fd, uint64_t slots)
+{
+	struct regwatch_capacity cap = { .slots = slots };
+
+	ASSERT_EQ(ioctl(fd, REGWATCH_IOC_SET_CAPACITY, &cap), 0);
+	ASSERT_EQ(cap.status_size, REGWATCH_STATUS_SIZE(slots, rw_page()));
+	return cap.status_size;
+}
+
+static inline struct regwatch_status *rw_map_status(int fd, uint64_t slots)
+{
+	void *p = mmap(NULL, REGWATCH_STATUS_SIZE(slots, rw_page()), PROT_READ,
+		       MAP_SHARED, fd, 0);
+
+	if (p == MAP_FAILED) {
+		TH_LOG("mmap status: %s", strerror(errno));
+		th_fail(true);
+	}
+	return p;
+}
+
+static inline int rw_try_watch(int fd, const void *start, uint64_t length,
+			       uint64_t cookie, struct regwatch_watch *w)
+{
+	memset(w, 0, sizeof(*w));
+	w->start = (uintptr_t)start;
+	w->length = length;
+	w->cookie = cookie;
+	return ioctl(fd, REGWATCH_IOC_WATCH, w);
+}
+
+static inline struct regwatch_watch rw_watch(int fd, const void *start,
+					     uint64_t length, uint64_t cookie)
+{
+	struct regwatch_watch w;
+
+	ASSERT_EQ(rw_try_watch(fd, start, length, cookie, &w), 0);
+	ASSERT_EQ(w.seq & REGWATCH_SEQ_DIRTY, 0);
+	ASSERT_NE(w.seq, 0);
+	return w;
+}
+
+static inline int rw_unwatch(int fd, uint64_t slot, uint64_t cookie)
+{
+	struct regwatch_unwatch u = { .slot = slot, .cookie = cookie };
+
+	return ioctl(fd, REGWATCH_IOC_UNWATCH, &u);
+}
+
+static inline uint64_t rw_word(const struct regwatch_status *st, uint64_t slot)
+{
+	return __atomic_load_n(&REGWATCH_STATUS_SEQ(st)[slot], __ATOMIC_ACQUIRE);
+}
+
+static inline uint64_t rw_gen(const struct regwatch_status *st)
+{
+	return __atomic_load_n(&st->generation, __ATOMIC_ACQUIRE);
+}
+
+/* Read every pending record of a non-blocking fd; ends on EAGAIN. */
+static inline int rw_drain(int fd, struct regwatch_record *rec, int max)
+{
+	int n = 0;
+
+	for (;;) {
+		ssize_t r = read(fd, rec + n, (max - n) * sizeof(*rec));
+
+		if (r < 0) {
+			ASSERT_EQ(errno, EAGAIN);
+			return n;
+		}
+		ASSERT_EQ(r % sizeof(*rec), 0);
+		ASSERT_GT(r, 0);
+		n += r / sizeof(*rec);
+		if (n == max)
+			return n;
+	}
+}
+
+/* A module-wide counter from /sys/module/regwatch/parameters/. */
+static inline long rw_module_counter(const char *name)
+{
+	char path[128];
+	long val = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/module/regwatch/parameters/%s", name);
+	f = fopen(path, "r");
+	if (!f) {
+		TH_LOG("%s: %s", path, strerror(errno));
+		th_fail(true);
+	}
+	if (fscanf(f, "%ld", &val) != 1) {
+		TH_LOG("%s: not a number", path);
+		th_fail(true);
+	}
+	fclose(f);
+	return val;
+}
+
+/* Wait up to 5 s for a module counter to reach a value (deferred fput). */
+static inline long rw_wait_counter(const char *name, long want)
+{
+	long val = rw_module_counter(name);
+
+	for (int i = 0; i < 500 && val != want; i++) {
+		usleep(10000);
+		val = rw_module_counter(name);
+	}
+	return val;
+}
+
+static inline uint64_t rw_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+/* Anonymous private read-write pages, written once so they are present. */
+static inline char *rw_map_pages(size_t pages)
+{
+	size_t len = pages * rw_page();
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	ASSERT_NE(p, MAP_FAILED);
+	memset(p, 0x5a, len);
+	return p;
+}
+
+#endif /* REGWATCH_TEST_UTIL_H */

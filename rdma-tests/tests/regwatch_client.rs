@@ -1,0 +1,651 @@
+//! The `regwatch` client crate against the real module: what a registration
+//! cache relies on, checked through the safe Rust API.
+//!
+//! The module must be loaded (the VM harness insmods `kmod/regwatch.ko`).
+//! On a host without it every test prints why and returns; inside the VM
+//! (`REGCACHE_VM=1`) a missing module is a failure.
+
+use std::collections::HashMap;
+use std::ptr;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rdma_tests::{error_chain, in_vm};
+use regwatch::{Builder, Error, Monitor, Reason, Record, Watch};
+
+/// Opens a monitor, or returns `None` after printing why on a host without
+/// the module.
+///
+/// # Panics
+///
+/// On any other error, and on [`Error::NotLoaded`] inside the VM.
+fn open(builder: Builder) -> Option<Monitor> {
+    match builder.open() {
+        Ok(monitor) => Some(monitor),
+        Err(Error::NotLoaded) if !in_vm() => {
+            println!("regwatch module not loaded: skipping");
+            None
+        }
+        Err(err) => panic!("opening /dev/regwatch: {}", error_chain(&err)),
+    }
+}
+
+fn page() -> usize {
+    // SAFETY: sysconf() only reads its integer argument.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).expect("page size")
+}
+
+/// Maps `count` private anonymous pages and writes them, so that pages
+/// really back the range. Returns the address; the test unmaps it.
+fn map_pages(count: usize) -> usize {
+    let len = count * page();
+    // SAFETY: a new anonymous mapping at an address the kernel picks; no
+    // existing memory is affected.
+    let addr = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(addr, libc::MAP_FAILED, "mmap of {count} pages");
+    // SAFETY: the mapping was just created readable and writable for `len`
+    // bytes and nothing else refers to it.
+    unsafe { addr.cast::<u8>().write_bytes(0xa5, len) };
+    addr as usize
+}
+
+/// munmap() of a range the test mapped with [`map_pages`] and never touches again.
+fn unmap(addr: usize, len: usize) {
+    // SAFETY: only ranges from `map_pages` that no reference points into.
+    let ret = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+    assert_eq!(ret, 0, "munmap({addr:#x}, {len})");
+}
+
+/// mprotect() of a range the test mapped with [`map_pages`].
+fn protect(addr: usize, len: usize, prot: libc::c_int) {
+    // SAFETY: only ranges from `map_pages` that no reference points into;
+    // the test does not access them while they are not writable.
+    let ret = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
+    assert_eq!(ret, 0, "mprotect({addr:#x}, {len}, {prot})");
+}
+
+/// Every record pending now.
+fn drain(monitor: &Monitor) -> Vec<Record> {
+    let mut records = Vec::new();
+    let count = monitor
+        .drain(|record| records.push(record))
+        .unwrap_or_else(|e| panic!("drain: {}", error_chain(&e)));
+    assert_eq!(count, records.len(), "drain's count");
+    records
+}
+
+/// Whether the fd polls readable right now.
+fn readable(monitor: &Monitor) -> bool {
+    let mut fds = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(monitor),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, timeout 0.
+    let ret = unsafe { libc::poll(&mut fds, 1, 0) };
+    assert!(ret >= 0, "poll: {}", std::io::Error::last_os_error());
+    fds.revents & libc::POLLIN != 0
+}
+
+fn watch(monitor: &Monitor, addr: usize, len: usize, cookie: u64) -> Watch {
+    monitor
+        .watch(addr, len, cookie)
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)))
+}
+
+fn unwatch(monitor: &Monitor, watch: Watch, cookie: u64) {
+    monitor
+        .unwatch(watch, cookie)
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+}
+
+/// Asserts `result` failed with `errno` in the variant `variant` names.
+fn assert_errno<T: std::fmt::Debug>(
+    result: Result<T, Error>,
+    variant: fn(&Error) -> bool,
+    errno: i32,
+    what: &str,
+) {
+    let err = result.expect_err(what);
+    assert!(variant(&err), "{what}: wrong variant {err:?}");
+    assert_eq!(err.raw_os_error(), Some(errno), "{what}: {err:?}");
+}
+
+#[test]
+fn the_module_is_loaded_in_the_vm() {
+    match Monitor::open() {
+        Ok(monitor) => {
+            let api = monitor.api_info();
+            assert_eq!(u64::from(monitor.capacity()), api.default_slots);
+            assert!(api.max_slots >= api.default_slots, "{api:?}");
+            assert!(!api.strict, "the harness loads the module without strict=1");
+            assert_eq!(monitor.generation(), 0);
+            assert_eq!(monitor.totals(), regwatch::Totals::default());
+        }
+        Err(Error::NotLoaded) => assert!(!in_vm(), "REGCACHE_VM=1 but regwatch is not loaded"),
+        Err(err) => panic!("{}", error_chain(&err)),
+    }
+}
+
+#[test]
+fn munmap_invalidates_and_is_reported_once_with_reason_unmap() {
+    let Some(monitor) = open(Monitor::builder().capacity(16)) else {
+        return;
+    };
+    let len = 2 * page();
+    let addr = map_pages(2);
+    let generation = monitor.generation();
+    let w = watch(&monitor, addr, len, 0xfeed);
+    assert!(monitor.is_valid(&w));
+    assert!(!readable(&monitor));
+
+    unmap(addr, len);
+
+    assert!(!monitor.is_valid(&w));
+    assert_eq!(monitor.generation(), generation + 1);
+    assert_eq!(monitor.dirty_unread(), 1);
+    assert!(readable(&monitor));
+    let expected = Record {
+        cookie: 0xfeed,
+        watch: w,
+        start: addr,
+        end: addr + len,
+        reason: Reason::Unmap,
+    };
+    assert_eq!(drain(&monitor), [expected]);
+    assert_eq!(drain(&monitor), [], "a dirty watch is reported once");
+    assert!(!readable(&monitor));
+    assert_eq!(monitor.dirty_unread(), 0);
+    assert!(!monitor.is_valid(&w), "stays invalid after it was read");
+    let totals = monitor.totals();
+    assert_eq!((totals.watched, totals.dirtied, totals.reported), (1, 1, 1));
+
+    unwatch(&monitor, w, 0xfeed);
+    assert!(!monitor.is_valid(&w));
+    assert_eq!(monitor.totals().unwatched, 1);
+}
+
+#[test]
+fn a_watch_covers_whole_pages() {
+    let Some(monitor) = open(Monitor::builder().capacity(16)) else {
+        return;
+    };
+    let addr = map_pages(3);
+    // 10 bytes in the middle page: the watch is exactly that page.
+    let w = watch(&monitor, addr + page() + 100, 10, 1);
+    unmap(addr, page());
+    unmap(addr + 2 * page(), page());
+    assert!(monitor.is_valid(&w), "unmapping the neighbouring pages");
+    unmap(addr + page(), page());
+    assert!(!monitor.is_valid(&w));
+    let records = drain(&monitor);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (records[0].start, records[0].end),
+        (addr + page(), addr + 2 * page())
+    );
+    unwatch(&monitor, w, 1);
+}
+
+#[test]
+fn munmap_of_a_neighbouring_page_keeps_the_watch_valid() {
+    let Some(monitor) = open(Monitor::builder().capacity(16)) else {
+        return;
+    };
+    let addr = map_pages(3);
+    let middle = addr + page();
+    let w = watch(&monitor, middle, page(), 2);
+    let generation = monitor.generation();
+    unmap(addr, page());
+    unmap(middle + page(), page());
+    assert!(monitor.is_valid(&w));
+    assert_eq!(monitor.generation(), generation);
+    assert_eq!(drain(&monitor), []);
+    unwatch(&monitor, w, 2);
+    unmap(middle, page());
+}
+
+#[test]
+fn mprotect_keeps_the_watch_valid() {
+    let Some(monitor) = open(Monitor::builder().capacity(16)) else {
+        return;
+    };
+    let len = 4 * page();
+    let addr = map_pages(4);
+    let w = watch(&monitor, addr, len, 3);
+    let generation = monitor.generation();
+    protect(addr, len, libc::PROT_READ);
+    protect(addr + page(), page(), libc::PROT_NONE);
+    protect(addr, len, libc::PROT_READ | libc::PROT_WRITE);
+    // SAFETY: the range is mapped writable again and owned by this test.
+    unsafe { (addr as *mut u8).write_bytes(0x5a, len) };
+    assert!(monitor.is_valid(&w));
+    assert_eq!(monitor.generation(), generation);
+    assert_eq!(drain(&monitor), []);
+    unwatch(&monitor, w, 3);
+    unmap(addr, len);
+}
+
+#[test]
+fn in_strict_mode_mprotect_invalidates_with_reason_protection() {
+    let Some(monitor) = open(Monitor::builder().capacity(16).strict(true)) else {
+        return;
+    };
+    assert!(monitor.api_info().strict);
+    let addr = map_pages(1);
+    let w = watch(&monitor, addr, page(), 4);
+    protect(addr, page(), libc::PROT_READ);
+    assert!(!monitor.is_valid(&w));
+    let records = drain(&monitor);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (records[0].cookie, records[0].reason),
+        (4, Reason::Protection)
+    );
+    unwatch(&monitor, w, 4);
+    unmap(addr, page());
+}
+
+#[test]
+fn unwatch_drops_a_pending_event() {
+    let Some(monitor) = open(Monitor::builder().capacity(16)) else {
+        return;
+    };
+    let addr = map_pages(1);
+    let w = watch(&monitor, addr, page(), 5);
+    unmap(addr, page());
+    assert_eq!(monitor.dirty_unread(), 1);
+    assert!(readable(&monitor));
+    unwatch(&monitor, w, 5);
+    assert_eq!(monitor.dirty_unread(), 0);
+    assert!(!readable(&monitor));
+    assert_eq!(drain(&monitor), []);
+    let totals = monitor.totals();
+    assert_eq!(
+        (totals.dirtied, totals.reported, totals.unwatched),
+        (1, 0, 1)
+    );
+}
+
+#[test]
+fn a_reused_slot_never_validates_an_old_watch() {
+    let Some(monitor) = open(Monitor::builder().capacity(1)) else {
+        return;
+    };
+    let addr = map_pages(2);
+    let old = watch(&monitor, addr, page(), 10);
+    assert_errno(
+        monitor.watch(addr + page(), page(), 11),
+        |e| matches!(e, Error::Watch { .. }),
+        libc::ENOSPC,
+        "a second watch with one slot",
+    );
+    unwatch(&monitor, old, 10);
+    let new = watch(&monitor, addr + page(), page(), 11);
+    assert_eq!(new.slot(), old.slot());
+    assert_ne!(new.seq(), old.seq());
+    assert!(monitor.is_valid(&new));
+    assert!(!monitor.is_valid(&old));
+    assert_errno(
+        monitor.unwatch(old, 10),
+        |e| matches!(e, Error::Unwatch { slot: 0, .. }),
+        libc::EINVAL,
+        "unwatching the old watch (old cookie)",
+    );
+    assert!(monitor.is_valid(&new));
+    unwatch(&monitor, new, 11);
+    unmap(addr, 2 * page());
+}
+
+#[test]
+fn bad_input_gets_an_errno_and_changes_nothing() {
+    let Some(monitor) = open(Monitor::builder().capacity(4)) else {
+        return;
+    };
+    let is_watch = |e: &Error| matches!(e, Error::Watch { .. });
+    let is_unwatch = |e: &Error| matches!(e, Error::Unwatch { .. });
+    let addr = map_pages(1);
+    assert_errno(
+        monitor.watch(addr, 0, 1),
+        is_watch,
+        libc::EINVAL,
+        "zero length",
+    );
+    assert_errno(
+        monitor.watch(usize::MAX - page() + 1, 2 * page(), 1),
+        is_watch,
+        libc::EINVAL,
+        "start + length overflows",
+    );
+    assert_errno(
+        monitor.watch(1 << 62, page(), 1),
+        is_watch,
+        libc::EINVAL,
+        "beyond the user address space",
+    );
+    assert_eq!(monitor.totals(), regwatch::Totals::default());
+
+    let w = watch(&monitor, addr, page(), 20);
+    assert_errno(
+        monitor.unwatch(w, 21),
+        is_unwatch,
+        libc::EINVAL,
+        "wrong cookie",
+    );
+    assert!(monitor.is_valid(&w), "a refused unwatch changes nothing");
+    unwatch(&monitor, w, 20);
+    assert_errno(
+        monitor.unwatch(w, 20),
+        is_unwatch,
+        libc::EINVAL,
+        "unwatched twice",
+    );
+
+    // A watch from a larger monitor: its slot does not exist in this one.
+    let Some(larger) = open(Monitor::builder().capacity(8)) else {
+        return;
+    };
+    let foreign: Vec<Watch> = (0..6).map(|i| watch(&larger, addr, page(), i)).collect();
+    let beyond = foreign[5];
+    assert_eq!(beyond.slot(), 5);
+    assert!(!monitor.is_valid(&beyond), "a slot beyond the capacity");
+    assert_errno(
+        monitor.unwatch(beyond, 5),
+        is_unwatch,
+        libc::EINVAL,
+        "slot beyond capacity",
+    );
+
+    let max_slots = monitor.api_info().max_slots;
+    let is_capacity = |e: &Error| matches!(e, Error::SetCapacity { .. });
+    assert_errno(
+        Monitor::with_capacity(0),
+        is_capacity,
+        libc::EINVAL,
+        "capacity 0",
+    );
+    let too_many = u32::try_from(max_slots + 1).expect("max_slots fits u32");
+    assert_errno(
+        Monitor::with_capacity(too_many),
+        is_capacity,
+        libc::EINVAL,
+        "capacity above max_slots",
+    );
+    unmap(addr, page());
+}
+
+#[test]
+fn a_fork_child_gets_eio_and_changes_nothing() {
+    let Some(monitor) = open(Monitor::builder().capacity(8)) else {
+        return;
+    };
+    assert!(!monitor.api_info().strict);
+    let addr = map_pages(1);
+    let w = watch(&monitor, addr, page(), 30);
+    let totals = monitor.totals();
+
+    // SAFETY: the child only makes system calls through the inherited
+    // monitor (no allocation, no lock another test thread could hold) and
+    // leaves with _exit(), running nothing of the parent's.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let eio = |result: Result<(), Error>| result.err().and_then(|e| e.raw_os_error());
+        let mut failed = 0;
+        if eio(monitor.watch(addr, page(), 31).map(drop)) != Some(libc::EIO) {
+            failed |= 1;
+        }
+        if eio(monitor.unwatch(w, 30)) != Some(libc::EIO) {
+            failed |= 2;
+        }
+        if !matches!(monitor.drain(|_| ()), Err(Error::Read(ref e)) if e.raw_os_error() == Some(libc::EIO))
+        {
+            failed |= 4;
+        }
+        // The inherited status area shows the parent's watch.
+        if !monitor.is_valid(&w) {
+            failed |= 8;
+        }
+        drop(monitor);
+        // SAFETY: ends the child without running the test harness's code.
+        unsafe { libc::_exit(failed) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(ret, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child: wait status {status:#x} (exit code = bit mask of failed checks: \
+         1 watch, 2 unwatch, 4 drain not EIO, 8 status area)"
+    );
+    // fork write-protected the parent's page: protection only, still valid.
+    assert!(monitor.is_valid(&w));
+    assert_eq!(monitor.totals(), totals);
+    assert_eq!(drain(&monitor), []);
+    unwatch(&monitor, w, 30);
+    unmap(addr, page());
+}
+
+#[test]
+fn a_hundred_thousand_watches_are_each_reported_once() {
+    const WATCHES: usize = 100_000;
+    let Some(monitor) = open(Monitor::builder().capacity(WATCHES as u32)) else {
+        return;
+    };
+    let page = page();
+    let len = WATCHES * page;
+    // SAFETY: a new anonymous mapping; left untouched (watches need no pages).
+    let base = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let base = base as usize;
+    let watches: Vec<Watch> = (0..WATCHES)
+        .map(|i| watch(&monitor, base + i * page, page, i as u64))
+        .collect();
+    let generation = monitor.generation();
+
+    unmap(base, len);
+
+    assert_eq!(monitor.generation() - generation, WATCHES as u64);
+    assert_eq!(monitor.dirty_unread(), WATCHES as u64);
+    assert!(watches.iter().all(|w| !monitor.is_valid(w)));
+    let mut seen = vec![false; WATCHES];
+    let count = monitor
+        .drain(|record| {
+            let i = usize::try_from(record.cookie).expect("cookie");
+            assert!(!seen[i], "cookie {i} reported twice");
+            seen[i] = true;
+            assert_eq!(record.watch, watches[i]);
+            assert_eq!(
+                (record.start, record.end),
+                (base + i * page, base + (i + 1) * page)
+            );
+            assert_eq!(record.reason, Reason::Unmap);
+        })
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    assert_eq!(count, WATCHES);
+    assert_eq!(drain(&monitor), []);
+    for (i, w) in watches.into_iter().enumerate() {
+        unwatch(&monitor, w, i as u64);
+    }
+    let totals = monitor.totals();
+    assert_eq!(
+        (
+            totals.watched,
+            totals.unwatched,
+            totals.dirtied,
+            totals.reported
+        ),
+        (
+            WATCHES as u64,
+            WATCHES as u64,
+            WATCHES as u64,
+            WATCHES as u64
+        )
+    );
+}
+
+/// Every record any thread drained, by cookie.
+#[derive(Default)]
+struct Ledger {
+    records: Mutex<HashMap<u64, Record>>,
+}
+
+impl Ledger {
+    fn drain_from(&self, monitor: &Monitor) {
+        let records = drain(monitor);
+        let mut seen = self.records.lock().expect("ledger");
+        for record in records {
+            if let Some(first) = seen.insert(record.cookie, record) {
+                panic!("reported twice: {first:?} and {record:?}");
+            }
+        }
+    }
+
+    fn get(&self, cookie: u64) -> Option<Record> {
+        self.records.lock().expect("ledger").get(&cookie).copied()
+    }
+}
+
+/// What one thread did, to be checked against the monitor at the end.
+#[derive(Default)]
+struct Outcome {
+    watches: u64,
+    /// Cookies of watches whose range was unmapped while watched.
+    unmapped: Vec<u64>,
+    /// Cookies of watches unwatched before their range was unmapped.
+    unwatched_first: Vec<u64>,
+}
+
+/// One thread's share of the race: watch fresh mappings and, at random,
+/// unmap them (the record must arrive, exactly once, in some thread's
+/// drain), unwatch them first (no record ever), or change their
+/// protection and unmap a neighbour (still valid).
+fn race(monitor: &Monitor, ledger: &Ledger, thread: u64, until: Instant) -> Outcome {
+    let page = page();
+    let mut outcome = Outcome::default();
+    let mut random = 0x9e37_79b9_7f4a_7c15_u64 ^ thread;
+    while Instant::now() < until {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let cookie = (thread << 32) | outcome.watches;
+        outcome.watches += 1;
+        let addr = map_pages(3);
+        let middle = addr + page;
+        let w = watch(monitor, middle, page, cookie);
+        assert!(monitor.is_valid(&w));
+        match random % 3 {
+            0 => {
+                unmap(addr, 3 * page);
+                assert!(!monitor.is_valid(&w));
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let record = loop {
+                    ledger.drain_from(monitor);
+                    if let Some(record) = ledger.get(cookie) {
+                        break record;
+                    }
+                    assert!(Instant::now() < deadline, "no record for {cookie:#x}");
+                    thread::yield_now();
+                };
+                let expected = Record {
+                    cookie,
+                    watch: w,
+                    start: middle,
+                    end: middle + page,
+                    reason: Reason::Unmap,
+                };
+                assert_eq!(record, expected);
+                unwatch(monitor, w, cookie);
+                outcome.unmapped.push(cookie);
+            }
+            1 => {
+                unwatch(monitor, w, cookie);
+                assert!(!monitor.is_valid(&w));
+                unmap(addr, 3 * page);
+                outcome.unwatched_first.push(cookie);
+            }
+            _ => {
+                protect(middle, page, libc::PROT_READ);
+                unmap(addr, page);
+                unmap(middle + page, page);
+                assert!(monitor.is_valid(&w), "{cookie:#x}");
+                unwatch(monitor, w, cookie);
+                unmap(middle, page);
+            }
+        }
+    }
+    outcome
+}
+
+#[test]
+fn eight_threads_racing_watch_unwatch_munmap_see_every_outcome() {
+    const THREADS: u64 = 8;
+    // One slot per thread: every unwatch must free its slot before the
+    // thread's next watch, or that watch fails with ENOSPC.
+    let Some(monitor) = open(Monitor::builder().capacity(THREADS as u32)) else {
+        return;
+    };
+    let ledger = Ledger::default();
+    let until = Instant::now() + Duration::from_secs(2);
+    let outcomes: Vec<Outcome> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (monitor, ledger) = (&monitor, &ledger);
+                scope.spawn(move || race(monitor, ledger, t, until))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("racing thread"))
+            .collect()
+    });
+    ledger.drain_from(&monitor);
+
+    let watches: u64 = outcomes.iter().map(|o| o.watches).sum();
+    let unmapped: Vec<u64> = outcomes.iter().flat_map(|o| o.unmapped.clone()).collect();
+    let records = ledger.records.lock().expect("ledger");
+    assert_eq!(
+        records.len(),
+        unmapped.len(),
+        "one record per unmapped watch"
+    );
+    assert!(unmapped.iter().all(|c| records.contains_key(c)));
+    for cookie in outcomes.iter().flat_map(|o| &o.unwatched_first) {
+        assert!(
+            !records.contains_key(cookie),
+            "record after unwatch: {cookie:#x}"
+        );
+    }
+    let totals = monitor.totals();
+    let dirtied = unmapped.len() as u64;
+    assert_eq!(totals.watched, watches);
+    assert_eq!(totals.unwatched, watches);
+    assert_eq!((totals.dirtied, totals.reported), (dirtied, dirtied));
+    assert_eq!(monitor.generation(), dirtied);
+    assert_eq!(monitor.dirty_unread(), 0);
+    println!(
+        "{watches} watches by {THREADS} threads, {dirtied} unmapped while watched, {} unwatched first",
+        outcomes.iter().map(|o| o.unwatched_first.len()).sum::<usize>()
+    );
+}

@@ -12,7 +12,10 @@
 # scans for warnings. Environment from the host: REGCACHE_EXPECT_RXE1=1 to
 # add rxe1 in network namespace ns1, REGCACHE_EXPECT_ODP.
 set -u
-STAGE=/opt/regcache
+# This run's stage: the directory this script was staged in. /opt/regcache
+# points at it (the guest's root is a throw-away overlay).
+STAGE=$(dirname "$(readlink -f "$0")")
+rm -rf /opt/regcache && ln -s "$STAGE" /opt/regcache
 mode=${1:?mode}
 shift
 

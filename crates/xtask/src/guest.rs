@@ -10,8 +10,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Where staged files live in the guest.
-pub const STAGE: &str = "/opt/regcache";
+/// Where each harness process stages its files in the rootfs: its own
+/// directory, so concurrent runs never empty each other's. In the guest,
+/// /opt/regcache points at the running one.
+const STAGE_PARENT: &str = "/opt/regcache-runs";
 const GUEST_SCRIPT: &str = include_str!("../guest/guest.sh");
 
 /// Kernel-log lines that fail a run whatever the tests said.
@@ -32,25 +34,46 @@ pub fn is_kernel_log_failure(line: &str) -> bool {
         .any(|pattern| line.contains(pattern))
 }
 
-/// The staging directory in the rootfs, emptied and refilled for each run.
+/// This process's staging directory in the rootfs.
 #[derive(Debug)]
 pub struct Stage {
+    /// Host path.
     pub dir: PathBuf,
+    /// The same directory as the guest (and a chroot) sees it.
+    pub guest_dir: String,
 }
 
 impl Stage {
+    /// Creates an empty stage for this process, removing stages of harness
+    /// processes that are gone.
     pub fn fresh(rootfs: &Rootfs) -> Result<Self> {
-        let dir = rootfs.host_path(STAGE);
+        let parent = rootfs.host_path(STAGE_PARENT);
+        fs::create_dir_all(&parent)?;
+        for entry in fs::read_dir(&parent)? {
+            let path = entry?.path();
+            let pid = path
+                .file_name()
+                .and_then(|n| n.to_str()?.parse::<i32>().ok());
+            if pid.is_some_and(|pid| !process_alive(pid)) {
+                fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        let pid = std::process::id();
+        let dir = parent.join(pid.to_string());
         if dir.exists() {
             fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
         }
-        for sub in ["bin", "ctests", "cbench", "kmod"] {
+        for sub in ["bin", "ctests", "cbench", "kmod", "src"] {
             fs::create_dir_all(dir.join(sub))?;
         }
         let script = dir.join("guest.sh");
         fs::write(&script, GUEST_SCRIPT)?;
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
-        Ok(Stage { dir })
+        Ok(Stage {
+            dir,
+            guest_dir: format!("{STAGE_PARENT}/{pid}"),
+        })
     }
 
     /// Copies a host-built test executable into the guest's `bin/`.
@@ -81,19 +104,25 @@ impl Stage {
     }
 
     /// Guest path of the directory a kernel's modules are built into.
-    pub fn kmod_dir(kernel: &Kernel) -> String {
-        format!("{STAGE}/kmod/{}", kernel.release)
+    pub fn kmod_dir(&self, kernel: &Kernel) -> String {
+        format!("{}/kmod/{}", self.guest_dir, kernel.release)
+    }
+
+    /// The command line handed to the guest: the environment that tells
+    /// tests what this kernel must support, then the guest script in a mode.
+    pub fn exec_line(&self, kernel: &Kernel, mode_and_args: &str) -> String {
+        format!(
+            "env REGCACHE_EXPECT_ODP={} REGCACHE_EXPECT_RXE1={} {}/guest.sh {mode_and_args}",
+            u8::from(kernel.rxe_has_odp()),
+            u8::from(kernel.rxe_crosses_netns()),
+            self.guest_dir,
+        )
     }
 }
 
-/// The command line handed to the guest: the environment that tells tests
-/// what this kernel must support, then the guest script in a mode.
-pub fn exec_line(kernel: &Kernel, mode_and_args: &str) -> String {
-    format!(
-        "env REGCACHE_EXPECT_ODP={} REGCACHE_EXPECT_RXE1={} {STAGE}/guest.sh {mode_and_args}",
-        u8::from(kernel.rxe_has_odp()),
-        u8::from(kernel.rxe_crosses_netns()),
-    )
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
 }
 
 /// The host's reading of one guest run.

@@ -2,15 +2,12 @@
 //! gcc-12, and each kernel under test inside the trixie rootfs with gcc-14
 //! (the compiler those kernels were built with). `Kbuild` adds -Werror.
 
-use crate::guest::{Stage, STAGE};
+use crate::guest::Stage;
 use crate::rootfs::{Kernel, Rootfs};
 use crate::sh::{self, cmd};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
-
-/// Guest path the module sources are copied to for building in the chroot.
-const GUEST_SRC: &str = "/opt/regcache-src";
 
 pub fn module_exists(workspace: &Path) -> bool {
     workspace.join("kmod/Kbuild").exists()
@@ -79,14 +76,19 @@ pub fn build_on_host(workspace: &Path, build_root: &Path) -> Result<String> {
 }
 
 /// Builds the module for `kernel` inside the rootfs and stages the `.ko`.
-pub fn build_in_rootfs(workspace: &Path, rootfs: &Rootfs, kernel: &Kernel) -> Result<()> {
+pub fn build_in_rootfs(
+    workspace: &Path,
+    rootfs: &Rootfs,
+    stage: &Stage,
+    kernel: &Kernel,
+) -> Result<()> {
     let release = &kernel.release;
     sh::step(
         &format!("building regwatch for {release} (rootfs gcc-14, -Werror)"),
         || {
-            let src = format!("{GUEST_SRC}/kmod-{release}");
+            let src = format!("{}/src/kmod-{release}", stage.guest_dir);
             copy_sources(workspace, &rootfs.host_path(&src))?;
-            let out = Stage::kmod_dir(kernel);
+            let out = stage.kmod_dir(kernel);
             rootfs.chroot(&format!(
                 "make -C {src} KDIR=/lib/modules/{release}/build CC=gcc-14\n\
              mkdir -p {out} && cp {src}/regwatch.ko {out}/"
@@ -121,16 +123,22 @@ impl CPrograms {
 }
 
 /// Builds `kmod/tests` or `kmod/bench` inside the rootfs into the stage.
-pub fn build_c_programs(workspace: &Path, rootfs: &Rootfs, programs: CPrograms) -> Result<()> {
+pub fn build_c_programs(
+    workspace: &Path,
+    rootfs: &Rootfs,
+    stage: &Stage,
+    programs: CPrograms,
+) -> Result<()> {
     let dir = programs.source_dir();
     if !workspace.join("kmod").join(dir).join("Makefile").exists() {
         return Ok(());
     }
     sh::step(&format!("building kmod/{dir} (rootfs gcc-14)"), || {
-        let src = format!("{GUEST_SRC}/kmod-{dir}");
+        let src = format!("{}/src/kmod-{dir}", stage.guest_dir);
         copy_sources(workspace, &rootfs.host_path(&src))?;
         rootfs.chroot(&format!(
-            "make -C {src}/{dir} CC=gcc-14 OUT={STAGE}/{}",
+            "make -C {src}/{dir} CC=gcc-14 OUT={}/{}",
+            stage.guest_dir,
             programs.stage_dir()
         ))
     })

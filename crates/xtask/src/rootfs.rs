@@ -259,10 +259,21 @@ impl Rootfs {
 struct ProcMount {
     target: PathBuf,
     mounted_here: bool,
+    /// Held for the guard's life; declared last so it is released after
+    /// the unmount in `drop`.
+    _lock: fs::File,
 }
 
 impl ProcMount {
+    /// Mounts /proc in the rootfs, waiting for other harness processes'
+    /// chroots to end first: one that finished would unmount it under ours.
     fn new(root: &Path) -> Result<Self> {
+        let lock = fs::File::create(root.join(".regcache-chroot.lock"))?;
+        // SAFETY: flock(2) on a descriptor `lock` owns; the lock is released
+        // when `lock` is dropped with this guard.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("locking the rootfs for chroot");
+        }
         let target = root.join("proc");
         let already = fs::read_to_string("/proc/self/mounts")?
             .lines()
@@ -277,6 +288,7 @@ impl ProcMount {
         Ok(ProcMount {
             target,
             mounted_here: !already,
+            _lock: lock,
         })
     }
 }

@@ -126,21 +126,21 @@ fn stage_suite(ctx: &Context, prepared: &Prepared, kernels: &[Kernel]) -> Result
     }
     if kmod::module_exists(&ctx.workspace) {
         for kernel in kernels {
-            kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, kernel)?;
+            kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, &stage, kernel)?;
         }
-        kmod::build_c_programs(&ctx.workspace, &prepared.rootfs, CPrograms::Tests)?;
+        kmod::build_c_programs(&ctx.workspace, &prepared.rootfs, &stage, CPrograms::Tests)?;
         stage.add_dkms_source(&ctx.workspace.join("kmod"))?;
     }
     Ok(stage)
 }
 
 /// Boots each kernel with the suite and prints a summary per kernel.
-fn run_suite(prepared: &Prepared, kernels: &[Kernel]) -> Result<()> {
+fn run_suite(prepared: &Prepared, stage: &Stage, kernels: &[Kernel]) -> Result<()> {
     let mut verdicts = Vec::new();
     for kernel in kernels {
         let run = prepared
             .guest()
-            .run(kernel, &guest::exec_line(kernel, "test"), SUITE_TIMEOUT)?;
+            .run(kernel, &stage.exec_line(kernel, "test"), SUITE_TIMEOUT)?;
         verdicts.push((kernel, guest::judge(&run), run.elapsed));
     }
     eprintln!("==> VM suite summary");
@@ -167,8 +167,8 @@ fn run_suite(prepared: &Prepared, kernels: &[Kernel]) -> Result<()> {
 pub fn vm_test(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernels = prepared.kernels(selector)?;
-    stage_suite(ctx, &prepared, &kernels)?;
-    run_suite(&prepared, &kernels)
+    let stage = stage_suite(ctx, &prepared, &kernels)?;
+    run_suite(&prepared, &stage, &kernels)
 }
 
 fn shell_quote(word: &str) -> String {
@@ -176,10 +176,15 @@ fn shell_quote(word: &str) -> String {
 }
 
 /// Runs the guest script in one mode on `kernel` and judges the run.
-fn run_in_guest(prepared: &Prepared, kernel: &Kernel, mode_and_args: &str) -> Result<Verdict> {
+fn run_in_guest(
+    prepared: &Prepared,
+    stage: &Stage,
+    kernel: &Kernel,
+    mode_and_args: &str,
+) -> Result<Verdict> {
     let run = prepared.guest().run(
         kernel,
-        &guest::exec_line(kernel, mode_and_args),
+        &stage.exec_line(kernel, mode_and_args),
         COMMAND_TIMEOUT,
     )?;
     Ok(guest::judge(&run))
@@ -189,10 +194,15 @@ fn run_in_guest(prepared: &Prepared, kernel: &Kernel, mode_and_args: &str) -> Re
 pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernels = prepared.kernels(selector)?;
-    stage_suite(ctx, &prepared, &kernels)?;
+    let stage = stage_suite(ctx, &prepared, &kernels)?;
     let line: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
     for kernel in &kernels {
-        let verdict = run_in_guest(&prepared, kernel, &format!("run {}", line.join(" ")))?;
+        let verdict = run_in_guest(
+            &prepared,
+            &stage,
+            kernel,
+            &format!("run {}", line.join(" ")),
+        )?;
         if !verdict.ok() {
             bail!("{}: {}", kernel.release, verdict.summary());
         }
@@ -204,17 +214,17 @@ pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
 pub fn vm_shell(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernels = prepared.kernels(selector)?;
-    stage_suite(ctx, &prepared, &kernels[..1])?;
+    let stage = stage_suite(ctx, &prepared, &kernels[..1])?;
     prepared
         .guest()
-        .interactive(&kernels[0], &guest::exec_line(&kernels[0], "shell"))
+        .interactive(&kernels[0], &stage.exec_line(&kernels[0], "shell"))
 }
 
 /// `vm selftest`: the harness must fail a guest command that exits 1 and
 /// one that leaves a kernel warning, and pass a clean one.
 pub fn vm_selftest(ctx: &Context) -> Result<()> {
     let prepared = prepare(ctx)?;
-    Stage::fresh(&prepared.rootfs)?;
+    let stage = Stage::fresh(&prepared.rootfs)?;
     let kernel = &prepared.kernels("lts")?[0];
     let cases = [
         ("a command exiting 1", "false", false),
@@ -227,7 +237,7 @@ pub fn vm_selftest(ctx: &Context) -> Result<()> {
     ];
     let mut wrong = Vec::new();
     for (name, command, should_pass) in cases {
-        let verdict = run_in_guest(&prepared, kernel, &format!("run {command}"))?;
+        let verdict = run_in_guest(&prepared, &stage, kernel, &format!("run {command}"))?;
         let judged = if verdict.ok() { "pass" } else { "failure" };
         let right = verdict.ok() == should_pass;
         eprintln!(
@@ -260,9 +270,9 @@ pub fn kmod_build(ctx: &Context) -> Result<()> {
     }
     let host_release = kmod::build_on_host(&ctx.workspace, &ctx.workspace.join("target/kmod"))?;
     let prepared = prepare(ctx)?;
-    Stage::fresh(&prepared.rootfs)?;
+    let stage = Stage::fresh(&prepared.rootfs)?;
     for kernel in &prepared.kernels {
-        kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, kernel)?;
+        kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, &stage, kernel)?;
     }
     let built: Vec<&str> = std::iter::once(host_release.as_str())
         .chain(prepared.kernels.iter().map(|k| k.release.as_str()))
@@ -276,8 +286,8 @@ pub fn kmod_build(ctx: &Context) -> Result<()> {
 pub fn demo(ctx: &Context) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernel = &prepared.kernels("backports")?[0];
-    stage_suite(ctx, &prepared, std::slice::from_ref(kernel))?;
-    let verdict = run_in_guest(&prepared, kernel, "demo")?;
+    let stage = stage_suite(ctx, &prepared, std::slice::from_ref(kernel))?;
+    let verdict = run_in_guest(&prepared, &stage, kernel, "demo")?;
     if !verdict.ok() {
         bail!("demo failed: {}", verdict.summary());
     }
@@ -353,18 +363,17 @@ pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
     }
     let prepared = prepare(ctx)?;
     let kernels = prepared.kernels(selector)?;
-    Stage::fresh(&prepared.rootfs)?;
+    let stage = Stage::fresh(&prepared.rootfs)?;
     for kernel in &kernels {
-        kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, kernel)?;
+        kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, &stage, kernel)?;
     }
-    kmod::build_c_programs(&ctx.workspace, &prepared.rootfs, CPrograms::Benches)?;
+    kmod::build_c_programs(&ctx.workspace, &prepared.rootfs, &stage, CPrograms::Benches)?;
     let out_dir = ctx.workspace.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     for kernel in &kernels {
-        let run =
-            prepared
-                .guest()
-                .run(kernel, &guest::exec_line(kernel, "bench"), SUITE_TIMEOUT)?;
+        let run = prepared
+            .guest()
+            .run(kernel, &stage.exec_line(kernel, "bench"), SUITE_TIMEOUT)?;
         let verdict = guest::judge(&run);
         let figures: Vec<&str> = run
             .output

@@ -6,6 +6,8 @@
 //! what the kernel must provide through `REGCACHE_EXPECT_ODP` and
 //! `REGCACHE_EXPECT_RXE1` (`1` or `0`).
 
+pub mod rig;
+
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -38,7 +38,7 @@ pub use config::{Capabilities, Config, Limits, Mode, OdpSupport, Policy, Resolve
 pub use entry::Registration;
 pub use error::{Error, Result};
 pub use rdma::{
-    odp_self_test, Invalidation, OdpSelfTest, RdmaCache, RdmaRegistration, RegwatchWatch,
+    odp_self_test, Invalidation, OdpCheck, OdpSelfTest, RdmaCache, RdmaRegistration, RegwatchWatch,
     VerbsRegistrar,
 };
 pub use stats::Stats;

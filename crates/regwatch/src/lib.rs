@@ -42,6 +42,7 @@
 compile_error!("regwatch supports Linux on x86_64, aarch64, riscv64, loongarch64 and s390x");
 
 mod error;
+mod fork;
 mod monitor;
 mod status;
 mod sys;

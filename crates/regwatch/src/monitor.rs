@@ -267,10 +267,13 @@ fn invalid_data(message: impl Into<String>) -> io::Error {
 /// (and in any other process holding the fd) every call that reaches the
 /// kernel — [`Monitor::watch`], [`Monitor::unwatch`], [`Monitor::drain`] —
 /// fails with `EIO` (see [`Error::raw_os_error`]) and changes nothing. The
-/// status-area loads in a child read the parent's live status: memory-safe,
-/// but they say nothing about the child's own address space. Dropping the
-/// child's copy only unmaps the child's copy of the status area and closes
-/// its fd; the parent's watches stay.
+/// module does not map the status area into a child, so there the
+/// status-area readers answer without loading: [`Monitor::is_valid`] is
+/// false for every watch, [`Monitor::generation`], [`Monitor::dirty_unread`]
+/// and [`Monitor::totals`] are 0. (The child is detected by a
+/// `pthread_atfork()` handler; a child made by a raw `clone()` system call
+/// without `CLONE_VM` is not, and must not use the monitor at all.) Dropping
+/// the child's copy closes its fd only; the parent's watches stay.
 #[derive(Debug)]
 pub struct Monitor {
     fd: OwnedFd,
@@ -379,7 +382,9 @@ impl Monitor {
     }
 
     /// Whether nothing changed behind `watch` since [`Monitor::watch`]
-    /// returned it: one atomic acquire load of its slot word, no system call.
+    /// returned it: one atomic acquire load of its slot word (after a bounds
+    /// check and a relaxed load of the process's fork counter, which only
+    /// changes in a fork child), no system call.
     ///
     /// The answer may be stale the moment it is returned; a change is never
     /// missed (see [Reading the status area](Monitor#reading-the-status-area)):

@@ -1,0 +1,43 @@
+//! MPI-style point-to-point messaging between processes ("ranks") over RDMA RC queue pairs.
+//!
+//! Every pair of ranks is connected by one RC queue pair at the port's active path MTU. The
+//! queue pairs are bootstrapped out of band over TCP: rank 0 listens on the root address, the
+//! others connect, and rank 0 hands every rank the endpoints of the queue pairs aimed at it.
+//! Rank, size and root address come from the launcher's environment ([`LaunchConfig`]).
+//!
+//! Messages shorter than the eager threshold travel in one SEND through pre-registered bounce
+//! buffers. Longer ones use rendezvous: the sender registers its buffer through the
+//! registration cache (`regcache`) and sends a request-to-send with address, length and rkey;
+//! the receiver RDMA-READs into its own cached registration and answers with a FIN that
+//! completes the send.
+//!
+//! Receives match like MPI's: by source and tag, either of which may be a wildcard
+//! ([`ANY_SOURCE`], [`ANY_TAG`]); messages between one pair of ranks never overtake each
+//! other. Every wait is bounded: a peer that dies turns into an error, never a hang.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), p2p::Error> {
+//! let mut comm = p2p::Communicator::from_env()?;
+//! if comm.rank() == 0 {
+//!     comm.send(b"hello", 1, 7)?;
+//! } else if comm.rank() == 1 {
+//!     let mut buf = [0u8; 16];
+//!     let status = comm.recv(&mut buf, p2p::ANY_SOURCE, 7)?;
+//!     assert_eq!(&buf[..status.len], b"hello");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod bootstrap;
+mod comm;
+mod error;
+mod launch;
+mod matching;
+mod registrations;
+mod wire;
+
+pub use comm::{Communicator, Request};
+pub use error::{Error, Result};
+pub use launch::LaunchConfig;
+pub use matching::{Source, Status, TagMatch, ANY_SOURCE, ANY_TAG};

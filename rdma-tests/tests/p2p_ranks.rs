@@ -1,0 +1,570 @@
+//! The p2p layer across processes on Soft-RoCE.
+//!
+//! Each test starts one process per rank by re-executing this test binary with only the
+//! `rank_entry` test selected and `P2P_TEST_SCENARIO` naming what the ranks run; every rank
+//! joins through the same environment variables a launcher would set (`P2P_RANK`, `P2P_SIZE`,
+//! `P2P_ROOT_ADDR`, `P2P_DEVICE`). A rank that fails panics, which makes its process exit
+//! non-zero; the launching test then fails with every rank's output.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use p2p::{Communicator, Error, Status, ANY_SOURCE, ANY_TAG};
+use rdma_tests::{
+    assert_same_bytes, expect_odp, expect_rxe1, pattern, require_devices, RXE0, RXE1,
+};
+
+const SCENARIO_VAR: &str = "P2P_TEST_SCENARIO";
+const MIB: usize = 1 << 20;
+/// Bound on a whole multi-rank run, start-up included (TCG is slow).
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on each p2p wait inside the ranks.
+const RANK_TIMEOUT_MS: &str = "60000";
+
+/// The entry point of a rank process; does nothing in a normal test run.
+#[test]
+fn rank_entry() {
+    let Ok(scenario) = std::env::var(SCENARIO_VAR) else {
+        return;
+    };
+    let mut comm = Communicator::from_env().unwrap_or_else(|e| panic!("joining: {}", chain(&e)));
+    println!(
+        "rank {} of {}: scenario {scenario}, MTU {:?}, cache policy {:?}",
+        comm.rank(),
+        comm.size(),
+        comm.mtu(),
+        comm.cache_policy()
+    );
+    match scenario.as_str() {
+        "sizes" => sizes(&mut comm, false),
+        "sizes_and_64_mib" => sizes(&mut comm, true),
+        "order" => order(&mut comm),
+        "wildcards_and_ring" => wildcards_and_ring(&mut comm),
+        "truncation" => truncation(&mut comm),
+        "dead_peer" => dead_peer(&mut comm),
+        "remapped_send_buffer" => remapped_send_buffer(&mut comm),
+        other => panic!("unknown scenario {other}"),
+    }
+    println!("rank {}: scenario {scenario} passed", comm.rank());
+}
+
+fn chain(err: &dyn std::error::Error) -> String {
+    rdma_tests::error_chain(err)
+}
+
+fn ok<T>(result: p2p::Result<T>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {}", chain(&e)))
+}
+
+fn seed(tag: u32, len: usize) -> u64 {
+    u64::from(tag) << 40 ^ len as u64
+}
+
+fn expect_message(comm: &mut Communicator, source: usize, tag: u32, len: usize, capacity: usize) {
+    let mut buf = vec![0; capacity];
+    let status = ok(comm.recv(&mut buf, source, tag), "recv");
+    assert_eq!(status, Status { source, tag, len });
+    assert_same_bytes(&pattern(len, seed(tag, len)), &buf[..len], "received bytes");
+}
+
+/// Rank 0 sends every size to rank 1, which checks it and sends it back.
+fn sizes(comm: &mut Communicator, with_64_mib: bool) {
+    let threshold = comm.eager_threshold();
+    let mut lens = vec![0, 1, threshold - 1, threshold, threshold + 1, MIB];
+    if with_64_mib {
+        lens.push(64 * MIB);
+    }
+    for (tag, &len) in (0u32..).zip(&lens) {
+        let data = pattern(len, seed(tag, len));
+        if comm.rank() == 0 {
+            ok(comm.send(&data, 1, tag), "send");
+            expect_message(comm, 1, tag, len, len);
+        } else {
+            // A larger buffer than needed: the status tells the length.
+            expect_message(comm, 0, tag, len, len + 64);
+            ok(comm.send(&data, 0, tag), "echo");
+        }
+    }
+}
+
+/// Per pair, messages match in the order they were sent, whatever their protocol; tags select.
+fn order(comm: &mut Communicator) {
+    let big = comm.eager_threshold() + 100;
+    // (tag, len) in sending order.
+    let sent = [(1, 10), (2, big), (1, big), (3, 20), (1, 30)];
+    if comm.rank() == 0 {
+        let requests: Vec<_> = sent
+            .iter()
+            .map(|&(tag, len)| ok(comm.isend(pattern(len, seed(tag, len)), 1, tag), "isend"))
+            .collect();
+        for request in requests {
+            ok(comm.wait(request), "wait for isend");
+        }
+        // Phase 2: rank 1 posted its receives before we send.
+        let mut go = [0u8; 1];
+        ok(comm.recv(&mut go, 1, 99), "go");
+        for (tag, len) in [(6, 5), (5, 1), (5, big), (5, 3)] {
+            ok(comm.send(&pattern(len, seed(tag, len)), 1, tag), "send");
+        }
+    } else {
+        // Tag 3 overtakes the other tags; within a tag (and for ANY_TAG) the order holds.
+        expect_message(comm, 0, 3, 20, 64);
+        let mut expect_any = |tag: u32, len: usize| {
+            let mut buf = vec![0; big];
+            let status = ok(comm.recv(&mut buf, ANY_SOURCE, ANY_TAG), "recv any");
+            assert_eq!(
+                status,
+                Status {
+                    source: 0,
+                    tag,
+                    len
+                }
+            );
+            assert_same_bytes(
+                &pattern(len, seed(tag, len)),
+                &buf[..len],
+                "wildcard receive",
+            );
+        };
+        expect_any(1, 10);
+        expect_any(2, big);
+        expect_message(comm, 0, 1, big, big);
+        expect_message(comm, 0, 1, 30, 30);
+        // Phase 2: receives posted before the messages arrive, completed out of posting order.
+        let fives: Vec<_> = (0..3)
+            .map(|_| ok(comm.irecv(vec![0; big], 0, 5), "irecv"))
+            .collect();
+        let six = ok(comm.irecv(vec![0; 16], ANY_SOURCE, 6), "irecv");
+        ok(comm.send(&[1], 0, 99), "go");
+        let started = Instant::now();
+        while !ok(comm.test(&six), "test") {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "tag 6 never arrived"
+            );
+        }
+        let (status, buf) = ok(comm.wait(six), "wait tag 6");
+        assert_eq!(
+            status,
+            Status {
+                source: 0,
+                tag: 6,
+                len: 5
+            }
+        );
+        assert_same_bytes(&pattern(5, seed(6, 5)), &buf[..5], "tag 6");
+        for (request, len) in fives.into_iter().zip([1, big, 3]) {
+            let (status, buf) = ok(comm.wait(request), "wait tag 5");
+            assert_eq!(
+                status,
+                Status {
+                    source: 0,
+                    tag: 5,
+                    len
+                }
+            );
+            assert_same_bytes(&pattern(len, seed(5, len)), &buf[..len], "tag 5 in order");
+        }
+    }
+}
+
+/// Every other rank sends rank 0 a small then a large message, received with both wildcards;
+/// then all ranks pass messages around a ring with nonblocking calls.
+fn wildcards_and_ring(comm: &mut Communicator) {
+    let (rank, size) = (comm.rank(), comm.size());
+    let big = comm.eager_threshold() * 4;
+    if rank == 0 {
+        let mut seen: Vec<Vec<usize>> = vec![Vec::new(); size];
+        for _ in 0..2 * (size - 1) {
+            let mut buf = vec![0; big];
+            let status = ok(comm.recv(&mut buf, ANY_SOURCE, ANY_TAG), "recv any");
+            assert_eq!(status.tag as usize, status.source, "{status:?}");
+            let seed = seed(status.tag, status.len);
+            assert_same_bytes(&pattern(status.len, seed), &buf[..status.len], "wildcard");
+            seen[status.source].push(status.len);
+        }
+        for (source, lens) in seen.iter().enumerate().skip(1) {
+            assert_eq!(
+                lens,
+                &[source, big],
+                "rank {source}: small, then large, in order"
+            );
+        }
+    } else {
+        let tag = rank as u32;
+        for len in [rank, big] {
+            ok(
+                comm.send(&pattern(len, seed(tag, len)), 0, tag),
+                "send to 0",
+            );
+        }
+    }
+    let (next, prev) = ((rank + 1) % size, (rank + size - 1) % size);
+    for len in [7, big] {
+        let tag = 1000 + len as u32;
+        let recv = ok(comm.irecv(vec![0; len], prev, tag), "irecv ring");
+        let send = ok(
+            comm.isend(pattern(len, seed(tag, rank)), next, tag),
+            "isend ring",
+        );
+        let (status, buf) = ok(comm.wait(recv), "wait ring receive");
+        assert_eq!(
+            status,
+            Status {
+                source: prev,
+                tag,
+                len
+            }
+        );
+        assert_same_bytes(&pattern(len, seed(tag, prev)), &buf, "ring");
+        ok(comm.wait(send), "wait ring send");
+    }
+}
+
+/// A message longer than the receive buffer is an error on the receiver only, for both
+/// protocols, and the pair keeps working.
+fn truncation(comm: &mut Communicator) {
+    let big = 64 * 1024;
+    if comm.rank() == 0 {
+        for (tag, len) in [(1, 100), (2, big), (3, 10)] {
+            ok(comm.send(&pattern(len, seed(tag, len)), 1, tag), "send");
+        }
+    } else {
+        for (tag, len, capacity) in [(1, 100, 10), (2, big, 1024)] {
+            let mut buf = vec![0; capacity];
+            match comm.recv(&mut buf, 0, tag) {
+                Err(Error::Truncated {
+                    source_rank: 0,
+                    tag: got_tag,
+                    len: got_len,
+                    capacity: got_capacity,
+                }) => assert_eq!((got_tag, got_len, got_capacity), (tag, len, capacity)),
+                other => panic!("expected truncation of tag {tag}, got {other:?}"),
+            }
+        }
+        expect_message(comm, 0, 3, 10, 10);
+    }
+}
+
+/// Rank 1 dies right after joining; rank 0's receive from it and send to it fail in bounded
+/// time.
+fn dead_peer(comm: &mut Communicator) {
+    if comm.rank() == 1 {
+        std::process::exit(DEAD_RANK_EXIT_CODE);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    match comm.recv(&mut buf, 1, 0) {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("receive from a dead rank: expected a timeout, got {other:?}"),
+    }
+    for len in [8, 64 * 1024] {
+        match comm.send(&vec![0; len], 1, 0) {
+            Err(Error::PeerFailed { rank: 1, .. } | Error::Timeout { .. }) => {}
+            other => panic!("send of {len} bytes to a dead rank: got {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        started.elapsed()
+    );
+    match comm.send(&[0], 1, 0) {
+        Err(Error::PeerFailed { rank: 1, .. }) => {}
+        other => panic!("send after the link closed: got {other:?}"),
+    }
+}
+
+const DEAD_RANK_EXIT_CODE: i32 = 17;
+
+/// An anonymous private mapping of `len` bytes at `hint` (exactly there when given).
+fn map(len: usize, hint: Option<usize>) -> *mut u8 {
+    let flags =
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | hint.map_or(0, |_| libc::MAP_FIXED_NOREPLACE);
+    // SAFETY: a fresh anonymous mapping; with MAP_FIXED_NOREPLACE the kernel refuses to
+    // replace anything already mapped at `hint`.
+    let addr = unsafe {
+        libc::mmap(
+            hint.unwrap_or(0) as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        addr,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    addr.cast()
+}
+
+/// The seed scenario: the sender's buffer is unmapped and mapped again at the same address
+/// with new contents between two sends; the receiver must get the new bytes.
+fn remapped_send_buffer(comm: &mut Communicator) {
+    let len = MIB;
+    let rounds = 3u32;
+    if comm.rank() == 0 {
+        let first = map(len, None);
+        let addr = first as usize;
+        for round in 0..rounds {
+            let ptr = if round == 0 {
+                first
+            } else {
+                map(len, Some(addr))
+            };
+            assert_eq!(ptr as usize, addr, "remapped at the same address");
+            let data = pattern(len, seed(round, len));
+            // SAFETY: the mapping is `len` bytes, private to this function and unmapped below
+            // only after the last use of the slice.
+            let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+            buf.copy_from_slice(&data);
+            ok(comm.send(buf, 1, round), "send from the (re)mapped buffer");
+            // SAFETY: `buf` is not used any more; the range is the mapping created above.
+            assert_eq!(unsafe { libc::munmap(ptr.cast(), len) }, 0);
+        }
+    } else {
+        let mut buf = vec![0; len];
+        for round in 0..rounds {
+            let status = ok(comm.recv(&mut buf, 0, round), "recv");
+            assert_eq!(status.len, len);
+            assert_same_bytes(
+                &pattern(len, seed(round, len)),
+                &buf,
+                "bytes after remapping",
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The launcher.
+
+/// Where and how one rank runs.
+#[derive(Debug, Clone)]
+struct RankPlacement {
+    device: &'static str,
+    /// Network namespace to run in (`ip netns exec`), if not the test's own.
+    netns: Option<&'static str>,
+    /// The exit code the rank must end with.
+    exit_code: i32,
+}
+
+impl RankPlacement {
+    fn rxe0() -> Self {
+        Self {
+            device: RXE0.device,
+            netns: None,
+            exit_code: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Job {
+    scenario: &'static str,
+    ranks: Vec<RankPlacement>,
+    /// Host rank 0 listens on.
+    root_host: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Job {
+    fn on_rxe0(scenario: &'static str, size: usize) -> Self {
+        Self {
+            scenario,
+            ranks: vec![RankPlacement::rxe0(); size],
+            root_host: "127.0.0.1".into(),
+            env: vec![("P2P_TIMEOUT_MS", RANK_TIMEOUT_MS.into())],
+        }
+    }
+
+    fn env(mut self, var: &'static str, value: &str) -> Self {
+        self.env.push((var, value.to_owned()));
+        self
+    }
+
+    fn free_port(&self) -> u16 {
+        let listener = std::net::TcpListener::bind((self.root_host.as_str(), 0))
+            .unwrap_or_else(|e| panic!("binding {}:0: {e}", self.root_host));
+        listener.local_addr().expect("local address").port()
+    }
+
+    /// Runs every rank to completion and checks each exit code.
+    fn run(&self) {
+        let exe = std::env::current_exe().expect("test executable");
+        let root = format!("{}:{}", self.root_host, self.free_port());
+        let logs: Vec<PathBuf> = (0..self.ranks.len())
+            .map(|rank| {
+                std::env::temp_dir().join(format!(
+                    "p2p-{}-{}-rank{rank}.log",
+                    self.scenario,
+                    std::process::id()
+                ))
+            })
+            .collect();
+        let mut children: Vec<Child> = self
+            .ranks
+            .iter()
+            .enumerate()
+            .map(|(rank, placement)| {
+                let mut command = match placement.netns {
+                    Some(netns) => {
+                        let mut command = Command::new("ip");
+                        command.args(["netns", "exec", netns]).arg(&exe);
+                        command
+                    }
+                    None => Command::new(&exe),
+                };
+                let log = File::create(&logs[rank]).expect("rank log");
+                command
+                    .args(["--exact", "rank_entry", "--nocapture", "--test-threads=1"])
+                    .env(SCENARIO_VAR, self.scenario)
+                    .env("P2P_RANK", rank.to_string())
+                    .env("P2P_SIZE", self.ranks.len().to_string())
+                    .env("P2P_ROOT_ADDR", &root)
+                    .env("P2P_DEVICE", placement.device)
+                    .envs(self.env.iter().map(|(var, value)| (var, value)))
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().expect("log handle"))
+                    .stderr(log);
+                command.spawn().expect("spawning a rank")
+            })
+            .collect();
+        let statuses = wait_all(&mut children, RUN_TIMEOUT);
+        let mut failures = Vec::new();
+        for (rank, (status, placement)) in statuses.iter().zip(&self.ranks).enumerate() {
+            if status.and_then(|status| status.code()) != Some(placement.exit_code) {
+                failures.push(format!(
+                    "rank {rank} ended with {status:?}, expected exit code {}",
+                    placement.exit_code
+                ));
+            }
+        }
+        for (rank, log) in logs.iter().enumerate() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if !failures.is_empty() {
+                println!("----- rank {rank} ({}) -----\n{text}", log.display());
+            }
+            // Best effort: a leftover log in the temporary directory harms nothing.
+            let _ = std::fs::remove_file(log);
+        }
+        assert!(
+            failures.is_empty(),
+            "scenario {}: {}",
+            self.scenario,
+            failures.join("; ")
+        );
+    }
+}
+
+/// Waits for every child up to `timeout`, then kills the ones still running (`None`).
+fn wait_all(children: &mut [Child], timeout: Duration) -> Vec<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    let mut statuses = vec![None; children.len()];
+    while Instant::now() < deadline && statuses.iter().any(Option::is_none) {
+        for (child, status) in children.iter_mut().zip(&mut statuses) {
+            if status.is_none() {
+                *status = child.try_wait().expect("waiting for a rank");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (child, status) in children.iter_mut().zip(&statuses) {
+        if status.is_none() {
+            // The rank hung: kill it so the test ends; the missing status fails the test.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    statuses
+}
+
+#[test]
+fn two_ranks_exchange_every_size_from_0_bytes_to_64_mib() {
+    if require_devices().is_none() {
+        return;
+    }
+    Job::on_rxe0("sizes_and_64_mib", 2).run();
+}
+
+#[test]
+fn messages_match_in_order_by_source_and_tag() {
+    if require_devices().is_none() {
+        return;
+    }
+    Job::on_rxe0("order", 2).run();
+}
+
+#[test]
+fn four_ranks_receive_with_wildcards_and_pass_a_ring() {
+    if require_devices().is_none() {
+        return;
+    }
+    Job::on_rxe0("wildcards_and_ring", 4).run();
+}
+
+#[test]
+fn a_too_small_receive_buffer_is_a_truncation_error() {
+    if require_devices().is_none() {
+        return;
+    }
+    Job::on_rxe0("truncation", 2).run();
+}
+
+#[test]
+fn a_dead_peer_is_an_error_not_a_hang() {
+    if require_devices().is_none() {
+        return;
+    }
+    let mut job = Job::on_rxe0("dead_peer", 2).env("P2P_TIMEOUT_MS", "15000");
+    job.ranks[1].exit_code = DEAD_RANK_EXIT_CODE;
+    job.run();
+}
+
+#[test]
+fn a_remapped_send_buffer_delivers_its_new_bytes_in_every_available_mode() {
+    if require_devices().is_none() {
+        return;
+    }
+    let mut modes = vec!["off"];
+    if std::path::Path::new("/dev/regwatch").exists() {
+        modes.push("pinned");
+    } else {
+        println!("/dev/regwatch missing: mode pinned not tested");
+    }
+    if expect_odp() {
+        modes.push("odp");
+    }
+    for mode in modes {
+        println!("mode {mode}");
+        Job::on_rxe0("remapped_send_buffer", 2)
+            .env("REGCACHE_MODE", mode)
+            .run();
+    }
+}
+
+#[test]
+fn ranks_on_rxe0_and_on_rxe1_in_another_netns_exchange_every_size() {
+    if require_devices().is_none() {
+        return;
+    }
+    if !expect_rxe1() {
+        println!("no rxe1 on this kernel: skipping");
+        return;
+    }
+    let mut job = Job::on_rxe0("sizes", 2);
+    job.root_host = RXE0.addr.to_string();
+    job.ranks[1] = RankPlacement {
+        device: RXE1.device,
+        netns: Some("ns1"),
+        exit_code: 0,
+    };
+    job.run();
+}

@@ -2,10 +2,10 @@
 //! same requests; ends with the side-by-side table of medians and the ratio ours/UCX.
 //!
 //! `cargo bench -p regcache-benches` (defaults: 1 s warm-up, 3 s measurement per benchmark;
-//! criterion's command-line options override them). Without `--bench` (as `cargo test
+//! criterion's command-line options override them). Times are thread CPU time, see
+//! `regcache_benches::summary`. Without `--bench` (as `cargo test
 //! --all-targets` runs it) each benchmark runs once, over at most 1,000 regions.
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
@@ -30,11 +30,9 @@ fn hit_benchmarks(criterion: &mut Criterion, recorder: &Recorder, region_counts:
                 );
                 group.bench_function(id, |bencher| {
                     bencher.iter_custom(|iterations| {
-                        recorder.time((case, regions, side), iterations, |iterations| {
-                            match side {
-                                Side::Ours => fixture.ours_hits(iterations, random),
-                                Side::Ucx => fixture.ucx_hits(iterations, random),
-                            }
+                        recorder.time((case, regions, side), iterations, |iterations| match side {
+                            Side::Ours => fixture.ours_hits(iterations, random),
+                            Side::Ucx => fixture.ucx_hits(iterations, random),
                         })
                     });
                 });
@@ -49,12 +47,12 @@ fn miss_benchmarks(criterion: &mut Criterion, recorder: &Recorder) {
     let mut group = criterion.benchmark_group("miss");
     let fixture = MissFixture::new(MISS_CAPACITY);
     let mut cursor = 0;
-    let mut requests = 0;
-    for side in Side::BOTH {
+    let mut requests = [0_u64; 2];
+    for (side, requests) in Side::BOTH.into_iter().zip(&mut requests) {
         let id = BenchmarkId::new(format!("{}/evicting", side.name()), MISS_CAPACITY);
         group.bench_function(id, |bencher| {
             bencher.iter_custom(|iterations| {
-                requests += iterations;
+                *requests += iterations;
                 recorder.time(
                     ("miss (evicting)", MISS_CAPACITY, side),
                     iterations,
@@ -69,9 +67,15 @@ fn miss_benchmarks(criterion: &mut Criterion, recorder: &Recorder) {
     group.finish();
     let (ours, ucx) = fixture.misses();
     assert_eq!(
-        ours + ucx,
-        black_box(requests),
-        "every request of the miss benchmark must miss and register"
+        ours, requests[0],
+        "every regcache request of the miss benchmark must miss"
+    );
+    // UCX 1.13 lets its region count exceed `max_regions` (it evicts lazily), so part of its
+    // requests hit: say how many registered, so its time is read for what it is.
+    println!(
+        "miss (evicting): UCX registered on {ucx} of {} requests ({:.1}%)",
+        requests[1],
+        100.0 * ucx as f64 / requests[1].max(1) as f64
     );
 }
 

@@ -58,7 +58,9 @@ impl UcxCache {
     pub fn registrations(&self) -> u64 {
         // SAFETY: `self.raw` is a live cache; the shim reads one counter that only the cache's
         // callbacks, running inside `get` on this thread (the type is not `Sync`), write.
-        u64::from(unsafe { shim_registrations(self.raw.as_ptr()) })
+        let registrations = unsafe { shim_registrations(self.raw.as_ptr()) };
+        // `c_ulong` is at most 64 bits wide on every Linux target.
+        registrations as u64
     }
 }
 

@@ -87,13 +87,18 @@ fn drain(monitor: &Monitor) -> Vec<Record> {
 
 /// Whether the fd polls readable right now.
 fn readable(monitor: &Monitor) -> bool {
+    poll_readable(monitor, 0)
+}
+
+/// Whether the fd polls readable within `timeout_ms`.
+fn poll_readable(monitor: &Monitor, timeout_ms: libc::c_int) -> bool {
     let mut fds = libc::pollfd {
         fd: std::os::fd::AsRawFd::as_raw_fd(monitor),
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, timeout 0.
-    let ret = unsafe { libc::poll(&mut fds, 1, 0) };
+    // SAFETY: one valid pollfd.
+    let ret = unsafe { libc::poll(&mut fds, 1, timeout_ms) };
     assert!(ret >= 0, "poll: {}", std::io::Error::last_os_error());
     fds.revents & libc::POLLIN != 0
 }
@@ -196,6 +201,65 @@ fn a_watch_covers_whole_pages() {
         (addr + page(), addr + 2 * page())
     );
     unwatch(&monitor, w, 1);
+}
+
+#[test]
+fn madvise_mremap_and_map_fixed_invalidate_with_their_reasons() {
+    let Some(monitor) = open(Monitor::builder().capacity(16)) else {
+        return;
+    };
+    let page = page();
+    let zapped = map_pages(1);
+    let moved = map_pages(1);
+    let target = map_pages(1);
+    let replaced = map_pages(1);
+    let watches = [
+        watch(&monitor, zapped, page, 1),
+        watch(&monitor, moved, page, 2),
+        watch(&monitor, replaced, page, 3),
+    ];
+
+    // SAFETY: ranges from `map_pages` that no reference points into.
+    unsafe {
+        assert_eq!(
+            libc::madvise(zapped as *mut libc::c_void, page, libc::MADV_DONTNEED),
+            0
+        );
+        let new_addr = libc::mremap(
+            moved as *mut libc::c_void,
+            page,
+            page,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            target as *mut libc::c_void,
+        );
+        assert_eq!(new_addr as usize, target, "mremap");
+        let new_map = libc::mmap(
+            replaced as *mut libc::c_void,
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        );
+        assert_eq!(new_map as usize, replaced, "mmap MAP_FIXED");
+    }
+
+    assert!(watches.iter().all(|w| !monitor.is_valid(w)));
+    let mut reasons: Vec<(u64, Reason)> = drain(&monitor)
+        .iter()
+        .map(|r| (r.cookie, r.reason))
+        .collect();
+    reasons.sort_unstable_by_key(|&(cookie, _)| cookie);
+    assert_eq!(
+        reasons,
+        [(1, Reason::Clear), (2, Reason::Unmap), (3, Reason::Unmap)]
+    );
+    for (cookie, w) in (1..).zip(watches) {
+        unwatch(&monitor, w, cookie);
+    }
+    for addr in [zapped, target, replaced] {
+        unmap(addr, page);
+    }
 }
 
 #[test]
@@ -567,7 +631,8 @@ fn race(monitor: &Monitor, ledger: &Ledger, thread: u64, until: Instant) -> Outc
                         break record;
                     }
                     assert!(Instant::now() < deadline, "no record for {cookie:#x}");
-                    thread::yield_now();
+                    // Another thread's drain has it in flight: let it run.
+                    poll_readable(monitor, 1);
                 };
                 let expected = Record {
                     cookie,

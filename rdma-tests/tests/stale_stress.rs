@@ -99,6 +99,9 @@ fn pinned_cache_never_sends_stale_bytes_while_buffers_change() {
                             slot.byte
                         );
                         drop(slot);
+                        // Let the changer in: the mutex is not fair, and a worker that locks
+                        // again at once would starve it.
+                        std::thread::yield_now();
                         mine += 1;
                         sends.fetch_add(1, Relaxed);
                     }
@@ -133,6 +136,11 @@ fn pinned_cache_never_sends_stale_bytes_while_buffers_change() {
             );
         }
     });
+    assert!(
+        changes.load(Relaxed) >= 2 * WORKERS as u64,
+        "only {} buffer changes: the run proves little",
+        changes.load(Relaxed)
+    );
     let stats = cache.stats();
     println!(
         "{} sends, {} buffer changes, {} unstable registrations; {stats:?}",

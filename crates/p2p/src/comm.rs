@@ -264,7 +264,7 @@ impl Communicator {
             .map_err(setup_error(dev, "creating the send CQ"))?;
         let recv_cq = CompletionQueue::new(&ctx, RECV_SLOTS.saturating_mul(peers))
             .map_err(setup_error(dev, "creating the receive CQ"))?;
-        let registrations = Registrations::from_env(Arc::clone(&pd))?;
+        let registrations = Registrations::from_env(Arc::clone(&pd), mtu)?;
         let slot_len = HEADER_LEN + config.eager_threshold;
         let qp_config = QpConfig {
             max_send_wr: SEND_SLOTS + MAX_READS as u32,
@@ -835,6 +835,11 @@ impl Communicator {
                 op.state = OpState::Done(result);
             }
             Arrived::Rendezvous { addr, rkey, cookie } => {
+                if let Some(reason) = self.failures[status.source].clone() {
+                    let rank = status.source;
+                    op.state = OpState::Done(Err(Error::PeerFailed { rank, reason }));
+                    return;
+                }
                 if truncated {
                     op.state = OpState::Done(Err(truncation(status, capacity)));
                     self.send_fin(status.source, cookie);

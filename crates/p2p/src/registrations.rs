@@ -3,9 +3,12 @@
 use std::sync::Arc;
 
 use regcache::{Access, Config, RdmaCache, RdmaRegistration};
-use verbs::{ProtectionDomain, Sge};
+use verbs::{Mtu, ProtectionDomain, Sge};
 
 use crate::error::{Error, Result};
+
+/// Overrides the MTU of the cache's ODP self-test.
+const ODP_PROBE_MTU_VAR: &str = "REGCACHE_ODP_PROBE_MTU";
 
 /// A registered user buffer, kept registered while held.
 #[derive(Debug)]
@@ -36,9 +39,14 @@ pub(crate) struct Registrations {
 }
 
 impl Registrations {
-    /// A cache configured from `REGCACHE_*` (see [`regcache::Config::from_env`]).
-    pub(crate) fn from_env(pd: Arc<ProtectionDomain>) -> Result<Self> {
-        let config = Config::from_env().map_err(|source| Error::Cache { source })?;
+    /// A cache configured from `REGCACHE_*` (see [`regcache::Config::from_env`]); unless
+    /// `REGCACHE_ODP_PROBE_MTU` says otherwise, the ODP self-test runs at `mtu`, the path MTU
+    /// of the communicator's queue pairs.
+    pub(crate) fn from_env(pd: Arc<ProtectionDomain>, mtu: Mtu) -> Result<Self> {
+        let mut config = Config::from_env().map_err(|source| Error::Cache { source })?;
+        if std::env::var_os(ODP_PROBE_MTU_VAR).is_none() {
+            config.odp_probe_mtu = mtu.bytes();
+        }
         let cache = RdmaCache::new(pd, config).map_err(|source| Error::Cache { source })?;
         Ok(Self { cache })
     }

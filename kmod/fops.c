@@ -194,8 +194,9 @@ static ssize_t regwatch_read(struct file *file, char __user *buf,
 		got = regwatch_take_records(ctx, rec, want);
 		if (!got)
 			continue;
-		/* never copy to user space under ctx->lock: a fault could
-		 * re-enter our own invalidate callback
+		/*
+		 * Records are copied out after ctx->lock is dropped: a fault
+		 * may sleep, and reclaim could enter our own callback.
 		 */
 		left = copy_to_user(buf + copied, rec, got * sizeof(rec[0]));
 		if (left) {

@@ -143,3 +143,40 @@ pub fn build_c_programs(
         ))
     })
 }
+
+/// `dkms add`, `build` and `install` of the staged module sources inside the
+/// rootfs for each kernel, replacing an earlier install; the guest then loads
+/// it with modprobe.
+pub fn dkms_install_in_rootfs(rootfs: &Rootfs, stage: &Stage, kernels: &[Kernel]) -> Result<()> {
+    let conf = fs::read_to_string(stage.dir.join("dkms/dkms.conf"))
+        .context("reading the staged dkms.conf")?;
+    let field = |key: &str| {
+        conf.lines()
+            .find_map(|line| {
+                line.strip_prefix(key)?
+                    .strip_prefix('=')
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+            .with_context(|| format!("dkms.conf has no {key}"))
+    };
+    let (name, version) = (field("PACKAGE_NAME")?, field("PACKAGE_VERSION")?);
+    sh::step(
+        &format!("DKMS add, build and install of {name}/{version} in the rootfs"),
+        || {
+            let mut script = format!(
+                "dkms remove {name}/{version} --all >/dev/null 2>&1 || true\n\
+             rm -rf /usr/src/{name}-{version}\n\
+             cp -a {}/dkms /usr/src/{name}-{version}\n\
+             dkms add {name}/{version}\n",
+                stage.guest_dir
+            );
+            for kernel in kernels {
+                let release = &kernel.release;
+                script.push_str(&format!(
+                "dkms build {name}/{version} -k {release}\ndkms install {name}/{version} -k {release}\n"
+            ));
+            }
+            rootfs.chroot(&script)
+        },
+    )
+}

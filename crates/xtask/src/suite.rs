@@ -130,6 +130,7 @@ fn stage_suite(ctx: &Context, prepared: &Prepared, kernels: &[Kernel]) -> Result
         }
         kmod::build_c_programs(&ctx.workspace, &prepared.rootfs, &stage, CPrograms::Tests)?;
         stage.add_dkms_source(&ctx.workspace.join("kmod"))?;
+        kmod::dkms_install_in_rootfs(&prepared.rootfs, &stage, kernels)?;
     }
     Ok(stage)
 }

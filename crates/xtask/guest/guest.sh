@@ -97,10 +97,16 @@ show_devices() {
 	done
 }
 
+# The transfers verified byte by byte, the ODP self-test, then the seed
+# scenario in every mode: stale bytes with the trust cache, the new bytes
+# with pinned + regwatch, ODP and off, with each mode's cache figures.
 run_demo() {
-	for exe in "$STAGE"/bin/*; do
-		[ -x "$exe" ] || continue
-		"$exe" --test-threads=1 --nocapture || return 1
+	for name in smoke odp_self_test seed; do
+		for exe in "$STAGE"/bin/"$name"-*; do
+			[ -x "$exe" ] || continue
+			say "demo: $name"
+			"$exe" --test-threads=1 --nocapture || return 1
+		done
 	done
 }
 

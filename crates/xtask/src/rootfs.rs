@@ -138,39 +138,33 @@ impl Rootfs {
         )
     }
 
+    /// The command that runs `script` with sh inside the rootfs.
+    fn chroot_command(&self, script: &str) -> Command {
+        let mut command = cmd(
+            "chroot",
+            [
+                self.path.as_os_str(),
+                "/bin/sh".as_ref(),
+                "-ec".as_ref(),
+                script.as_ref(),
+            ],
+        );
+        command
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("LC_ALL", "C");
+        command
+    }
+
     /// Runs a shell command inside the rootfs with /proc mounted.
     pub fn chroot(&self, script: &str) -> Result<()> {
         let _proc = ProcMount::new(&self.path)?;
-        sh::run(
-            cmd(
-                "chroot",
-                [
-                    self.path.as_os_str(),
-                    "/bin/sh".as_ref(),
-                    "-ec".as_ref(),
-                    script.as_ref(),
-                ],
-            )
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .env("LC_ALL", "C"),
-        )
+        sh::run(&mut self.chroot_command(script))
     }
 
     /// Like [`Rootfs::chroot`], capturing standard output.
     pub fn chroot_output(&self, script: &str) -> Result<String> {
         let _proc = ProcMount::new(&self.path)?;
-        sh::output(
-            cmd(
-                "chroot",
-                [
-                    self.path.as_os_str(),
-                    "/bin/sh".as_ref(),
-                    "-ec".as_ref(),
-                    script.as_ref(),
-                ],
-            )
-            .env("LC_ALL", "C"),
-        )
+        sh::output(&mut self.chroot_command(script))
     }
 
     /// The newest amd64 kernel of trixie-backports and of trixie proper, as

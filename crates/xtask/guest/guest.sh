@@ -6,7 +6,9 @@
 #   test          every test executable staged under /opt/regcache
 #   run CMD...    one command
 #   bench         every benchmark staged under /opt/regcache/cbench
-#   demo          the devices, their ODP caps, and the tests with output shown
+#   p2p-bench ARGS  the latency and bandwidth benchmark (benches/vm)
+#   demo          the devices, their ODP caps, the tests with output shown,
+#                 and the benchmark's short plan
 #   shell         an interactive shell
 # It always ends by printing the kernel log between markers, which the host
 # scans for warnings. Environment from the host: REGCACHE_EXPECT_RXE1=1 to
@@ -108,6 +110,10 @@ run_demo() {
 			"$exe" --test-threads=1 --nocapture || return 1
 		done
 	done
+	if [ -x "$STAGE/vmbench/p2p-bench" ]; then
+		say "demo: latency and bandwidth, short plan"
+		"$STAGE/vmbench/p2p-bench" --quick || return 1
+	fi
 }
 
 export REGCACHE_VM=1
@@ -139,6 +145,10 @@ bench)
 	for exe in "$STAGE"/cbench/*; do
 		[ -x "$exe" ] && { "$exe" || rc=1; }
 	done
+	;;
+p2p-bench)
+	"$STAGE/vmbench/p2p-bench" "$@"
+	rc=$?
 	;;
 demo)
 	show_devices

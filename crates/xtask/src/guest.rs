@@ -64,7 +64,7 @@ impl Stage {
         if dir.exists() {
             fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
         }
-        for sub in ["bin", "ctests", "cbench", "kmod", "src"] {
+        for sub in ["bin", "ctests", "cbench", "vmbench", "kmod", "src"] {
             fs::create_dir_all(dir.join(sub))?;
         }
         let script = dir.join("guest.sh");
@@ -76,10 +76,11 @@ impl Stage {
         })
     }
 
-    /// Copies a host-built test executable into the guest's `bin/`.
-    pub fn add_test_binary(&self, exe: &Path) -> Result<()> {
-        let name = exe.file_name().context("test binary without a name")?;
-        fs::copy(exe, self.dir.join("bin").join(name))
+    /// Copies a host-built executable into the stage's `subdir`: `bin` for the
+    /// test executables the suite runs, `vmbench` for `p2p-bench`.
+    pub fn add_executable(&self, exe: &Path, subdir: &str) -> Result<()> {
+        let name = exe.file_name().context("executable without a name")?;
+        fs::copy(exe, self.dir.join(subdir).join(name))
             .with_context(|| format!("staging {}", exe.display()))?;
         Ok(())
     }

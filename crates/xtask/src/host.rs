@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 /// Debian bookworm packages the host needs: the verbs headers for `rdma-sys`
 /// (and libclang for its bindgen), QEMU and mmdebstrap for the guest,
 /// modprobe and busybox for virtme-ng's initramfs, the 6.1 kernel headers for
-/// the module's build matrix, and UCX for the reference benchmark.
+/// the module's build matrix, UCX for the reference benchmark, and gnuplot
+/// for the latency plots.
 const HOST_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -20,6 +21,7 @@ const HOST_PACKAGES: &[&str] = &[
     "busybox-static",
     "linux-headers-amd64",
     "libucx-dev",
+    "gnuplot-nox",
 ];
 
 pub fn is_root() -> bool {

@@ -9,6 +9,7 @@
 mod guest;
 mod host;
 mod kmod;
+mod p2p_report;
 mod rootfs;
 mod sh;
 mod suite;
@@ -44,7 +45,8 @@ enum Top {
     /// The regwatch kernel module.
     #[command(subcommand)]
     Kmod(KmodCommand),
-    /// Benchmarks; figures go to target/bench and, by hand, benches/RESULTS.md.
+    /// Benchmarks; figures go to target/bench (p2p, regwatch) or criterion's
+    /// output (hit-path), and by hand to benches/RESULTS.md.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -56,6 +58,15 @@ enum BenchCommand {
         #[arg(long, default_value = "backports")]
         kernel: String,
     },
+    /// Latency and bandwidth, 8 B to 16 MiB, rxe0 to rxe1 in one boot: p2p
+    /// with the cache (pinned, ODP), p2p always-registering, raw verbs and
+    /// perftest; a markdown table and log-log plots under target/bench.
+    P2p {
+        #[arg(long, default_value = "backports")]
+        kernel: String,
+    },
+    /// The cache's hit and miss paths, natively with criterion, beside UCX's rcache.
+    HitPath,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,5 +129,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Top::Vm(VmCommand::Selftest) => suite::vm_selftest(&ctx),
         Top::Kmod(KmodCommand::Build) => suite::kmod_build(&ctx),
         Top::Bench(BenchCommand::Regwatch { kernel }) => suite::bench_regwatch(&ctx, &kernel),
+        Top::Bench(BenchCommand::P2p { kernel }) => suite::bench_p2p(&ctx, &kernel),
+        Top::Bench(BenchCommand::HitPath) => suite::bench_hit_path(&ctx),
     }
 }

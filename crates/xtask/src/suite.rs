@@ -4,6 +4,7 @@
 use crate::guest::{self, Stage, Verdict};
 use crate::host;
 use crate::kmod::{self, CPrograms};
+use crate::p2p_report::Figures;
 use crate::rootfs::{Kernel, Rootfs};
 use crate::sh::{self, cmd};
 use crate::virtme::{self, Accel, Guest, Virtme};
@@ -79,41 +80,57 @@ pub fn prepare(ctx: &Context) -> Result<Prepared> {
     })
 }
 
+/// Runs a cargo build with `args` and returns the executables it reports
+/// for which `wanted` holds (given the compiler-artifact message).
+fn cargo_executables(
+    ctx: &Context,
+    args: &[&str],
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Result<Vec<PathBuf>> {
+    let json = sh::output(
+        cmd("cargo", args.iter().chain(&["--message-format=json"])).current_dir(&ctx.workspace),
+    )?;
+    let mut executables = Vec::new();
+    for line in json.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact" && wanted(&message) {
+            if let Some(exe) = message["executable"].as_str() {
+                executables.push(PathBuf::from(exe));
+            }
+        }
+    }
+    if executables.is_empty() {
+        bail!("`cargo {}` built no executable", args.join(" "));
+    }
+    Ok(executables)
+}
+
 /// Builds the integration-test executables on the host and returns their paths.
 fn build_test_binaries(ctx: &Context) -> Result<Vec<PathBuf>> {
     sh::step(
         "building the integration tests (rdma-tests) on the host",
         || {
-            let json = sh::output(
-                cmd(
-                    "cargo",
-                    [
-                        "test",
-                        "--package",
-                        "rdma-tests",
-                        "--no-run",
-                        "--message-format=json",
-                    ],
-                )
-                .current_dir(&ctx.workspace),
-            )?;
-            let mut executables = Vec::new();
-            for line in json.lines() {
-                let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-                    continue;
-                };
-                if message["reason"] == "compiler-artifact" && message["profile"]["test"] == true {
-                    if let Some(exe) = message["executable"].as_str() {
-                        executables.push(PathBuf::from(exe));
-                    }
-                }
-            }
-            if executables.is_empty() {
-                bail!("cargo built no test executable for rdma-tests");
-            }
-            Ok(executables)
+            cargo_executables(
+                ctx,
+                &["test", "--package", "rdma-tests", "--no-run"],
+                |message| message["profile"]["test"] == true,
+            )
         },
     )
+}
+
+/// Builds `p2p-bench` (benches/vm) with optimisations and returns its path.
+fn build_p2p_bench(ctx: &Context) -> Result<PathBuf> {
+    sh::step("building p2p-bench (release) on the host", || {
+        let built = cargo_executables(
+            ctx,
+            &["build", "--release", "--package", "regcache-vm-bench"],
+            |message| message["target"]["name"] == "p2p-bench",
+        )?;
+        Ok(built[0].clone())
+    })
 }
 
 /// Fills the guest's staging directory: test binaries, the module for each
@@ -122,7 +139,7 @@ fn stage_suite(ctx: &Context, prepared: &Prepared, kernels: &[Kernel]) -> Result
     let binaries = build_test_binaries(ctx)?;
     let stage = Stage::fresh(&prepared.rootfs)?;
     for exe in &binaries {
-        stage.add_test_binary(exe)?;
+        stage.add_executable(exe, "bin")?;
     }
     if kmod::module_exists(&ctx.workspace) {
         for kernel in kernels {
@@ -282,16 +299,28 @@ pub fn kmod_build(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// `demo`: the newest kernel, its rxe devices and their ODP caps, and the
-/// integration tests' transfers with their output shown.
+/// `demo`: the newest kernel, its rxe devices and their ODP caps, the
+/// integration tests' transfers with their output shown, and the latency
+/// table of the benchmark's short plan.
 pub fn demo(ctx: &Context) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernel = &prepared.kernels("backports")?[0];
     let stage = stage_suite(ctx, &prepared, std::slice::from_ref(kernel))?;
-    let verdict = run_in_guest(&prepared, &stage, kernel, "demo")?;
+    stage.add_executable(&build_p2p_bench(ctx)?, "vmbench")?;
+    let run = prepared
+        .guest()
+        .run(kernel, &stage.exec_line(kernel, "demo"), COMMAND_TIMEOUT)?;
+    let verdict = guest::judge(&run);
     if !verdict.ok() {
         bail!("demo failed: {}", verdict.summary());
     }
+    let title = format!(
+        "p2p over Soft-RoCE on {} ({:?}), short plan",
+        kernel.release, prepared.accel
+    );
+    let figures = Figures::parse(run.output.iter().map(String::as_str))?;
+    eprintln!("==> {title}");
+    eprintln!("{}", figures.markdown(&title));
     Ok(())
 }
 
@@ -402,4 +431,64 @@ pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `bench p2p`: latency and bandwidth of p2p (cache pinned and ODP,
+/// always-register), raw verbs and perftest in one boot; writes
+/// `target/bench/p2p-<kernel>.md`, the figure lines, and two log-log plots.
+pub fn bench_p2p(ctx: &Context, selector: &str) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernel = &prepared.kernels(selector)?[0];
+    let stage = Stage::fresh(&prepared.rootfs)?;
+    if kmod::module_exists(&ctx.workspace) {
+        kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, &stage, kernel)?;
+    }
+    stage.add_executable(&build_p2p_bench(ctx)?, "vmbench")?;
+    let run = prepared
+        .guest()
+        .run(kernel, &stage.exec_line(kernel, "p2p-bench"), SUITE_TIMEOUT)?;
+    let verdict = guest::judge(&run);
+    let out_dir = ctx.workspace.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let stem = format!("p2p-{}", kernel.release);
+    let lines: Vec<&str> = run
+        .output
+        .iter()
+        .map(String::as_str)
+        .filter(|line| line.contains("REGCACHE-BENCH"))
+        .collect();
+    std::fs::write(out_dir.join(format!("{stem}.txt")), lines.join("\n") + "\n")?;
+    let title = format!(
+        "p2p over Soft-RoCE, rxe0 to rxe1, {} ({:?}, ratios only)",
+        kernel.release, prepared.accel
+    );
+    let figures = Figures::parse(lines.iter().copied())?;
+    let markdown = figures.markdown(&title);
+    let report = out_dir.join(format!("{stem}.md"));
+    std::fs::write(&report, &markdown)?;
+    let pngs = figures.plot(&out_dir, &stem, &title)?;
+    eprintln!("{markdown}");
+    eprintln!("==> saved {}", report.display());
+    for png in pngs {
+        eprintln!("==> saved {}", png.display());
+    }
+    if !verdict.ok() {
+        bail!(
+            "benchmark run failed on {}: {}",
+            kernel.release,
+            verdict.summary()
+        );
+    }
+    Ok(())
+}
+
+/// `bench hit-path`: the cache's hit and miss paths natively with criterion,
+/// beside UCX's rcache; the benchmark prints its own ratio table.
+pub fn bench_hit_path(ctx: &Context) -> Result<()> {
+    host::install_packages()?;
+    sh::step("criterion: cargo bench -p regcache-benches", || {
+        sh::run(
+            cmd("cargo", ["bench", "--package", "regcache-benches"]).current_dir(&ctx.workspace),
+        )
+    })
 }

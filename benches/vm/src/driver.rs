@@ -1,0 +1,172 @@
+//! Starts the two ranks of every variant, forwards what they print, then runs perftest
+//! between the same two devices.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context, Result};
+use rdma_tests::{Node, RXE0, RXE1};
+
+use crate::perftest;
+use crate::plan::{Plan, Variant};
+use crate::ADDR_VAR;
+
+/// First TCP port of the ranks' bootstraps; each communicator uses the next one.
+const BOOTSTRAP_PORT: u16 = 18_600;
+
+/// Where a rank runs: its device and address, and the network namespace it must enter.
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    pub node: Node,
+    pub netns: Option<&'static str>,
+}
+
+impl Place {
+    /// `program` with `args`, run inside this place's network namespace.
+    pub fn command(&self, program: &Path, args: &[String]) -> Command {
+        let mut command = match self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        command.args(args);
+        command
+    }
+}
+
+/// The two ends: rxe0 and, where the guest set it up, rxe1 in `ns1`; else rxe0 twice.
+fn places() -> Result<[Place; 2]> {
+    let devices = verbs::devices().context("listing RDMA devices")?;
+    let here = Place {
+        node: RXE0,
+        netns: None,
+    };
+    if !devices.iter().any(|d| d.name == RXE0.device) {
+        bail!("no {} device: run inside the project's VM", RXE0.device);
+    }
+    let across =
+        devices.iter().any(|d| d.name == RXE1.device) && Path::new("/var/run/netns/ns1").exists();
+    let there = if across {
+        Place {
+            node: RXE1,
+            netns: Some("ns1"),
+        }
+    } else {
+        here
+    };
+    Ok([here, there])
+}
+
+/// Copies each line of `stream` to stdout with `label` in front, as it arrives.
+fn forward(stream: impl Read + Send + 'static, label: String) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            println!("[{label}] {line}");
+        }
+    })
+}
+
+/// Spawns `command` with its output forwarded under `label`.
+pub fn spawn_forwarded(mut command: Command, label: &str) -> Result<(Child, Vec<JoinHandle<()>>)> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {label}"))?;
+    let mut forwarders = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        forwarders.push(forward(stdout, label.to_owned()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        forwarders.push(forward(stderr, label.to_owned()));
+    }
+    Ok((child, forwarders))
+}
+
+/// Waits for `child` and the threads forwarding its output; fails on a non-zero exit.
+pub fn finish(mut child: Child, forwarders: Vec<JoinHandle<()>>, label: &str) -> Result<()> {
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {label}"))?;
+    for forwarder in forwarders {
+        // A forwarder only prints; if it panicked, the lines are lost, not the run.
+        let _ = forwarder.join();
+    }
+    if !status.success() {
+        bail!("{label} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The two ranks, which run every variant interleaved.
+fn run_ranks(plan: Plan, places: &[Place; 2]) -> Result<()> {
+    let exe = std::env::current_exe().context("locating p2p-bench")?;
+    let mut args = vec!["rank".to_owned()];
+    if plan.is_quick() {
+        args.push("--quick".to_owned());
+    }
+    let root = format!("{}:{BOOTSTRAP_PORT}", places[0].node.addr);
+    let mut ranks = Vec::new();
+    for (rank, place) in places.iter().enumerate() {
+        let mut command = place.command(&exe, &args);
+        command
+            .env("P2P_RANK", rank.to_string())
+            .env("P2P_SIZE", "2")
+            .env("P2P_ROOT_ADDR", &root)
+            .env("P2P_DEVICE", place.node.device)
+            .env(ADDR_VAR, place.node.addr.to_string());
+        let label = format!("rank {rank}");
+        let (child, forwarders) = spawn_forwarded(command, &label)?;
+        ranks.push((child, forwarders, label));
+    }
+    let mut failures = Vec::new();
+    for (child, forwarders, label) in ranks {
+        if let Err(error) = finish(child, forwarders, &label) {
+            failures.push(format!("{error:#}"));
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// Every variant, then perftest's `ib_write_lat` and `ib_read_lat`, in this one boot.
+///
+/// # Errors
+/// When a variant or a perftest run fails; the others still run first.
+pub fn run_everything(plan: Plan) -> Result<()> {
+    let places = places()?;
+    println!(
+        "p2p-bench: rank 0 on {} ({}), rank 1 on {} ({}{}); {} sizes",
+        places[0].node.device,
+        places[0].node.addr,
+        places[1].node.device,
+        places[1].node.addr,
+        places[1]
+            .netns
+            .map_or(String::new(), |ns| format!(", netns {ns}")),
+        plan.sizes().len(),
+    );
+    let mut failures = Vec::new();
+    let variants: Vec<String> = Variant::ALL.iter().map(ToString::to_string).collect();
+    println!("p2p-bench: measuring {}, interleaved", variants.join(", "));
+    if let Err(error) = run_ranks(plan, &places) {
+        failures.push(format!("ranks: {error:#}"));
+    }
+    for tool in perftest::TOOLS {
+        println!("p2p-bench: measuring {tool}");
+        if let Err(error) = perftest::run(tool, plan, &places) {
+            failures.push(format!("{tool}: {error:#}"));
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! What is measured: the variants, the message sizes, how many repetitions each gets, and
+//! the line every figure is printed as (the host's `cargo xtask bench p2p` parses it).
+
+use std::fmt;
+
+/// Prefix of a figure line: `REGCACHE-BENCH <variant> <metric> <bytes> <value> <repetitions>`.
+pub const FIGURE_PREFIX: &str = "REGCACHE-BENCH";
+/// Prefix of a line saying a variant could not run: `REGCACHE-BENCH-SKIP <variant> <why>`.
+pub const SKIP_PREFIX: &str = "REGCACHE-BENCH-SKIP";
+
+/// A way of moving a message from one rank to the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// p2p with the registration cache in pinned + regwatch mode.
+    CachePinned,
+    /// p2p with the registration cache in on-demand-paging mode.
+    CacheOdp,
+    /// p2p with the cache off: every rendezvous registers and deregisters (always-register).
+    AlwaysRegister,
+    /// SEND/RECV on buffers registered once up front, no p2p in the loop.
+    RawVerbs,
+    /// p2p's rendezvous (announce, RDMA READ, notice) by hand on buffers registered once up
+    /// front: the same trips on the wire as p2p's, without p2p and without registration.
+    RawVerbsRead,
+}
+
+impl Variant {
+    /// Every variant, in the order of the report's columns.
+    pub const ALL: [Self; 5] = [
+        Self::RawVerbs,
+        Self::RawVerbsRead,
+        Self::CachePinned,
+        Self::CacheOdp,
+        Self::AlwaysRegister,
+    ];
+
+    /// `REGCACHE_MODE` of the variant's communicator: raw verbs uses one only to exchange
+    /// queue-pair endpoints, so it needs no cache.
+    pub fn cache_mode(self) -> &'static str {
+        match self {
+            Self::CachePinned => "pinned",
+            Self::CacheOdp => "odp",
+            Self::AlwaysRegister | Self::RawVerbs | Self::RawVerbsRead => "off",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::CachePinned => "p2p-cache-pinned",
+            Self::CacheOdp => "p2p-cache-odp",
+            Self::AlwaysRegister => "p2p-always-register",
+            Self::RawVerbs => "raw-verbs",
+            Self::RawVerbsRead => "raw-verbs-read",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a figure measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Median one-way latency in microseconds (half a ping-pong round trip; perftest's
+    /// `ib_read_lat` reports a READ, itself a round trip).
+    LatencyMicros,
+    /// Median streaming bandwidth in MB/s (10^6 bytes per second).
+    BandwidthMegabytes,
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::LatencyMicros => "latency_us",
+            Self::BandwidthMegabytes => "bandwidth_MBps",
+        })
+    }
+}
+
+/// One measured figure, printed as a [`FIGURE_PREFIX`] line.
+#[derive(Debug, Clone, Copy)]
+pub struct Figure<'a> {
+    /// Variant or reference tool that was measured (e.g. `raw-verbs`, `ib_read_lat`).
+    pub what: &'a str,
+    pub metric: Metric,
+    pub bytes: usize,
+    pub value: f64,
+    /// Timed repetitions behind the median.
+    pub repetitions: usize,
+}
+
+impl fmt::Display for Figure<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{FIGURE_PREFIX} {} {} {} {:.3} {}",
+            self.what, self.metric, self.bytes, self.value, self.repetitions
+        )
+    }
+}
+
+/// Messages in flight per window of the bandwidth test.
+pub const WINDOW: usize = 8;
+/// Untimed repetitions before each timed series (first-touch, cache misses, connection).
+pub const WARM_UP: usize = 2;
+
+/// The sizes and the repetitions of one benchmark run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    quick: bool,
+}
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+const FULL_SIZES: [usize; 13] = [
+    8,
+    32,
+    128,
+    512,
+    2 * KIB,
+    8 * KIB,
+    32 * KIB,
+    64 * KIB,
+    128 * KIB,
+    512 * KIB,
+    2 * MIB,
+    8 * MIB,
+    16 * MIB,
+];
+const QUICK_SIZES: [usize; 4] = [8, 4 * KIB, 64 * KIB, MIB];
+
+impl Plan {
+    /// The full sweep (8 B to 16 MiB), or with `quick` four sizes up to 1 MiB and fewer
+    /// repetitions (the demo's table).
+    pub fn new(quick: bool) -> Self {
+        Self { quick }
+    }
+
+    /// Whether this is the demo's short plan.
+    pub fn is_quick(self) -> bool {
+        self.quick
+    }
+
+    /// Message sizes in bytes, ascending.
+    pub fn sizes(self) -> &'static [usize] {
+        if self.quick {
+            &QUICK_SIZES
+        } else {
+            &FULL_SIZES
+        }
+    }
+
+    /// The largest message.
+    pub fn max_size(self) -> usize {
+        self.sizes().iter().copied().max().unwrap_or(0)
+    }
+
+    /// Timed ping-pongs for `bytes`: about the same volume per size, within bounds that keep
+    /// small sizes statistically useful and large ones affordable under an emulated CPU.
+    pub fn round_trips(self, bytes: usize) -> usize {
+        let (volume, min, max) = if self.quick {
+            (8 * MIB, 3, 20)
+        } else {
+            (32 * MIB, 5, 100)
+        };
+        (volume / bytes.max(1)).clamp(min, max)
+    }
+
+    /// Timed windows of [`WINDOW`] messages for `bytes`.
+    pub fn windows(self, bytes: usize) -> usize {
+        let (volume, min, max) = if self.quick {
+            (16 * MIB, 2, 5)
+        } else {
+            (64 * MIB, 3, 30)
+        };
+        (volume / (WINDOW * bytes.max(1))).clamp(min, max)
+    }
+}
+
+/// The median of `samples` (sorted in place); `None` for no samples.
+pub fn median(samples: &mut [f64]) -> Option<f64> {
+    samples.sort_by(f64::total_cmp);
+    let mid = samples.len() / 2;
+    match samples.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(samples[mid]),
+        _ => Some((samples[mid - 1] + samples[mid]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_full_plan_spans_8_bytes_to_16_mib_with_64_kib() {
+        let plan = Plan::new(false);
+        assert_eq!(plan.sizes().first(), Some(&8));
+        assert_eq!(plan.max_size(), 16 * MIB);
+        assert!(plan.sizes().contains(&(64 * KIB)));
+        assert!(plan.sizes().windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn repetitions_stay_within_bounds() {
+        let plan = Plan::new(false);
+        assert_eq!(plan.round_trips(8), 100);
+        assert_eq!(plan.round_trips(16 * MIB), 5);
+        assert_eq!(plan.windows(8), 30);
+        assert_eq!(plan.windows(16 * MIB), 3);
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn a_figure_prints_as_one_parsable_line() {
+        let figure = Figure {
+            what: "raw-verbs",
+            metric: Metric::LatencyMicros,
+            bytes: 65536,
+            value: 12.5,
+            repetitions: 40,
+        };
+        assert_eq!(
+            figure.to_string(),
+            "REGCACHE-BENCH raw-verbs latency_us 65536 12.500 40"
+        );
+    }
+}

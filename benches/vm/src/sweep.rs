@@ -1,0 +1,132 @@
+//! The measurement loop shared by every variant: a ping-pong series and a streaming series
+//! per message size, timed on rank 0, with the received bytes checked after each size.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::plan::{median, Figure, Metric, Plan, Variant, WARM_UP, WINDOW};
+
+/// Seed of the bytes every message carries.
+pub const PAYLOAD_SEED: u64 = 0x5eed_b0b5;
+
+/// A pair of ranks that can move messages of a given size. Rank 0 times; both ranks run the
+/// same calls in the same order.
+pub trait Exchange {
+    /// This process's rank, 0 or 1.
+    fn rank(&self) -> usize;
+
+    /// One ping-pong of `bytes`: rank 0 sends then receives, rank 1 receives then sends.
+    ///
+    /// # Errors
+    /// A failed or timed-out transfer.
+    fn ping_pong(&mut self, bytes: usize) -> Result<()>;
+
+    /// One window: rank 0 streams [`WINDOW`] messages of `bytes`, rank 1 receives them all and
+    /// answers with a short acknowledgement.
+    ///
+    /// # Errors
+    /// A failed or timed-out transfer.
+    fn window(&mut self, bytes: usize) -> Result<()>;
+
+    /// Copies of the latest messages of `bytes` bytes this rank received (at least the last
+    /// one), for checking after each series; every message carries a prefix of the payload.
+    fn received(&self, bytes: usize) -> Vec<Vec<u8>>;
+}
+
+/// A variant under measurement, with what it measured so far at the current size.
+struct Contender<'a> {
+    variant: Variant,
+    exchange: &'a mut dyn Exchange,
+    samples: Vec<f64>,
+}
+
+/// Times `once` on every contender in turn, `repetitions` rounds after [`WARM_UP`] untimed
+/// ones: interleaving puts every variant under the same drift of an emulated machine's speed.
+/// Leaves each contender's samples in µs.
+fn interleaved(
+    contenders: &mut [Contender<'_>],
+    repetitions: usize,
+    once: impl Fn(&mut dyn Exchange) -> Result<()>,
+) -> Result<()> {
+    for contender in contenders.iter_mut() {
+        contender.samples.clear();
+    }
+    for round in 0..WARM_UP + repetitions {
+        for contender in contenders.iter_mut() {
+            let start = Instant::now();
+            once(&mut *contender.exchange).with_context(|| format!("{}", contender.variant))?;
+            if round >= WARM_UP {
+                contender.samples.push(start.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fails unless every received buffer holds the payload.
+fn check_received(contender: &Contender<'_>, bytes: usize, payload: &[u8]) -> Result<()> {
+    let exchange = &*contender.exchange;
+    for (index, received) in exchange.received(bytes).iter().enumerate() {
+        if let Some(offset) = received.iter().zip(payload).position(|(r, p)| r != p) {
+            bail!(
+                "{}, rank {}: buffer {index} of a {bytes}-byte message differs from what was \
+                 sent at offset {offset:#x}",
+                contender.variant,
+                exchange.rank()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every size of `plan` through every exchange, interleaved; rank 0 prints a latency and a
+/// bandwidth figure per variant and size.
+///
+/// # Errors
+/// A failed transfer, or received bytes that differ from the payload.
+pub fn sweep(exchanges: Vec<(Variant, &mut dyn Exchange)>, rank: usize, plan: Plan) -> Result<()> {
+    let payload = rdma_tests::pattern(plan.max_size(), PAYLOAD_SEED);
+    let mut contenders: Vec<Contender<'_>> = exchanges
+        .into_iter()
+        .map(|(variant, exchange)| Contender {
+            variant,
+            exchange,
+            samples: Vec::new(),
+        })
+        .collect();
+    for &bytes in plan.sizes() {
+        let series = [
+            (Metric::LatencyMicros, plan.round_trips(bytes)),
+            (Metric::BandwidthMegabytes, plan.windows(bytes)),
+        ];
+        for (metric, repetitions) in series {
+            interleaved(&mut contenders, repetitions, |exchange| match metric {
+                Metric::LatencyMicros => exchange.ping_pong(bytes),
+                Metric::BandwidthMegabytes => exchange.window(bytes),
+            })
+            .with_context(|| format!("{metric} of {bytes}-byte messages"))?;
+            for contender in &mut contenders {
+                check_received(contender, bytes, &payload[..bytes])?;
+                let median = median(&mut contender.samples).context("no repetitions")?;
+                let value = match metric {
+                    Metric::LatencyMicros => median / 2.0,
+                    // bytes per µs are MB/s.
+                    Metric::BandwidthMegabytes => (WINDOW * bytes) as f64 / median,
+                };
+                let what = contender.variant.to_string();
+                if rank == 0 {
+                    let figure = Figure {
+                        what: &what,
+                        metric,
+                        bytes,
+                        value,
+                        repetitions,
+                    };
+                    println!("{figure}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,6 +1,9 @@
 //! The cache: a lock-free lookup over an immutable index, and a locked path that changes it.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -10,6 +13,7 @@ use crate::config::{Limits, Policy};
 use crate::entry::{Entry, Registration, Shared};
 use crate::error::{Error, Result};
 use crate::index::{Index, Slot};
+use crate::last_hit;
 use crate::stats::{Counters, Stats};
 use crate::traits::{InvalidationSource, Registrar};
 
@@ -78,19 +82,37 @@ impl<R: Registrar, I: InvalidationSource> State<R, I> {
 ///
 /// # Why the hit path takes no lock and allocates nothing
 ///
-/// A hit ([`Cache::cached_reg`] finding a valid covering registration) does exactly this:
+/// A hit ([`Cache::cached_reg`] finding a valid covering registration) first reads the index
+/// version (an acquire load) and then takes one of two ways.
+///
+/// The thread's last hit (`last_hit.rs`), when it was found in this version of the index and
+/// covers the request:
+/// 1. a const-initialised thread-local; its destructor is registered on the thread's first use
+///    of any cache (glibc may allocate once then), never on later hits;
+/// 2. `Weak::upgrade` of the remembered entry: an atomic increment of its strong count, or
+///    `None` when the entry is gone (then the index is searched);
+/// 3. steps 3 and 4 below. An entry that does not serve the request or whose pages changed
+///    makes the request a miss, as the index, still of the same version, would answer with the
+///    same entry. The upgraded `Arc` is then dropped on the miss path, where, if a writer
+///    released the entry meanwhile, it deregisters as a dropped handle would.
+///
+/// Otherwise the index:
 /// 1. `ArcSwap::load` of the current index: a load of the pointer and a store into one of this
 ///    thread's arc-swap debt slots. arc-swap allocates a debt node the first time a thread uses
 ///    any `ArcSwap` and never frees it (it is reused by later threads), so a thread allocates at
 ///    most once in its life, never on later hits.
-/// 2. `Index::covering`: two binary searches over contiguous keys.
+/// 2. `Index::covering`: two binary searches over contiguous keys. The entry found is recorded
+///    as the thread's last hit when the previous index hit was on it too: that stores a `Weak`
+///    (an atomic increment) and releases the one it replaces, which frees the memory block of
+///    an entry that was deregistered already if it was the last reference: a free, never an
+///    allocation nor a deregistration.
 /// 3. [`InvalidationSource::is_valid`]: one acquire load by the trait's contract.
 /// 4. A relaxed store of the LRU stamp, `Arc::clone` of the entry (an atomic increment) and a
 ///    striped hit counter (a const thread-local and an atomic add on a per-thread cache line).
 /// 5. Dropping the arc-swap guard. If a writer replaced the index meanwhile, the guard owns a
 ///    reference and drops it; it is never the last one, because writers keep every replaced
 ///    index in a list of retired versions and drop it, under the lock, only once that list
-///    holds its sole reference. So no index, chunk or entry is freed (nor deregistered) on a hit.
+///    holds its sole reference. So no index, chunk or entry is freed (nor deregistered) here.
 ///
 /// `tests/hit_path_alloc.rs` counts allocations over 10,000 hits and fails on any.
 ///
@@ -100,14 +122,26 @@ impl<R: Registrar, I: InvalidationSource> State<R, I> {
 /// after any change of its pages since before the registration started. A hit checks the watch
 /// after loading the entry, with acquire ordering (trait contract), so a change that
 /// happened-before the `cached_reg` call is seen and the request goes to the locked path. The
-/// entry reached through a guard stays alive (the index version holds it), so the check reads a
-/// live watch; the returned `Arc` keeps it registered from then on. A hit may return an entry a
-/// writer removed from the index a moment before (evicted, or merged into a larger one): it is
-/// still registered and its watch still checked, so it is still a correct registration, only
-/// deregistered later, when its last handle drops.
+/// entry reached through a guard stays alive (the index version holds it), as does one
+/// upgraded from the thread's last hit, so the check reads a live watch; the returned `Arc`
+/// keeps it registered from then on. A hit may return an entry a writer removed from the index
+/// a moment before (evicted, or merged into a larger one): it is still registered and its watch
+/// still checked, so it is still a correct registration, only deregistered later, when its last
+/// handle drops.
+///
+/// The last hit adds no longer window than that. Its version is read before the index it was
+/// found in is loaded, and a writer stores a new version (from a counter shared by all caches,
+/// so a version names one cache's index) right after each publish, so the slot is trusted only
+/// while no publish since its index is visible: an entry evicted, drained or merged away is not
+/// returned from the slot once its removal is. The slot holds a `Weak`, which counts for
+/// neither eviction (it looks for entries only the index holds strongly) nor deregistration: it
+/// keeps at most the memory block of one dead entry per thread.
 pub struct Cache<R: Registrar, I: InvalidationSource> {
     shared: Arc<Shared<R, I>>,
     index: ArcSwap<Snapshot<R, I>>,
+    /// Names the published index among those of every cache: changed after each publish, so a
+    /// thread's last hit is trusted only while the index it was found in is current.
+    version: AtomicU64,
     state: Mutex<State<R, I>>,
     policy: Policy,
     limits: Limits,
@@ -127,6 +161,7 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
                 counters: Counters::default(),
             }),
             index: ArcSwap::from_pointee(Index::default()),
+            version: AtomicU64::new(last_hit::next_version()),
             state: Mutex::new(State {
                 retired: Vec::new(),
                 last_generation,
@@ -158,13 +193,22 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
         access: Access,
     ) -> Result<Registration<R, I>> {
         let start = ptr.addr();
-        let end = start
-            .checked_add(len)
-            .filter(|_| len > 0)
-            .ok_or(Error::InvalidRange { addr: start, len })?;
+        // Not `ok_or`: that builds (and drops) the error on every hit.
+        let Some(end) = start.checked_add(len).filter(|_| len > 0) else {
+            return Err(Error::InvalidRange { addr: start, len });
+        };
         let access = access.without(Access::ON_DEMAND);
         if self.policy.caches() {
-            if let Some(hit) = self.lookup(start, end, access) {
+            let version = self.version.load(Acquire);
+            // SAFETY: `version` is this cache's, and this cache records only `Entry<R, I>`.
+            let last = unsafe { last_hit::covering::<Entry<R, I>>(version, start, end) };
+            let hit = match last {
+                // Found in the current index, so the index would answer with it too: when it
+                // does not serve, the request is a miss either way.
+                Some(entry) => self.usable(entry, access),
+                None => self.lookup(version, start, end, access),
+            };
+            if let Some(hit) = hit {
                 self.shared.counters.hits.increment();
                 return Ok(hit);
             }
@@ -206,14 +250,29 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lookup(&self, start: usize, end: usize, access: Access) -> Option<Registration<R, I>> {
+    /// An index hit. `version` must be this cache's, read before the index is loaded, so that a
+    /// last hit recorded under it is never trusted beyond the index it was found in.
+    fn lookup(
+        &self,
+        version: u64,
+        start: usize,
+        end: usize,
+        access: Access,
+    ) -> Option<Registration<R, I>> {
         let index = self.index.load();
         let entry = index.covering(start, end)?;
+        // SAFETY: `version` is this cache's (the caller's contract), recorded with its entry type.
+        unsafe { last_hit::record(version, entry.start, entry.end(), entry) };
+        self.usable(Arc::clone(entry), access)
+    }
+
+    /// `entry` as a hit, when it serves `access` and its pages did not change.
+    fn usable(&self, entry: Arc<Entry<R, I>>, access: Access) -> Option<Registration<R, I>> {
         if !entry.serves(access) || !entry.is_valid() {
             return None;
         }
         entry.touch(self.clock.load(Relaxed));
-        Some(Registration::new(Arc::clone(entry)))
+        Some(Registration::new(entry))
     }
 
     fn miss(&self, start: usize, end: usize, access: Access) -> Result<Registration<R, I>> {
@@ -227,7 +286,7 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
         }
         let mut state = self.lock();
         self.process_invalidations(&mut state)?;
-        if let Some(hit) = self.lookup(start, end, access) {
+        if let Some(hit) = self.lookup(self.version.load(Acquire), start, end, access) {
             return Ok(hit);
         }
         let aligned_start = start - start % PAGE;
@@ -423,6 +482,7 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
 
     fn publish(&self, state: &mut State<R, I>, next: Snapshot<R, I>) {
         let replaced = self.index.swap(Arc::new(next));
+        self.version.store(last_hit::next_version(), Release);
         state.retired.push(replaced);
         state.purge_retired();
     }

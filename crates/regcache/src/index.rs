@@ -24,7 +24,7 @@ pub(crate) struct Index<T> {
     /// `firsts[i]` is the start of `chunks[i]`'s first slot.
     firsts: Vec<usize>,
     /// Never empty chunks.
-    chunks: Vec<Arc<Vec<Slot<T>>>>,
+    chunks: Vec<Arc<[Slot<T>]>>,
     len: usize,
 }
 
@@ -142,12 +142,12 @@ impl<T: Clone> Index<T> {
 
 /// A chunk of the index being built; `fresh` ones were rebuilt by this edit.
 struct Piece<T> {
-    slots: Arc<Vec<Slot<T>>>,
+    slots: Arc<[Slot<T>]>,
     fresh: bool,
 }
 
 impl<T: Clone> Piece<T> {
-    fn shared(slots: &Arc<Vec<Slot<T>>>) -> Self {
+    fn shared(slots: &Arc<[Slot<T>]>) -> Self {
         Self {
             slots: Arc::clone(slots),
             fresh: false,
@@ -166,7 +166,7 @@ impl<T: Clone> Piece<T> {
 
     fn fresh(slots: Vec<Slot<T>>) -> Self {
         Self {
-            slots: Arc::new(slots),
+            slots: slots.into(),
             fresh: true,
         }
     }
@@ -177,7 +177,7 @@ impl<T: Clone> Piece<T> {
 
     /// Merges each small rebuilt chunk into a neighbour where the result stays within bounds, so
     /// removals cannot leave behind ever more tiny chunks; untouched chunks are kept shared.
-    fn coalesce(pieces: Vec<Self>) -> Vec<Arc<Vec<Slot<T>>>> {
+    fn coalesce(pieces: Vec<Self>) -> Vec<Arc<[Slot<T>]>> {
         let mut out: Vec<Self> = Vec::with_capacity(pieces.len());
         for piece in pieces {
             if let Some(last) = out.last_mut() {

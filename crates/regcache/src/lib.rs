@@ -26,6 +26,7 @@ mod config;
 mod entry;
 mod error;
 mod index;
+mod last_hit;
 mod rdma;
 mod stats;
 #[cfg(any(test, feature = "testing"))]

@@ -377,3 +377,63 @@ fn registrations_outlive_the_cache() {
     assert_eq!(memory.live(), (0, 0));
     assert_eq!(memory.active_watches(), 0);
 }
+
+/// Requests `[addr, addr + 64)` until this thread's last hit holds its region (a registration,
+/// then the second index hit in a row fills the slot, then hits served from it), dropping each
+/// handle; returns the region's lkey.
+fn remembered_as_last_hit(cache: &FakeCache, addr: usize) -> u32 {
+    let lkey = reg(cache, addr, 64).lkey();
+    for _ in 0..3 {
+        assert_eq!(reg(cache, addr, 64).lkey(), lkey);
+    }
+    lkey
+}
+
+#[test]
+fn a_last_hit_whose_pages_changed_is_not_returned() {
+    let (memory, cache) = pinned();
+    let stale = remembered_as_last_hit(&cache, BASE);
+    // Nothing was drained yet, so the index is unchanged: only the watch tells.
+    memory.map(BASE, PAGE);
+    let fresh = reg(&cache, BASE, 64);
+    assert_ne!(fresh.lkey(), stale);
+    assert!(memory.is_current(fresh.lkey(), BASE, 64));
+}
+
+#[test]
+fn an_evicted_last_hit_is_neither_kept_nor_returned() {
+    let (memory, cache) = pinned();
+    let evicted = remembered_as_last_hit(&cache, BASE);
+    assert_eq!(
+        cache.evict_idle(),
+        1,
+        "the last hit must not count as a use"
+    );
+    assert!(!memory.is_live(evicted));
+    assert_eq!(memory.live(), (0, 0));
+    let again = reg(&cache, BASE, 64);
+    assert_ne!(again.lkey(), evicted);
+    assert_eq!(cache.stats().misses, 2);
+}
+
+#[test]
+fn a_last_hit_merged_away_is_not_returned() {
+    let (_memory, cache) = pinned();
+    let held = reg(&cache, BASE, 64);
+    assert_eq!(remembered_as_last_hit(&cache, BASE), held.lkey());
+    // Adjacent: the new registration absorbs the held one, which leaves the index but stays
+    // registered (and valid) while `held` lives.
+    let merged = reg(&cache, BASE + PAGE, 64);
+    assert_eq!((merged.addr(), merged.length()), (BASE, 2 * PAGE));
+    assert_eq!(reg(&cache, BASE, 64).lkey(), merged.lkey());
+}
+
+#[test]
+fn a_last_hit_serves_only_its_own_cache() {
+    let (memory, first) = pinned();
+    let second = memory.cache(Policy::Pinned, Limits::default());
+    let in_first = remembered_as_last_hit(&first, BASE);
+    let in_second = reg(&second, BASE, 64);
+    assert_ne!(in_second.lkey(), in_first);
+    assert_eq!(second.stats().misses, 1);
+}

@@ -1,0 +1,147 @@
+//! Each thread's last hit: a thread asking again for a buffer it just got skips the index.
+//!
+//! A thread remembers one entry, of any cache, with the index version it was found in. It
+//! serves a request only while that cache's index still has that version (so the entry was not
+//! evicted, invalidated through a drain, or merged away since), and the cache checks the
+//! entry's watch on every such hit as on any other.
+//!
+//! The slot holds a [`Weak`]: it keeps neither the registration nor the cache's bookkeeping
+//! alive (eviction, which looks for entries only the index holds, does not see it), only the
+//! memory block of one entry per thread once that entry is gone.
+
+use std::cell::Cell;
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+
+/// Source of index versions, shared by all caches, so that a version names one cache's index
+/// (and so one entry type) and a slot never matches a cache its entry does not belong to.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// A version no cache has had yet.
+pub(crate) fn next_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, Relaxed)
+}
+
+/// A `Weak<E>` with its type erased: a thread-local cannot be generic over the cache's types.
+/// Upgrading it back through a `dyn Any` would cost a virtual call and a type comparison on
+/// every hit; the version the slot was filled under already tells the type.
+#[derive(Clone, Copy)]
+struct ErasedWeak {
+    /// From `Weak::<E>::into_raw`; owns that weak reference.
+    raw: *const (),
+    /// `release::<E>`, for the same `E`.
+    release: unsafe fn(*const ()),
+}
+
+/// # Safety
+/// `raw` comes from `Weak::<E>::into_raw` and still owns its weak reference, which this
+/// consumes.
+unsafe fn release<E>(raw: *const ()) {
+    // SAFETY: by the caller's contract `raw` is an owned `Weak<E>` turned into a pointer.
+    drop(unsafe { Weak::from_raw(raw.cast::<E>()) });
+}
+
+impl ErasedWeak {
+    fn new<E: Send + Sync>(entry: &Arc<E>) -> Self {
+        Self {
+            raw: Weak::into_raw(Arc::downgrade(entry)).cast(),
+            release: release::<E>,
+        }
+    }
+
+    /// Gives the weak reference back.
+    fn release(self) {
+        // SAFETY: `raw` and `release` were made together by `new` for one `E`, and every
+        // `ErasedWeak` is released once: the slot holds it until it replaces or drops it.
+        unsafe { (self.release)(self.raw) }
+    }
+}
+
+struct Slot {
+    /// Version of the index the entry was found in; 0 (never a version) when empty.
+    version: Cell<u64>,
+    start: Cell<usize>,
+    end: Cell<usize>,
+    entry: Cell<Option<ErasedWeak>>,
+    /// Address of the entry of this thread's previous index hit, compared and never
+    /// dereferenced: only a second hit in a row on one entry fills the slot, so that requests
+    /// spread over many buffers do not pay for refilling it on every hit.
+    candidate: Cell<usize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            entry.release();
+        }
+    }
+}
+
+thread_local! {
+    static LAST_HIT: Slot = const {
+        Slot {
+            version: Cell::new(0),
+            start: Cell::new(0),
+            end: Cell::new(0),
+            entry: Cell::new(None),
+            candidate: Cell::new(0),
+        }
+    };
+}
+
+/// The entry this thread last hit if it covers `[start, end)` and was found in index
+/// `version`. `None` as well when the entry is gone or the thread is exiting.
+///
+/// # Safety
+/// Every [`record`] under `version` was called with this `E`. (A cache passes versions from
+/// [`next_version`] that only it publishes, and one entry type.)
+pub(crate) unsafe fn covering<E: Send + Sync>(
+    version: u64,
+    start: usize,
+    end: usize,
+) -> Option<Arc<E>> {
+    LAST_HIT
+        .try_with(|slot| {
+            if slot.version.get() != version || start < slot.start.get() || end > slot.end.get() {
+                return None;
+            }
+            let entry = slot.entry.get()?;
+            // SAFETY: the slot's version is `version`, so `record::<E>` filled it (caller's
+            // contract) with `Weak::<E>::into_raw`, still owned by the slot. `ManuallyDrop`
+            // leaves that reference to the slot; `upgrade` only adds a strong one when the
+            // entry is alive.
+            let weak = ManuallyDrop::new(unsafe { Weak::from_raw(entry.raw.cast::<E>()) });
+            weak.upgrade()
+        })
+        .ok()
+        .flatten()
+}
+
+/// Records an index hit on `entry`, covering `[start, end)`, found in index `version`; fills
+/// the slot when the thread's previous index hit was on the same entry.
+///
+/// # Safety
+/// Every [`covering`] and [`record`] under `version` uses this `E`.
+pub(crate) unsafe fn record<E: Send + Sync>(
+    version: u64,
+    start: usize,
+    end: usize,
+    entry: &Arc<E>,
+) {
+    let address = Arc::as_ptr(entry).addr();
+    // A thread exiting has no slot left to fill; nothing is lost.
+    let _ = LAST_HIT.try_with(|slot| {
+        if slot.candidate.replace(address) != address {
+            return;
+        }
+        slot.version.set(version);
+        slot.start.set(start);
+        slot.end.set(end);
+        // The replaced `Weak` may free the block of an entry that is already deregistered:
+        // at most one such free per refill, never a deregistration.
+        if let Some(replaced) = slot.entry.replace(Some(ErasedWeak::new(entry))) {
+            replaced.release();
+        }
+    });
+}

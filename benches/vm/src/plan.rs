@@ -164,7 +164,7 @@ impl Plan {
         let (volume, min, max) = if self.quick {
             (8 * MIB, 3, 20)
         } else {
-            (32 * MIB, 5, 100)
+            (32 * MIB, 9, 100)
         };
         (volume / bytes.max(1)).clamp(min, max)
     }
@@ -208,7 +208,7 @@ mod tests {
     fn repetitions_stay_within_bounds() {
         let plan = Plan::new(false);
         assert_eq!(plan.round_trips(8), 100);
-        assert_eq!(plan.round_trips(16 * MIB), 5);
+        assert_eq!(plan.round_trips(16 * MIB), 9);
         assert_eq!(plan.windows(8), 30);
         assert_eq!(plan.windows(16 * MIB), 3);
     }

@@ -69,6 +69,9 @@ pub struct RawVerbs {
     /// Completions polled but not yet taken by a wait.
     unclaimed_sends: usize,
     unclaimed_recvs: usize,
+    /// Send completions nobody waited for yet (the rendezvous' notices, which p2p does not
+    /// wait for either); the next wait takes them.
+    deferred_sends: usize,
 }
 
 /// What a rank tells its peer: its queue pair's endpoint and where its send buffer is.
@@ -164,6 +167,7 @@ impl RawVerbs {
             filled: VecDeque::with_capacity(RECV_SLOTS),
             unclaimed_sends: 0,
             unclaimed_recvs: 0,
+            deferred_sends: 0,
         };
         for slot in 0..RECV_SLOTS {
             raw.post_recv(slot)?;
@@ -229,16 +233,17 @@ impl RawVerbs {
             for _ in 0..count {
                 self.post_send(CONTROL_BYTES)?;
             }
-            self.wait(count, 0)?;
+            self.deferred_sends += count;
         }
         Ok(())
     }
 
-    /// Waits until `sends` send completions and `recvs` receive completions are at hand and
-    /// takes them; completions that arrive beyond those (the peer's next message may come
-    /// before this rank's own send completion) are kept for the next wait. Each receive slot
-    /// is posted again as soon as its completion is seen.
+    /// Waits until `sends` send completions (plus the deferred ones) and `recvs` receive
+    /// completions are at hand and takes them; completions that arrive beyond those (the
+    /// peer's next message may come before this rank's own send completion) are kept for the
+    /// next wait. Each receive slot is posted again as soon as its completion is seen.
     fn wait(&mut self, sends: usize, recvs: usize) -> Result<()> {
+        let sends = sends + std::mem::take(&mut self.deferred_sends);
         let start = Instant::now();
         let mut idle_polls = 0;
         while self.unclaimed_sends < sends || self.unclaimed_recvs < recvs {

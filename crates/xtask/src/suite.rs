@@ -133,14 +133,16 @@ fn build_p2p_bench(ctx: &Context) -> Result<PathBuf> {
     })
 }
 
-/// Fills the guest's staging directory: test binaries, the module for each
-/// kernel and the module's C tests.
+/// Fills the guest's staging directory: test binaries, `p2p-bench` (whose
+/// short plan the suite runs as a test and the demo shows), the module for
+/// each kernel and the module's C tests.
 fn stage_suite(ctx: &Context, prepared: &Prepared, kernels: &[Kernel]) -> Result<Stage> {
     let binaries = build_test_binaries(ctx)?;
     let stage = Stage::fresh(&prepared.rootfs)?;
     for exe in &binaries {
         stage.add_executable(exe, "bin")?;
     }
+    stage.add_executable(&build_p2p_bench(ctx)?, "vmbench")?;
     if kmod::module_exists(&ctx.workspace) {
         for kernel in kernels {
             kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, &stage, kernel)?;
@@ -306,7 +308,6 @@ pub fn demo(ctx: &Context) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernel = &prepared.kernels("backports")?[0];
     let stage = stage_suite(ctx, &prepared, std::slice::from_ref(kernel))?;
-    stage.add_executable(&build_p2p_bench(ctx)?, "vmbench")?;
     let run = prepared
         .guest()
         .run(kernel, &stage.exec_line(kernel, "demo"), COMMAND_TIMEOUT)?;

@@ -189,8 +189,9 @@ struct regwatch_record {
  *
  * mmap() rules: offset 0, length exactly REGWATCH_STATUS_SIZE(nslots, page),
  * PROT_READ and MAP_SHARED: EINVAL for another offset, length or MAP_PRIVATE,
- * EPERM for PROT_WRITE/PROT_EXEC or a later mprotect() to them. The mapping
- * is not inherited across fork (a child gets no mapping there).
+ * EPERM for PROT_WRITE/PROT_EXEC; a later mprotect() to them fails with the
+ * kernel's own EACCES (the mapping lacks VM_MAYWRITE and VM_MAYEXEC). The
+ * mapping is not inherited across fork (a child gets no mapping there).
  *
  * Slot word values (64-bit, read with an acquire load):
  *   seq (even)          the watch created with seq is valid;

@@ -29,6 +29,15 @@ pub trait Exchange {
     /// A failed or timed-out transfer.
     fn window(&mut self, bytes: usize) -> Result<()>;
 
+    /// Waits, untimed, for what the last repetition left in flight, so that it does not run
+    /// on into the next variant's timed repetition.
+    ///
+    /// # Errors
+    /// A failed or timed-out completion.
+    fn settle(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Copies of the latest messages of `bytes` bytes this rank received (at least the last
     /// one), for checking after each series; every message carries a prefix of the payload.
     fn received(&self, bytes: usize) -> Vec<Vec<u8>>;

@@ -64,9 +64,15 @@ fn interleaved(
     for round in 0..WARM_UP + repetitions {
         for contender in contenders.iter_mut() {
             let start = Instant::now();
-            once(&mut *contender.exchange).with_context(|| format!("{}", contender.variant))?;
+            let variant = contender.variant;
+            once(&mut *contender.exchange).with_context(|| format!("{variant}"))?;
+            let elapsed = start.elapsed();
+            contender
+                .exchange
+                .settle()
+                .with_context(|| format!("{variant}: settling"))?;
             if round >= WARM_UP {
-                contender.samples.push(start.elapsed().as_secs_f64() * 1e6);
+                contender.samples.push(elapsed.as_secs_f64() * 1e6);
             }
         }
     }

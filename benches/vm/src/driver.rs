@@ -72,7 +72,7 @@ fn forward(stream: impl Read + Send + 'static, label: String) -> JoinHandle<()> 
 }
 
 /// Spawns `command` with its output forwarded under `label`.
-pub fn spawn_forwarded(mut command: Command, label: &str) -> Result<(Child, Vec<JoinHandle<()>>)> {
+fn spawn_forwarded(mut command: Command, label: &str) -> Result<(Child, Vec<JoinHandle<()>>)> {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use verbs::Context;
 
-use crate::driver::{finish, spawn_forwarded, Place};
+use crate::driver::{finish, Place};
 use crate::plan::{Figure, Metric, Plan};
 
 /// The tools run, in order. `ib_write_lat` reports half a ping-pong of RDMA WRITEs;
@@ -79,10 +79,13 @@ fn measure(
         ])
     };
     let label = format!("{tool} server {bytes} B");
-    let (server, forwarders) = spawn_forwarded(
-        server_place.command(Path::new(tool), &common(server_place)?),
-        &label,
-    )?;
+    // The server's report repeats the client's; its errors still show on stderr.
+    let server = server_place
+        .command(Path::new(tool), &common(server_place)?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {label}"))?;
     let mut client_args = common(client_place)?;
     client_args.push(server_place.node.addr.to_string());
     let mut last_output = String::new();
@@ -99,7 +102,7 @@ fn measure(
             String::from_utf8_lossy(&output.stderr)
         );
         if output.status.success() {
-            finish(server, forwarders, &label)?;
+            finish(server, Vec::new(), &label)?;
             let median = parse_median(&last_output, bytes);
             if median.is_none() {
                 println!(
@@ -110,7 +113,7 @@ fn measure(
         }
     }
     let _ = Command::new("kill").arg(server.id().to_string()).status();
-    let _ = finish(server, forwarders, &label);
+    let _ = finish(server, Vec::new(), &label);
     bail!("{tool} client never succeeded; last output:\n{last_output}")
 }
 

@@ -1,17 +1,16 @@
 //! The cache: a lock-free lookup over an immutable index, and a locked path that changes it.
 
 use std::sync::atomic::{
-    AtomicU64,
-    Ordering::{Acquire, Relaxed, Release},
+    AtomicPtr, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-use arc_swap::ArcSwap;
 
 use crate::access::Access;
 use crate::config::{Limits, Policy};
 use crate::entry::{Entry, Registration, Shared};
 use crate::error::{Error, Result};
+use crate::hazard;
 use crate::index::{Index, Slot};
 use crate::last_hit;
 use crate::stats::{Counters, Stats};
@@ -65,8 +64,10 @@ impl Survey {
 
 /// What only the locked path touches.
 struct State<R: Registrar, I: InvalidationSource> {
-    /// Replaced index versions; each is dropped once this list holds its only reference, so
-    /// that a reader never drops the last one (see the module documentation).
+    /// The published index, which `Cache::index` points to.
+    current: Arc<Snapshot<R, I>>,
+    /// Replaced index versions; each is dropped once no reader announces it (see the
+    /// documentation of `Cache`).
     retired: Vec<Arc<Snapshot<R, I>>>,
     /// The invalidation source's generation before the last complete drain.
     last_generation: u64,
@@ -74,7 +75,8 @@ struct State<R: Registrar, I: InvalidationSource> {
 
 impl<R: Registrar, I: InvalidationSource> State<R, I> {
     fn purge_retired(&mut self) {
-        self.retired.retain(|index| Arc::strong_count(index) > 1);
+        self.retired
+            .retain(|index| hazard::is_protected(Arc::as_ptr(index)));
     }
 }
 
@@ -91,28 +93,37 @@ impl<R: Registrar, I: InvalidationSource> State<R, I> {
 ///    of any cache (glibc may allocate once then), never on later hits;
 /// 2. `Weak::upgrade` of the remembered entry: an atomic increment of its strong count, or
 ///    `None` when the entry is gone (then the index is searched);
-/// 3. steps 3 and 4 below. An entry that does not serve the request or whose pages changed
+/// 3. steps 4 and 5 below. An entry that does not serve the request or whose pages changed
 ///    makes the request a miss, as the index, still of the same version, would answer with the
 ///    same entry. The upgraded `Arc` is then dropped on the miss path, where, if a writer
 ///    released the entry meanwhile, it deregisters as a dropped handle would.
 ///
 /// Otherwise the index:
-/// 1. `ArcSwap::load` of the current index: a load of the pointer and a store into one of this
-///    thread's arc-swap debt slots. arc-swap allocates a debt node the first time a thread uses
-///    any `ArcSwap` and never frees it (it is reused by later threads), so a thread allocates at
-///    most once in its life, never on later hits.
-/// 2. `Index::covering`: two binary searches over contiguous keys. The entry found is recorded
-///    as the thread's last hit when the previous index hit was on it too: that stores a `Weak`
-///    (an atomic increment) and releases the one it replaces, which frees the memory block of
-///    an entry that was deregistered already if it was the last reference: a free, never an
-///    allocation nor a deregistration.
-/// 3. [`InvalidationSource::is_valid`]: one acquire load by the trait's contract.
-/// 4. A relaxed store of the LRU stamp, `Arc::clone` of the entry (an atomic increment) and a
-///    striped hit counter (a const thread-local and an atomic add on a per-thread cache line).
-/// 5. Dropping the arc-swap guard. If a writer replaced the index meanwhile, the guard owns a
-///    reference and drops it; it is never the last one, because writers keep every replaced
-///    index in a list of retired versions and drop it, under the lock, only once that list
-///    holds its sole reference. So no index, chunk or entry is freed (nor deregistered) here.
+/// 1. `hazard::protect` of the current index (`hazard.rs`): a load of the pointer, a
+///    sequentially consistent store of it into this thread's hazard record and a load
+///    confirming it is still current. The record is claimed on the thread's first read of any
+///    cache, from those of exited threads or else allocated (once in the thread's life, never
+///    freed); never on later hits. A thread that is exiting, or is already reading an index,
+///    gets no guard and takes the locked path, which reads the index under the lock.
+/// 2. `Index::covering`: a binary search over the chunks' first starts, then one over the
+///    chunk's dense start keys. The entry found is recorded as the thread's last hit when the
+///    previous index hit was on it too: that stores a `Weak` (an atomic increment) and releases
+///    the one it replaces, which frees the memory block of an entry that was deregistered
+///    already if it was the last reference: a free, never an allocation nor a deregistration.
+/// 3. `Arc::clone` of the entry (an atomic increment), then a release store of null into the
+///    record, which ends the guard. Nothing between announcing and withdrawing runs code of the
+///    registrar or the invalidation source, so no read of theirs can nest in it. The writer
+///    publishes a new index with a sequentially consistent store and keeps the one it replaced
+///    in a list of retired versions, dropping it (under the lock) only when no record announces
+///    it; in the single total order of those operations either the reader's confirming load
+///    sees the replacement (and it announces that instead) or the writer's scan sees the
+///    announcement. So no index, chunk or entry is freed (nor deregistered) under a reader, and
+///    the hit path itself frees none.
+/// 4. [`InvalidationSource::is_valid`]: one acquire load by the trait's contract.
+/// 5. A relaxed store of the LRU stamp and a striped hit counter (a const thread-local and an
+///    atomic add on a per-thread cache line). An entry that does not serve the request or whose
+///    pages changed makes the request a miss, and its clone is dropped on the miss path, as
+///    for the last hit.
 ///
 /// `tests/hit_path_alloc.rs` counts allocations over 10,000 hits and fails on any.
 ///
@@ -122,10 +133,10 @@ impl<R: Registrar, I: InvalidationSource> State<R, I> {
 /// after any change of its pages since before the registration started. A hit checks the watch
 /// after loading the entry, with acquire ordering (trait contract), so a change that
 /// happened-before the `cached_reg` call is seen and the request goes to the locked path. The
-/// entry reached through a guard stays alive (the index version holds it), as does one
-/// upgraded from the thread's last hit, so the check reads a live watch; the returned `Arc`
-/// keeps it registered from then on. A hit may return an entry a writer removed from the index
-/// a moment before (evicted, or merged into a larger one): it is still registered and its watch
+/// entry is cloned while the index holding it is protected, or upgraded from the thread's last
+/// hit, so the check reads a live watch; the `Arc` keeps it registered from then on. A hit may
+/// return an entry a writer removed from the index a moment before (evicted, or merged into a
+/// larger one): it is still registered and its watch
 /// still checked, so it is still a correct registration, only deregistered later, when its last
 /// handle drops.
 ///
@@ -138,7 +149,8 @@ impl<R: Registrar, I: InvalidationSource> State<R, I> {
 /// keeps at most the memory block of one dead entry per thread.
 pub struct Cache<R: Registrar, I: InvalidationSource> {
     shared: Arc<Shared<R, I>>,
-    index: ArcSwap<Snapshot<R, I>>,
+    /// `Arc::as_ptr(&state.current)`, read by hits under a hazard pointer.
+    index: AtomicPtr<Snapshot<R, I>>,
     /// Names the published index among those of every cache: changed after each publish, so a
     /// thread's last hit is trusted only while the index it was found in is current.
     version: AtomicU64,
@@ -154,15 +166,17 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
     /// `policy` watches), running `policy` within `limits`.
     pub fn new(registrar: R, source: I, policy: Policy, limits: Limits) -> Self {
         let last_generation = source.generation();
+        let current = Arc::new(Index::default());
         Self {
             shared: Arc::new(Shared {
                 registrar,
                 source,
                 counters: Counters::default(),
             }),
-            index: ArcSwap::from_pointee(Index::default()),
+            index: AtomicPtr::new(Arc::as_ptr(&current).cast_mut()),
             version: AtomicU64::new(last_hit::next_version()),
             state: Mutex::new(State {
+                current,
                 retired: Vec::new(),
                 last_generation,
             }),
@@ -202,13 +216,16 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
             let version = self.version.load(Acquire);
             // SAFETY: `version` is this cache's, and this cache records only `Entry<R, I>`.
             let last = unsafe { last_hit::covering::<Entry<R, I>>(version, start, end) };
-            let hit = match last {
-                // Found in the current index, so the index would answer with it too: when it
-                // does not serve, the request is a miss either way.
-                Some(entry) => self.usable(entry, access),
-                None => self.lookup(version, start, end, access),
-            };
-            if let Some(hit) = hit {
+            // Found in the current index, so the index would answer with it too: when it does
+            // not serve, the request is a miss either way.
+            let candidate = last.or_else(|| {
+                // SAFETY: `index` always points to the live `state.current`, and `publish`
+                // stores its replacement (SeqCst) before `purge_retired` frees the replaced one
+                // only when `is_protected` is false for it.
+                let index = unsafe { hazard::protect(&self.index) }?;
+                self.lookup(&index, version, start, end)
+            });
+            if let Some(hit) = candidate.and_then(|entry| self.usable(entry, access)) {
                 self.shared.counters.hits.increment();
                 return Ok(hit);
             }
@@ -220,7 +237,7 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
     pub fn stats(&self) -> Stats {
         let mut state = self.lock();
         state.purge_retired();
-        let idle = self.idle_slots().len();
+        let idle = Self::idle_slots(&state.current).len();
         self.shared.counters.snapshot(idle as u64)
     }
 
@@ -238,7 +255,10 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
     pub fn evict_idle(&self) -> usize {
         let mut state = self.lock();
         state.purge_retired();
-        let victims: Vec<usize> = self.idle_slots().iter().map(|&(start, ..)| start).collect();
+        let victims: Vec<usize> = Self::idle_slots(&state.current)
+            .iter()
+            .map(|&(start, ..)| start)
+            .collect();
         self.remove(&mut state, &victims);
         Counters::add(&self.shared.counters.evictions, victims.len() as u64);
         victims.len()
@@ -250,20 +270,21 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An index hit. `version` must be this cache's, read before the index is loaded, so that a
-    /// last hit recorded under it is never trusted beyond the index it was found in.
+    /// The entry of `index` covering `[start, end)`. `version` must be this cache's, read before
+    /// `index` was, so that a last hit recorded under it is never trusted beyond the index it
+    /// was found in. Runs no code of the registrar or the invalidation source, so that no hit
+    /// of theirs can happen while a hit is reading `index` (see [`hazard::protect`]).
     fn lookup(
         &self,
+        index: &Snapshot<R, I>,
         version: u64,
         start: usize,
         end: usize,
-        access: Access,
-    ) -> Option<Registration<R, I>> {
-        let index = self.index.load();
+    ) -> Option<Arc<Entry<R, I>>> {
         let entry = index.covering(start, end)?;
         // SAFETY: `version` is this cache's (the caller's contract), recorded with its entry type.
         unsafe { last_hit::record(version, entry.start, entry.end(), entry) };
-        self.usable(Arc::clone(entry), access)
+        Some(Arc::clone(entry))
     }
 
     /// `entry` as a hit, when it serves `access` and its pages did not change.
@@ -286,7 +307,9 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
         }
         let mut state = self.lock();
         self.process_invalidations(&mut state)?;
-        if let Some(hit) = self.lookup(self.version.load(Acquire), start, end, access) {
+        let version = self.version.load(Acquire);
+        let found = self.lookup(&state.current, version, start, end);
+        if let Some(hit) = found.and_then(|entry| self.usable(entry, access)) {
             return Ok(hit);
         }
         let aligned_start = start - start % PAGE;
@@ -297,7 +320,7 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
                 len: end - start,
             })?;
 
-        let current = self.index.load_full();
+        let current = Arc::clone(&state.current);
         let survey = Survey::of(&current, aligned_start, aligned_end, access);
         Counters::add(
             &self.shared.counters.invalidations,
@@ -406,7 +429,7 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
             return Ok(());
         }
         let _span = tracing::debug_span!("regcache.invalidations", generation).entered();
-        let current = self.index.load_full();
+        let current = Arc::clone(&state.current);
         let mut stale = Vec::new();
         self.shared
             .source
@@ -438,7 +461,7 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
             return;
         }
         let (low_regions, low_bytes) = (max_regions - max_regions / 16, max_bytes - max_bytes / 16);
-        let mut idle = self.idle_slots();
+        let mut idle = Self::idle_slots(&state.current);
         idle.sort_unstable_by_key(|&(start, _, last_used)| (last_used, start));
         let (mut regions, mut bytes) = (regions, bytes);
         let mut victims = Vec::new();
@@ -463,9 +486,8 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
     /// `(start, len, last_used)` of indexed entries nothing but the index holds. Conservative:
     /// a reader between its lookup and its `Arc::clone` may still take one, which only delays
     /// that region's deregistration until its handle drops.
-    fn idle_slots(&self) -> Vec<(usize, usize, u64)> {
-        self.index
-            .load()
+    fn idle_slots(index: &Snapshot<R, I>) -> Vec<(usize, usize, u64)> {
+        index
             .iter()
             .filter(|slot| Arc::strong_count(&slot.item) == 1)
             .map(|slot| (slot.start, slot.item.len, slot.item.last_used()))
@@ -476,12 +498,16 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
         if starts.is_empty() {
             return;
         }
-        let next = self.index.load().edit(starts, None);
+        let next = state.current.edit(starts, None);
         self.publish(state, next);
     }
 
     fn publish(&self, state: &mut State<R, I>, next: Snapshot<R, I>) {
-        let replaced = self.index.swap(Arc::new(next));
+        let next = Arc::new(next);
+        // SeqCst: before `purge_retired`'s scan of the announcements in the single total order
+        // (the condition of `hazard::protect`).
+        self.index.store(Arc::as_ptr(&next).cast_mut(), SeqCst);
+        let replaced = std::mem::replace(&mut state.current, next);
         self.version.store(last_hit::next_version(), Release);
         state.retired.push(replaced);
         state.purge_retired();
@@ -490,10 +516,13 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
 
 impl<R: Registrar, I: InvalidationSource> std::fmt::Debug for Cache<R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not under the lock: the registrar, which runs under it, may print the cache.
+        // SAFETY: as in `cached_reg`.
+        let cached = unsafe { hazard::protect(&self.index) }.map(|index| index.len());
         f.debug_struct("Cache")
             .field("policy", &self.policy)
             .field("limits", &self.limits)
-            .field("cached", &self.index.load().len())
+            .field("cached", &cached)
             .finish_non_exhaustive()
     }
 }

@@ -25,6 +25,7 @@ mod cache;
 mod config;
 mod entry;
 mod error;
+mod hazard;
 mod index;
 mod last_hit;
 mod rdma;

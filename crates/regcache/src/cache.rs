@@ -296,10 +296,27 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
         Some(Registration::new(entry))
     }
 
+    /// A miss; when the invalidation source has no room for another watch, evicts the idle
+    /// registrations (giving their watches back) and tries once more.
     fn miss(&self, start: usize, end: usize, access: Access) -> Result<Registration<R, I>> {
         let _span =
             tracing::debug_span!("regcache.miss", addr = start, len = end - start).entered();
         Counters::add(&self.shared.counters.misses, 1);
+        match self.register_missing(start, end, access) {
+            Err(err) if err.is_out_of_watch_room() && self.evict_idle() > 0 => {
+                tracing::debug!("regcache: no room for another watch; evicted idle registrations");
+                self.register_missing(start, end, access)
+            }
+            result => result,
+        }
+    }
+
+    fn register_missing(
+        &self,
+        start: usize,
+        end: usize,
+        access: Access,
+    ) -> Result<Registration<R, I>> {
         if !self.policy.caches() {
             return Ok(Registration::new(Arc::new(
                 self.register(start, end, access)?,

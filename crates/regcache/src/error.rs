@@ -26,7 +26,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The invalidation source could not watch the range (regwatch: `ENOSPC` when every slot
-    /// is taken).
+    /// is taken, also after the cache evicted its idle registrations to free some).
     #[error("watching {len} bytes at {addr:#x} failed")]
     Watch {
         /// Start of the range.
@@ -82,3 +82,34 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the invalidation source had no room for another watch (`ENOSPC`, which
+    /// [`crate::InvalidationSource::watch`] reports for that), so evicting idle registrations
+    /// may help.
+    pub(crate) fn is_out_of_watch_room(&self) -> bool {
+        matches!(self, Self::Watch { source, .. } if source.kind() == io::ErrorKind::StorageFull)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_enospc_from_the_source_means_out_of_watch_room() {
+        let watch_error = |errno| Error::Watch {
+            addr: 0,
+            len: 4096,
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(watch_error(libc::ENOSPC).is_out_of_watch_room());
+        assert!(!watch_error(libc::EINVAL).is_out_of_watch_room());
+        assert!(!Error::Register {
+            addr: 0,
+            len: 4096,
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        }
+        .is_out_of_watch_room());
+    }
+}

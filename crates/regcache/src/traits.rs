@@ -46,7 +46,9 @@ pub trait InvalidationSource: Send + Sync {
     /// Starts watching `[addr, addr + len)`; [`InvalidationSource::drain`] reports `cookie`.
     ///
     /// # Errors
-    /// Whatever the source reports (regwatch: `ENOSPC` when every slot is taken).
+    /// Whatever the source reports; `ENOSPC` ([`io::ErrorKind::StorageFull`]) means it has no
+    /// room for another watch (regwatch: every slot is taken), on which the cache evicts its
+    /// idle registrations and tries once more.
     fn watch(&self, addr: usize, len: usize, cookie: u64) -> io::Result<Self::Watch>;
 
     /// Whether nothing changed behind `watch` since it was created. Called on the cache's hit

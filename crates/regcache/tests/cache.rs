@@ -437,3 +437,51 @@ fn a_last_hit_serves_only_its_own_cache() {
     assert_ne!(in_second.lkey(), in_first);
     assert_eq!(second.stats().misses, 1);
 }
+
+/// A cache whose invalidation source has room for `watch_slots` watches.
+fn with_watch_slots(watch_slots: usize) -> (FakeMemory, FakeCache) {
+    let memory = FakeMemory::new(watch_slots);
+    memory.map(BASE, 64 * PAGE);
+    let cache = memory.cache(Policy::Pinned, Limits::default());
+    (memory, cache)
+}
+
+#[test]
+fn out_of_watches_the_idle_registrations_are_evicted_and_the_request_retried() {
+    let (memory, cache) = with_watch_slots(2);
+    // Two pages apart, so that they neither merge nor touch.
+    for page in [0, 2] {
+        drop(reg(&cache, BASE + page * PAGE, PAGE));
+    }
+    let third = reg(&cache, BASE + 4 * PAGE, PAGE);
+    assert!(memory.is_current(third.lkey(), BASE + 4 * PAGE, PAGE));
+    assert_eq!(memory.active_watches(), 1);
+    assert_eq!(memory.live().0, 1, "the two idle registrations are gone");
+    let stats = cache.stats();
+    assert_eq!((stats.misses, stats.evictions, stats.regions), (3, 2, 1));
+}
+
+#[test]
+fn out_of_watches_with_every_registration_held_is_an_error_that_leaks_nothing() {
+    let (memory, cache) = with_watch_slots(2);
+    let held: Vec<FakeRegistration> = [0, 2]
+        .into_iter()
+        .map(|page| reg(&cache, BASE + page * PAGE, PAGE))
+        .collect();
+    let err = cache
+        .cached_reg(ptr(BASE + 4 * PAGE), PAGE, RW)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Watch { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
+        "{err:?}"
+    );
+    assert_eq!(
+        memory.live().0,
+        2,
+        "the failed request left no registration behind"
+    );
+    assert_eq!(memory.active_watches(), 2);
+    drop(held);
+    assert_eq!(cache.evict_idle(), 2);
+    assert_eq!((memory.live().0, memory.active_watches()), (0, 0));
+}

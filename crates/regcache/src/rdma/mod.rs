@@ -157,13 +157,7 @@ impl RdmaCache {
         len: usize,
         access: Access,
     ) -> Result<RdmaRegistration> {
-        match self.cache.cached_reg(ptr, len, access) {
-            Err(err) if out_of_watch_slots(&err) && self.cache.evict_idle() > 0 => {
-                tracing::debug!("regcache: regwatch slots ran out; evicted idle registrations");
-                self.cache.cached_reg(ptr, len, access)
-            }
-            result => result,
-        }
+        self.cache.cached_reg(ptr, len, access)
     }
 
     /// The counters, with the outcome of the ODP self-test this cache was created after.
@@ -226,10 +220,6 @@ fn open_monitor(limits: Limits) -> regwatch::Result<regwatch::Monitor> {
     }
 }
 
-fn out_of_watch_slots(err: &Error) -> bool {
-    matches!(err, Error::Watch { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
-}
-
 /// The one warning of `auto` without full ODP: what it runs and why.
 fn warn_fallback(
     policy: Policy,
@@ -248,27 +238,4 @@ fn warn_fallback(
     tracing::warn!(
         "regcache: mode auto runs {running}; ODP self-test: {odp}; regwatch: {regwatch}"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io;
-
-    use super::*;
-
-    #[test]
-    fn only_enospc_from_the_source_means_out_of_slots() {
-        let watch_error = |errno| Error::Watch {
-            addr: 0,
-            len: 4096,
-            source: io::Error::from_raw_os_error(errno),
-        };
-        assert!(out_of_watch_slots(&watch_error(libc::ENOSPC)));
-        assert!(!out_of_watch_slots(&watch_error(libc::EINVAL)));
-        assert!(!out_of_watch_slots(&Error::Register {
-            addr: 0,
-            len: 4096,
-            source: io::Error::from_raw_os_error(libc::ENOSPC),
-        }));
-    }
 }

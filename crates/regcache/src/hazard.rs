@@ -167,6 +167,7 @@ pub(crate) fn is_protected<T>(value: *const T) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
     #[test]
     fn an_announced_value_is_protected_until_the_guard_drops() {
@@ -182,5 +183,51 @@ mod tests {
         assert!(!is_protected(value));
         // SAFETY: the guard is gone and `value` came from `Box::into_raw`.
         drop(unsafe { Box::from_raw(value) });
+    }
+
+    /// Readers keep reading whatever is current while a writer replaces it and "frees" every
+    /// replaced value that no record announces. Freeing marks the value (the values are leaked,
+    /// so a read after the "free" is a wrong value, not undefined behaviour): a reader that
+    /// finds the mark through its guard read after the writer let go.
+    #[test]
+    fn a_reader_never_sees_a_value_the_writer_let_go() {
+        const LIVE: u64 = 0x1157;
+        const GONE: u64 = 0xdead;
+        const VALUES: usize = 20_000;
+        let values: Vec<&'static AtomicU64> = (0..VALUES)
+            .map(|_| &*Box::leak(Box::new(AtomicU64::new(LIVE))))
+            .collect();
+        let current = AtomicPtr::new(ptr::from_ref(values[0]).cast_mut());
+        let stop = AtomicBool::new(false);
+        let reads = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    while !stop.load(Relaxed) {
+                        // SAFETY: every value is leaked, so `current` always points to a live
+                        // one; the writer below follows `protect`'s protocol.
+                        let guard = unsafe { protect(&current) }.expect("a record");
+                        assert_eq!(guard.load(Relaxed), LIVE, "read after the writer let go");
+                        reads.fetch_add(1, Relaxed);
+                    }
+                });
+            }
+            while reads.load(Relaxed) < 1_000 {
+                std::hint::spin_loop();
+            }
+            let mut retired = Vec::new();
+            for pair in values.windows(2) {
+                current.store(ptr::from_ref(pair[1]).cast_mut(), SeqCst);
+                retired.push(pair[0]);
+                retired.retain(|value: &&AtomicU64| {
+                    let protected = is_protected(ptr::from_ref(*value));
+                    if !protected {
+                        value.store(GONE, Relaxed);
+                    }
+                    protected
+                });
+            }
+            stop.store(true, Relaxed);
+        });
     }
 }

@@ -103,6 +103,20 @@ fn decode(bytes: &[u8; HELLO_BYTES]) -> (QpEndpoint, (u64, u32)) {
     (endpoint, (addr, u32_at(ENDPOINT_BYTES + 8)))
 }
 
+/// Sends `mine` to the other rank and receives its message of the same kind into `theirs`
+/// (rank 0 sends first).
+fn swap_with_peer(comm: &mut Communicator, mine: &[u8], theirs: &mut [u8]) -> Result<()> {
+    let peer = 1 - comm.rank();
+    if comm.rank() == 0 {
+        comm.send(mine, peer, ENDPOINT_TAG)?;
+        comm.recv(theirs, peer, ENDPOINT_TAG)?;
+    } else {
+        comm.recv(theirs, peer, ENDPOINT_TAG)?;
+        comm.send(mine, peer, ENDPOINT_TAG)?;
+    }
+    Ok(())
+}
+
 impl RawVerbs {
     /// Opens `device`, sends from the RoCE v2 GID of `addr`, registers buffers for the largest
     /// message of `plan`, and connects to the peer rank's queue pair at the port's active MTU,
@@ -143,16 +157,8 @@ impl RawVerbs {
         send.write_at(0, &rdma_tests::pattern(slot_len, PAYLOAD_SEED))?;
         let recv =
             OwnedMemoryRegion::new(&pd, (RECV_SLOTS + 1) * slot_len, AccessFlags::LOCAL_WRITE)?;
-        let peer = 1 - comm.rank();
         let mut theirs = [0u8; HELLO_BYTES];
-        let mine = encode(&qp.endpoint(), &send);
-        if comm.rank() == 0 {
-            comm.send(&mine, peer, ENDPOINT_TAG)?;
-            comm.recv(&mut theirs, peer, ENDPOINT_TAG)?;
-        } else {
-            comm.recv(&mut theirs, peer, ENDPOINT_TAG)?;
-            comm.send(&mine, peer, ENDPOINT_TAG)?;
-        }
+        swap_with_peer(comm, &encode(&qp.endpoint(), &send), &mut theirs)?;
         let (endpoint, peer_send) = decode(&theirs);
         qp.connect(&endpoint, mtu)?;
         let raw = Self {
@@ -173,14 +179,7 @@ impl RawVerbs {
             raw.post_recv(slot)?;
         }
         // Both sides have receives posted before the first timed SEND.
-        let mut barrier = [0u8; 1];
-        if comm.rank() == 0 {
-            comm.send(&barrier, peer, ENDPOINT_TAG)?;
-            comm.recv(&mut barrier, peer, ENDPOINT_TAG)?;
-        } else {
-            comm.recv(&mut barrier, peer, ENDPOINT_TAG)?;
-            comm.send(&barrier, peer, ENDPOINT_TAG)?;
-        }
+        swap_with_peer(comm, &[0], &mut [0])?;
         Ok(raw)
     }
 

@@ -51,8 +51,9 @@ struct Contender<'a> {
 }
 
 /// Times `once` on every contender in turn, `repetitions` rounds after [`WARM_UP`] untimed
-/// ones: interleaving puts every variant under the same drift of an emulated machine's speed.
-/// Leaves each contender's samples in µs.
+/// ones: interleaving puts every variant under the same drift of an emulated machine's speed,
+/// and each round starts one contender further on, so none always runs right after the same
+/// other one. Leaves each contender's samples in µs.
 fn interleaved(
     contenders: &mut [Contender<'_>],
     repetitions: usize,
@@ -62,6 +63,7 @@ fn interleaved(
         contender.samples.clear();
     }
     for round in 0..WARM_UP + repetitions {
+        contenders.rotate_left(1);
         for contender in contenders.iter_mut() {
             let start = Instant::now();
             let variant = contender.variant;

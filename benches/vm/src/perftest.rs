@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+use rdma_tests::PORT;
 use verbs::Context;
 
 use crate::driver::{finish, Place};
@@ -29,7 +30,7 @@ fn gid_index(place: &Place) -> Result<u8> {
     let node = place.node;
     let ctx = Context::open(node.device)?;
     let entry = ctx
-        .find_roce_v2_ipv4_gid(1, node.addr)?
+        .find_roce_v2_ipv4_gid(PORT, node.addr)?
         .with_context(|| format!("{} has no RoCE v2 GID for {}", node.device, node.addr))?;
     Ok(entry.index)
 }
@@ -51,24 +52,25 @@ fn parse_median(output: &str, bytes: usize) -> Option<f64> {
     })
 }
 
-/// One size: the server on the second place, the client on the first; the client's median,
-/// or `None` when it printed none that is finite.
+/// One size: the server on the second place, the client on the first, each sending from its
+/// GID in `gids`; the client's median, or `None` when it printed none that is finite.
 fn measure(
     tool: &str,
     bytes: usize,
     iterations: usize,
     port: u16,
     places: &[Place; 2],
+    gids: [u8; 2],
 ) -> Result<Option<f64>> {
     let [client_place, server_place] = places;
-    let common = |place: &Place| -> Result<Vec<String>> {
-        Ok(vec![
+    let common = |place: &Place, gid: u8| -> Vec<String> {
+        vec![
             "-d".into(),
             place.node.device.into(),
             "-i".into(),
-            "1".into(),
+            PORT.to_string(),
             "-x".into(),
-            gid_index(place)?.to_string(),
+            gid.to_string(),
             "-s".into(),
             bytes.to_string(),
             "-n".into(),
@@ -76,17 +78,17 @@ fn measure(
             "-F".into(),
             "-p".into(),
             port.to_string(),
-        ])
+        ]
     };
     let label = format!("{tool} server {bytes} B");
     // The server's report repeats the client's; its errors still show on stderr.
     let server = server_place
-        .command(Path::new(tool), &common(server_place)?)
+        .command(Path::new(tool), &common(server_place, gids[1]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {label}"))?;
-    let mut client_args = common(client_place)?;
+    let mut client_args = common(client_place, gids[0]);
     client_args.push(server_place.node.addr.to_string());
     let mut last_output = String::new();
     for _ in 0..CONNECT_ATTEMPTS {
@@ -123,13 +125,14 @@ fn measure(
 /// # Errors
 /// When a run fails.
 pub fn run(tool: &str, plan: Plan, places: &[Place; 2]) -> Result<()> {
+    let gids = [gid_index(&places[0])?, gid_index(&places[1])?];
     for (port, &bytes) in (FIRST_PORT..).zip(plan.sizes()) {
         if bytes > PERFTEST_MAX_BYTES {
             println!("p2p-bench: {tool} takes at most {PERFTEST_MAX_BYTES} bytes; {bytes} skipped");
             continue;
         }
         let iterations = plan.round_trips(bytes).max(PERFTEST_MIN_ITERATIONS);
-        let Some(median) = measure(tool, bytes, iterations, port, places)? else {
+        let Some(median) = measure(tool, bytes, iterations, port, places, gids)? else {
             continue;
         };
         let figure = Figure {

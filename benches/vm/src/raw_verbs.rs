@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use p2p::Communicator;
+use rdma_tests::PORT;
 use verbs::{
     AccessFlags, CompletionQueue, Context, Gid, OwnedMemoryRegion, ProtectionDomain, QpConfig,
     QpEndpoint, QueuePair, WcOpcode,
@@ -21,7 +22,6 @@ use verbs::{
 use crate::plan::{Plan, WINDOW};
 use crate::sweep::{Exchange, PAYLOAD_SEED};
 
-const PORT: u8 = 1;
 /// Receive buffers: a window's messages plus the acknowledgement.
 const RECV_SLOTS: usize = WINDOW + 1;
 /// Length of the acknowledgement and of the rendezvous' announcement and completion notice.

@@ -6,6 +6,15 @@
  * a stale {slot, seq} never looks valid, every record is delivered at most
  * once and only for watches that saw an unmap, an unwatch racing a munmap
  * from another thread of the same mm is safe, and every counter adds up.
+ *
+ * The regions are shared anonymous mappings, each its own VMA that never
+ * merges with a neighbour. Private ones merge into large VMAs, and splitting
+ * a VMA that spans a whole 2 MiB-aligned range (another thread's mprotect or
+ * munmap) makes the kernel send MMU_NOTIFY_CLEAR for that whole range before
+ * it checks for a huge page (__split_huge_pmd() from vma_adjust_trans_huge(),
+ * seen on 7.3.4): a legitimate over-invalidation that dirties any watch
+ * there, which this test's exact accounting cannot tell from a module bug.
+ * regwatch_events_test shows it on its own.
  */
 #include <poll.h>
 #include <pthread.h>
@@ -18,7 +27,11 @@
 
 struct pair {
 	pthread_barrier_t barrier;
-	bool stop;
+	/*
+	 * The leader's decision for iteration it is in stop[it & 1]: it may
+	 * write the next iteration's before its partner has read this one's.
+	 */
+	bool stop[2];
 	char *victim;
 };
 
@@ -47,10 +60,9 @@ static uint64_t cookie_of(int id, long it)
 static char *map_region(void)
 {
 	char *p = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
 	ASSERT_NE(p, MAP_FAILED);
-	madvise(p, 2 * page, MADV_NOHUGEPAGE);
 	memset(p, 1, 2 * page);
 	return p;
 }
@@ -125,9 +137,9 @@ static void *worker_main(void *arg)
 
 	for (long it = 0; it < MAX_ITERS; it++) {
 		if (leader)
-			wk->pair->stop = rw_now_ns() > deadline_ns;
+			wk->pair->stop[it & 1] = rw_now_ns() > deadline_ns;
 		pthread_barrier_wait(&wk->pair->barrier);
-		if (wk->pair->stop)
+		if (wk->pair->stop[it & 1])
 			break;
 		if (it % 4 == 3)
 			paired_action(wk, it, leader);
@@ -154,17 +166,19 @@ static void check_record(const struct regwatch_record *r)
 	records_read++;
 }
 
-static void drain_once(void)
+/* Returns false once nothing is pending. */
+static bool drain_once(void)
 {
 	struct regwatch_record rec[64];
 	ssize_t r = read(fd, rec, sizeof(rec));
 
 	if (r < 0) {
 		ASSERT_EQ(errno, EAGAIN);
-		return;
+		return false;
 	}
 	for (ssize_t i = 0; i < r / (ssize_t)sizeof(rec[0]); i++)
 		check_record(&rec[i]);
+	return true;
 }
 
 static void *reader_main(void *arg)
@@ -211,7 +225,8 @@ TEST(race_watch_unwatch_munmap_mremap)
 	}
 	readers_stop = true;
 	pthread_join(reader, NULL);
-	drain_once();
+	while (drain_once())
+		;
 
 	TH_LOG("%ld iterations, %ld unmaps, %ld unwatch/munmap races, %ld records",
 	       iters, unmapped, raced, records_read);

@@ -134,7 +134,15 @@ struct regwatch_unwatch {
 	__u64 reserved[2];
 };
 
-/* Why a watch turned dirty (first event only). Zero is never used. */
+/*
+ * Why a watch turned dirty (first event only). Zero is never used.
+ *
+ * A watch can turn dirty when none of its pages changed: the kernel may
+ * invalidate more than it changes, and the module cannot tell. Example
+ * (CLEAR): splitting a VMA that spans a whole 2 MiB-aligned range, by an
+ * mprotect() or munmap() of any page in it, invalidates that whole range.
+ * Re-registering is then merely wasted work, never wrong.
+ */
 enum regwatch_reason {
 	REGWATCH_REASON_UNMAP = 1,	/* munmap, mremap, MAP_FIXED, brk, shmdt */
 	REGWATCH_REASON_CLEAR = 2,	/* pages zapped/replaced: madvise, COW break, reclaim, migration */
@@ -159,7 +167,10 @@ enum regwatch_reason {
  * EINVAL if the buffer is smaller than one record; EAGAIN under O_NONBLOCK
  * when nothing is pending, otherwise it blocks; EFAULT if nothing could be
  * copied (records not copied stay pending). poll()/epoll: EPOLLIN when a
- * record is pending.
+ * record is pending. A read() in one thread that overlaps an UNWATCH of the
+ * same watch in another may still return that watch's record: drop records
+ * of watches already gone, matching on {slot, seq} or on a cookie never
+ * reused.
  */
 struct regwatch_record {
 	__u64 cookie;

@@ -398,24 +398,63 @@ impl Drop for HeapBlock {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
     use super::*;
+
+    /// Held by every test here that maps: they run in parallel threads of one process, and a
+    /// range one of them frees would otherwise be taken by another's next mapping before it
+    /// maps that range again.
+    fn mapping_alone() -> MutexGuard<'static, ()> {
+        static MAPPING: Mutex<()> = Mutex::new(());
+        MAPPING.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the page below `addr` mapped, so that a range freed just above it stays a hole
+    /// between two mappings, too small for a mapping no test here makes (a thread's stack,
+    /// 2 MiB, which the kernel puts in the highest gap that fits). `None` when something is
+    /// mapped there already, which fences as well.
+    fn fence_below(addr: usize) -> Option<AnonMap> {
+        let page = 4096;
+        // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped (EEXIST otherwise),
+        // so no existing mapping is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                (addr - page) as *mut libc::c_void,
+                page,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then(|| AnonMap {
+            addr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
+            len: page,
+        })
+    }
 
     #[test]
     fn a_mapping_comes_back_at_its_address_after_munmap() {
-        let first = AnonMap::new(1 << 20);
+        let _alone = mapping_alone();
+        // Below malloc's mmap threshold: no other thread's allocation lands in the hole.
+        let first = AnonMap::new(64 << 10);
         first.fill(b'A');
         let addr = first.addr();
+        let _fence = fence_below(addr);
         drop(first);
-        let second = AnonMap::at(addr, 1 << 20);
+        let second = AnonMap::at(addr, 64 << 10);
         second.fill(b'B');
         assert_eq!(second.addr(), addr);
     }
 
     #[test]
     fn moved_pages_keep_their_bytes_and_the_old_range_is_free() {
+        let _alone = mapping_alone();
         let source = AnonMap::new(8192);
         source.fill(b'A');
         let old = source.addr();
+        let _fence = fence_below(old);
         let moved = source.move_onto(AnonMap::new(8192));
         assert_ne!(moved.addr(), old);
         // SAFETY: reads the live moved mapping through a raw pointer; nothing else touches it.
@@ -427,6 +466,7 @@ mod tests {
 
     #[test]
     fn remapped_pages_read_as_zero() {
+        let _alone = mapping_alone();
         let map = AnonMap::new(8192);
         map.fill(b'A');
         map.remap_in_place();
@@ -436,6 +476,7 @@ mod tests {
 
     #[test]
     fn discarded_pages_read_as_zero() {
+        let _alone = mapping_alone();
         let map = AnonMap::new(4096);
         map.fill(b'A');
         map.discard_pages();

@@ -70,11 +70,21 @@ fn expect_message(comm: &mut Communicator, source: usize, tag: u32, len: usize, 
     assert_same_bytes(&pattern(len, seed(tag, len)), &buf[..len], "received bytes");
 }
 
-/// Rank 0 sends every size to rank 1, which checks it and sends it back; then, optionally,
-/// 64 MiB one way.
+/// Rank 0 sends every size to rank 1, which checks it and sends it back: both sides of the
+/// eager and of the rendezvous threshold; then, optionally, 64 MiB one way.
 fn sizes(comm: &mut Communicator, with_64_mib: bool) {
-    let threshold = comm.eager_threshold();
-    let lens = [0, 1, threshold - 1, threshold, threshold + 1, MIB];
+    let (eager, rendezvous) = (comm.eager_threshold(), comm.rendezvous_threshold());
+    let lens = [
+        0,
+        1,
+        eager - 1,
+        eager,
+        eager + 1,
+        rendezvous - 1,
+        rendezvous,
+        rendezvous + 1,
+        MIB,
+    ];
     for (tag, &len) in (0u32..).zip(&lens) {
         let data = pattern(len, seed(tag, len));
         if comm.rank() == 0 {
@@ -120,11 +130,13 @@ fn word_pattern(len: usize) -> Vec<u8> {
     bytes
 }
 
-/// Per pair, messages match in the order they were sent, whatever their protocol; tags select.
+/// Per pair, messages match in the order they were sent, whatever their protocol (copied,
+/// zero-copy eager, rendezvous); tags select.
 fn order(comm: &mut Communicator) {
-    let big = comm.eager_threshold() + 100;
+    let mid = comm.eager_threshold() + 100;
+    let big = comm.rendezvous_threshold() + 100;
     // (tag, len) in sending order.
-    let sent = [(1, 10), (2, big), (1, big), (3, 20), (1, 30)];
+    let sent = [(1, 10), (2, big), (1, mid), (3, 20), (1, big), (1, 30)];
     if comm.rank() == 0 {
         let requests: Vec<_> = sent
             .iter()
@@ -136,7 +148,7 @@ fn order(comm: &mut Communicator) {
         // Phase 2: rank 1 posted its receives before we send.
         let mut go = [0u8; 1];
         ok(comm.recv(&mut go, 1, 99), "go");
-        for (tag, len) in [(6, 5), (5, 1), (5, big), (5, 3)] {
+        for (tag, len) in [(6, 5), (5, 1), (5, big), (5, mid), (5, 3)] {
             ok(comm.send(&pattern(len, seed(tag, len)), 1, tag), "send");
         }
     } else {
@@ -161,10 +173,11 @@ fn order(comm: &mut Communicator) {
         };
         expect_any(1, 10);
         expect_any(2, big);
+        expect_message(comm, 0, 1, mid, mid);
         expect_message(comm, 0, 1, big, big);
         expect_message(comm, 0, 1, 30, 30);
         // Phase 2: receives posted before the messages arrive, completed out of posting order.
-        let fives: Vec<_> = (0..3)
+        let fives: Vec<_> = (0..4)
             .map(|_| ok(comm.irecv(vec![0; big], 0, 5), "irecv"))
             .collect();
         let six = ok(comm.irecv(vec![0; 16], ANY_SOURCE, 6), "irecv");
@@ -186,7 +199,7 @@ fn order(comm: &mut Communicator) {
             }
         );
         assert_same_bytes(&pattern(5, seed(6, 5)), &buf[..5], "tag 6");
-        for (request, len) in fives.into_iter().zip([1, big, 3]) {
+        for (request, len) in fives.into_iter().zip([1, big, mid, 3]) {
             let (status, buf) = ok(comm.wait(request), "wait tag 5");
             assert_eq!(
                 status,
@@ -203,14 +216,16 @@ fn order(comm: &mut Communicator) {
 
 const RING_START_TAG: u32 = 77;
 
-/// Every other rank sends rank 0 a small then a large message, received with both wildcards;
-/// then all ranks pass messages around a ring with nonblocking calls.
+/// Every other rank sends rank 0 a small, a middle and a large message (one per protocol),
+/// received with both wildcards; then all ranks pass messages around a ring with nonblocking
+/// calls.
 fn wildcards_and_ring(comm: &mut Communicator) {
     let (rank, size) = (comm.rank(), comm.size());
-    let big = comm.eager_threshold() * 4;
+    let mid = comm.eager_threshold() * 4;
+    let big = comm.rendezvous_threshold() * 2;
     if rank == 0 {
         let mut seen: Vec<Vec<usize>> = vec![Vec::new(); size];
-        for _ in 0..2 * (size - 1) {
+        for _ in 0..3 * (size - 1) {
             let mut buf = vec![0; big];
             let status = ok(comm.recv(&mut buf, ANY_SOURCE, ANY_TAG), "recv any");
             assert_eq!(status.tag as usize, status.source, "{status:?}");
@@ -221,8 +236,8 @@ fn wildcards_and_ring(comm: &mut Communicator) {
         for (source, lens) in seen.iter().enumerate().skip(1) {
             assert_eq!(
                 lens,
-                &[source, big],
-                "rank {source}: small, then large, in order"
+                &[source, mid, big],
+                "rank {source}: small, middle, then large, in order"
             );
         }
         // Released only now, so no ring message meets the wildcard receives above.
@@ -231,7 +246,7 @@ fn wildcards_and_ring(comm: &mut Communicator) {
         }
     } else {
         let tag = rank as u32;
-        for len in [rank, big] {
+        for len in [rank, mid, big] {
             ok(
                 comm.send(&pattern(len, seed(tag, len)), 0, tag),
                 "send to 0",
@@ -240,7 +255,7 @@ fn wildcards_and_ring(comm: &mut Communicator) {
         ok(comm.recv(&mut [], 0, RING_START_TAG), "wait for the ring");
     }
     let (next, prev) = ((rank + 1) % size, (rank + size - 1) % size);
-    for len in [7, big] {
+    for len in [7, mid, big] {
         let tag = 1000 + len as u32;
         let recv = ok(comm.irecv(vec![0; len], prev, tag), "irecv ring");
         let send = ok(
@@ -261,16 +276,17 @@ fn wildcards_and_ring(comm: &mut Communicator) {
     }
 }
 
-/// A message longer than the receive buffer is an error on the receiver only, for both
-/// protocols, and the pair keeps working.
+/// A message longer than the receive buffer is an error on the receiver only, for every
+/// protocol, and the pair keeps working.
 fn truncation(comm: &mut Communicator) {
-    let big = 64 * 1024;
+    let mid = comm.eager_threshold() * 2;
+    let big = comm.rendezvous_threshold() * 2;
     if comm.rank() == 0 {
-        for (tag, len) in [(1, 100), (2, big), (3, 10)] {
+        for (tag, len) in [(1, 100), (2, mid), (4, big), (3, 10)] {
             ok(comm.send(&pattern(len, seed(tag, len)), 1, tag), "send");
         }
     } else {
-        for (tag, len, capacity) in [(1, 100, 10), (2, big, 1024)] {
+        for (tag, len, capacity) in [(1, 100, 10), (2, mid, 1024), (4, big, 1024)] {
             let mut buf = vec![0; capacity];
             match comm.recv(&mut buf, 0, tag) {
                 Err(Error::Truncated {
@@ -299,7 +315,7 @@ fn dead_peer(comm: &mut Communicator) {
         Err(Error::Timeout { .. }) => {}
         other => panic!("receive from a dead rank: expected a timeout, got {other:?}"),
     }
-    for len in [8, 64 * 1024] {
+    for len in [8, 64 * 1024, 2 * comm.rendezvous_threshold()] {
         match comm.send(&vec![0; len], 1, 0) {
             Err(Error::PeerFailed { rank: 1, .. } | Error::Timeout { .. }) => {}
             other => panic!("send of {len} bytes to a dead rank: got {other:?}"),
@@ -344,9 +360,19 @@ fn map(len: usize, hint: Option<usize>) -> *mut u8 {
 }
 
 /// The seed scenario: the sender's buffer is unmapped and mapped again at the same address
-/// with new contents between two sends; the receiver must get the new bytes.
+/// with new contents between two sends; the receiver must get the new bytes. Once at a
+/// zero-copy eager size (the SEND reads the cached registration) and once at a rendezvous
+/// size (the receiver READs through it).
 fn remapped_send_buffer(comm: &mut Communicator) {
-    let len = MIB;
+    let page = 4096;
+    let zero_copy = (comm.eager_threshold() + comm.rendezvous_threshold()) / 2 / page * page;
+    assert!(zero_copy >= comm.eager_threshold() && zero_copy < comm.rendezvous_threshold());
+    for (first_tag, len) in [(0, zero_copy), (10, MIB.max(comm.rendezvous_threshold()))] {
+        remapped_send_buffer_of(comm, first_tag, len);
+    }
+}
+
+fn remapped_send_buffer_of(comm: &mut Communicator, first_tag: u32, len: usize) {
     let rounds = 3u32;
     if comm.rank() == 0 {
         let first = map(len, None);
@@ -358,22 +384,25 @@ fn remapped_send_buffer(comm: &mut Communicator) {
                 map(len, Some(addr))
             };
             assert_eq!(ptr as usize, addr, "remapped at the same address");
-            let data = pattern(len, seed(round, len));
+            let data = pattern(len, seed(first_tag + round, len));
             // SAFETY: the mapping is `len` bytes, private to this function and unmapped below
             // only after the last use of the slice.
             let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
             buf.copy_from_slice(&data);
-            ok(comm.send(buf, 1, round), "send from the (re)mapped buffer");
+            ok(
+                comm.send(buf, 1, first_tag + round),
+                "send from the (re)mapped buffer",
+            );
             // SAFETY: `buf` is not used any more; the range is the mapping created above.
             assert_eq!(unsafe { libc::munmap(ptr.cast(), len) }, 0);
         }
     } else {
         let mut buf = vec![0; len];
         for round in 0..rounds {
-            let status = ok(comm.recv(&mut buf, 0, round), "recv");
+            let status = ok(comm.recv(&mut buf, 0, first_tag + round), "recv");
             assert_eq!(status.len, len);
             assert_same_bytes(
-                &pattern(len, seed(round, len)),
+                &pattern(len, seed(first_tag + round, len)),
                 &buf,
                 "bytes after remapping",
             );

@@ -15,7 +15,8 @@ pub enum Variant {
     CachePinned,
     /// p2p with the registration cache in on-demand-paging mode.
     CacheOdp,
-    /// p2p with the cache off: every rendezvous registers and deregisters (always-register).
+    /// p2p with the cache off: every zero-copy eager send and every rendezvous registers and
+    /// deregisters (always-register).
     AlwaysRegister,
     /// SEND/RECV on buffers registered once up front, no p2p in the loop.
     RawVerbs,

@@ -271,6 +271,7 @@ mod tests {
             root_addr: format!("127.0.0.1:{port}"),
             device: None,
             eager_threshold: 8192,
+            rendezvous_threshold: 8192,
             timeout,
         }
     }

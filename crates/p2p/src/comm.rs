@@ -112,8 +112,11 @@ impl Buffer {
 enum OpState {
     /// A receive waiting in the matcher.
     Unmatched,
-    /// An eager send waiting for the completion of its SEND.
-    Sending,
+    /// An eager send waiting for the completion of its SEND. A zero-copy one holds the
+    /// registration its SEND reads the buffer through; a copied one has none.
+    Sending {
+        registration: Option<UserRegistration>,
+    },
     /// A rendezvous send waiting for the receiver's FIN; the registration keeps the buffer
     /// registered for the receiver's READ.
     AwaitingFin {
@@ -186,7 +189,14 @@ pub struct Communicator {
     registrations: Registrations,
     send_cq: Arc<CompletionQueue>,
     recv_cq: Arc<CompletionQueue>,
-    slot_len: usize,
+    /// Messages shorter than this go eagerly (copied or zero-copy): the rendezvous threshold,
+    /// or the eager threshold where that is larger.
+    eager_limit: usize,
+    /// Bytes of a receive bounce buffer: a header and up to `eager_limit` bytes.
+    recv_slot_len: usize,
+    /// Bytes of a send bounce buffer: a header and a copied payload (below the eager
+    /// threshold).
+    send_slot_len: usize,
     mtu: Mtu,
 }
 
@@ -265,10 +275,14 @@ impl Communicator {
         let recv_cq = CompletionQueue::new(&ctx, RECV_SLOTS.saturating_mul(peers))
             .map_err(setup_error(dev, "creating the receive CQ"))?;
         let registrations = Registrations::from_env(Arc::clone(&pd), mtu)?;
-        let slot_len = HEADER_LEN + config.eager_threshold;
+        let eager_limit = config.rendezvous_threshold.max(config.eager_threshold);
+        let recv_slot_len = HEADER_LEN + eager_limit;
+        let send_slot_len = HEADER_LEN + config.eager_threshold;
         let qp_config = QpConfig {
             max_send_wr: SEND_SLOTS + MAX_READS as u32,
             max_recv_wr: RECV_SLOTS,
+            // A zero-copy SEND gathers its header and the user's buffer.
+            max_send_sge: 2,
             ..QpConfig::new(PORT, gid_index)
         };
         let mut links = Vec::with_capacity(config.size);
@@ -277,15 +291,15 @@ impl Communicator {
                 links.push(None);
                 continue;
             }
-            let pool = |slots: u32, access| {
+            let pool = |slots: u32, slot_len: usize, access| {
                 OwnedMemoryRegion::new(&pd, slots as usize * slot_len, access)
                     .map_err(setup_error(dev, "registering bounce buffers"))
             };
             links.push(Some(Link {
                 qp: QueuePair::create_rc(&pd, &send_cq, &recv_cq, qp_config)
                     .map_err(setup_error(dev, "creating a queue pair"))?,
-                recv_pool: pool(RECV_SLOTS, AccessFlags::LOCAL_WRITE)?,
-                send_pool: pool(SEND_SLOTS, AccessFlags::LOCAL_READ)?,
+                recv_pool: pool(RECV_SLOTS, recv_slot_len, AccessFlags::LOCAL_WRITE)?,
+                send_pool: pool(SEND_SLOTS, send_slot_len, AccessFlags::LOCAL_READ)?,
                 free_send_slots: (0..SEND_SLOTS).rev().collect(),
                 slot_owner: vec![None; SEND_SLOTS as usize],
                 outbox: VecDeque::new(),
@@ -313,7 +327,7 @@ impl Communicator {
             for slot in 0..RECV_SLOTS {
                 let sge = link
                     .recv_pool
-                    .sge(slot as usize * slot_len, slot_len)
+                    .sge(slot as usize * recv_slot_len, recv_slot_len)
                     .map_err(setup_error(dev, "posting receives"))?;
                 link.qp
                     .post_recv(WorkRequest::RecvSlot { peer, slot }.id(), &[sge])
@@ -339,7 +353,9 @@ impl Communicator {
             registrations,
             send_cq,
             recv_cq,
-            slot_len,
+            eager_limit,
+            recv_slot_len,
+            send_slot_len,
             mtu,
         })
     }
@@ -356,10 +372,17 @@ impl Communicator {
         self.config.size
     }
 
-    /// Messages shorter than this go eagerly, longer ones by rendezvous.
+    /// Messages shorter than this are copied through bounce buffers.
     #[must_use]
     pub fn eager_threshold(&self) -> usize {
         self.config.eager_threshold
+    }
+
+    /// Messages of this length and longer go by rendezvous; shorter ones from the eager
+    /// threshold up go in one SEND from the sender's cached registration (zero-copy eager).
+    #[must_use]
+    pub fn rendezvous_threshold(&self) -> usize {
+        self.eager_limit
     }
 
     /// Path MTU of the queue pairs.
@@ -374,8 +397,8 @@ impl Communicator {
         self.registrations.policy()
     }
 
-    /// Sends `buf` to `dest` with `tag`; returns when the buffer may be reused (eager: the
-    /// SEND completed; rendezvous: the receiver's FIN arrived).
+    /// Sends `buf` to `dest` with `tag`; returns when the buffer may be reused (eager, copied
+    /// or zero-copy: the SEND completed; rendezvous: the receiver's FIN arrived).
     ///
     /// # Errors
     /// [`Error::InvalidRank`], [`Error::MessageTooLong`], [`Error::Register`],
@@ -498,9 +521,17 @@ impl Communicator {
             rkey: 0,
             cookie: 0,
         };
-        let eager = len < self.config.eager_threshold;
-        let state = if eager {
-            OpState::Sending
+        let eager = len < self.eager_limit;
+        let state = if len < self.config.eager_threshold {
+            OpState::Sending { registration: None }
+        } else if eager {
+            let ptr = buffer.ptr();
+            // SAFETY: the buffer is readable for `len` bytes (a borrowed slice or an owned
+            // vector) and stays so until the SEND completes or the link is closed.
+            let registration = unsafe { self.registrations.for_send(ptr, len) }?;
+            OpState::Sending {
+                registration: Some(registration),
+            }
         } else {
             let max = u32::MAX as usize;
             if len > max {
@@ -731,10 +762,12 @@ impl Communicator {
         }
     }
 
-    /// A SEND from `peer` landed in receive slot `slot`: take it out and repost the slot.
+    /// A SEND from `peer` landed in receive slot `slot`: take it out and repost the slot. An
+    /// eager payload goes straight into the buffer of the receive it matches, if one is
+    /// posted, and is kept as an unexpected message otherwise.
     fn on_message(&mut self, peer: usize, slot: u32, byte_len: usize) {
-        let slot_len = self.slot_len;
-        let threshold = self.config.eager_threshold;
+        let slot_len = self.recv_slot_len;
+        let eager_limit = self.eager_limit;
         let Some(link) = self.links[peer].as_mut() else {
             return;
         };
@@ -745,19 +778,44 @@ impl Communicator {
             .read_at(offset, &mut header_bytes)
             .ok()
             .and_then(|()| Header::decode(&header_bytes[..byte_len.min(HEADER_LEN)]));
+        let status = |header: &Header| Status {
+            source: peer,
+            tag: header.tag,
+            len: header.len as usize,
+        };
         let message = parsed.and_then(|header| match header.kind {
             Kind::Eager => {
                 let len = usize::try_from(header.len)
                     .ok()
-                    .filter(|&len| len < threshold)?;
-                if byte_len != HEADER_LEN + len {
-                    return None;
-                }
-                let mut payload = vec![0; len];
-                link.recv_pool
-                    .read_at(offset + HEADER_LEN, &mut payload)
-                    .ok()?;
-                Some((header, Some(Arrived::Eager(payload))))
+                    .filter(|&len| len < eager_limit && byte_len == HEADER_LEN + len)?;
+                let payload_at = offset + HEADER_LEN;
+                let status = status(&header);
+                let delivered = match self.matcher.claim(&status) {
+                    Some(id) => {
+                        let op = self.ops.get_mut(&id)?;
+                        op.peer = Some(peer);
+                        let capacity = op.buffer.len();
+                        let result = if len > capacity {
+                            Err(truncation(status, capacity))
+                        } else {
+                            // SAFETY: the buffer of a posted receive holds `capacity >= len`
+                            // writable bytes (a borrowed `&mut [u8]` whose call is waiting, or
+                            // an owned vector) that nothing else accesses now.
+                            let out =
+                                unsafe { std::slice::from_raw_parts_mut(op.buffer.ptr(), len) };
+                            link.recv_pool.read_at(payload_at, out).ok()?;
+                            Ok(status)
+                        };
+                        op.state = OpState::Done(result);
+                        None
+                    }
+                    None => {
+                        let mut payload = vec![0; len];
+                        link.recv_pool.read_at(payload_at, &mut payload).ok()?;
+                        Some(Arrived::Eager(payload))
+                    }
+                };
+                Some((header, delivered))
             }
             Kind::RequestToSend => Some((
                 header,
@@ -781,18 +839,15 @@ impl Communicator {
             self.fail_peer(peer, format!("malformed message of {byte_len} bytes"));
             return;
         };
-        match arrived {
-            None => self.on_fin(peer, header.cookie),
-            Some(arrived) => {
-                let status = Status {
-                    source: peer,
-                    tag: header.tag,
-                    len: header.len as usize,
-                };
-                if let Some((id, status, arrived)) = self.matcher.arrive(status, arrived) {
+        match (header.kind, arrived) {
+            (Kind::Finish, _) => self.on_fin(peer, header.cookie),
+            (_, Some(arrived)) => {
+                if let Some((id, status, arrived)) = self.matcher.arrive(status(&header), arrived) {
                     self.deliver(id, status, arrived);
                 }
             }
+            // An eager payload already delivered to its receive.
+            (_, None) => {}
         }
     }
 
@@ -951,7 +1006,7 @@ impl Communicator {
 
     /// Sends queued messages to `peer` while send bounce buffers are free.
     fn flush_outbox(&mut self, peer: usize) {
-        let slot_len = self.slot_len;
+        let slot_len = self.send_slot_len;
         loop {
             let Some(link) = self.links[peer].as_mut() else {
                 return;
@@ -968,23 +1023,39 @@ impl Communicator {
             let offset = slot as usize * slot_len;
             let mut len = HEADER_LEN;
             let mut copied = link.send_pool.write_at(offset, &outgoing.header.encode());
+            // The user's buffer as the SEND's second element when it goes zero-copy.
+            let mut registered = None;
             if let Some(op) = outgoing.eager_op.and_then(|id| self.ops.get_mut(&id)) {
                 let payload_len = op.buffer.len();
                 let ptr = op.buffer.ptr();
-                // SAFETY: an eager send's buffer holds `payload_len` readable bytes (a
-                // borrowed slice whose call is waiting, or an owned vector) and is not written
-                // while the operation is in progress.
-                let payload = unsafe { std::slice::from_raw_parts(ptr.cast_const(), payload_len) };
-                copied =
-                    copied.and_then(|()| link.send_pool.write_at(offset + HEADER_LEN, payload));
-                len += payload_len;
+                match &op.state {
+                    OpState::Sending {
+                        registration: Some(registration),
+                    } => {
+                        // `payload_len` fits: it is below the rendezvous threshold.
+                        registered = Some(registration.sge(ptr, payload_len as u32));
+                    }
+                    _ => {
+                        // SAFETY: an eager send's buffer holds `payload_len` readable bytes (a
+                        // borrowed slice whose call is waiting, or an owned vector) and is not
+                        // written while the operation is in progress.
+                        let payload =
+                            unsafe { std::slice::from_raw_parts(ptr.cast_const(), payload_len) };
+                        copied = copied
+                            .and_then(|()| link.send_pool.write_at(offset + HEADER_LEN, payload));
+                        len += payload_len;
+                    }
+                }
             }
             link.slot_owner[slot as usize] = outgoing.eager_op;
             let posted = copied
                 .and_then(|()| link.send_pool.sge(offset, len))
-                .and_then(|sge| {
-                    link.qp
-                        .post_send(WorkRequest::SendSlot { peer, slot }.id(), &[sge])
+                .and_then(|header| {
+                    let id = WorkRequest::SendSlot { peer, slot }.id();
+                    match registered {
+                        Some(payload) => link.qp.post_send(id, &[header, payload]),
+                        None => link.qp.post_send(id, &[header]),
+                    }
                 });
             if let Err(err) = posted {
                 self.fail_peer(peer, format!("posting a SEND failed: {err}"));

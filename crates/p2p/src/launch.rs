@@ -23,6 +23,7 @@ const SIZE_VARS: [&str; 4] = [
 const ROOT_VAR: &str = "P2P_ROOT_ADDR";
 const DEVICE_VAR: &str = "P2P_DEVICE";
 const EAGER_VAR: &str = "P2P_EAGER_THRESHOLD";
+const RENDEZVOUS_VAR: &str = "P2P_RENDEZVOUS_THRESHOLD";
 const TIMEOUT_VAR: &str = "P2P_TIMEOUT_MS";
 
 /// Default eager threshold: messages shorter than this travel through bounce buffers.
@@ -31,6 +32,12 @@ pub const DEFAULT_EAGER_THRESHOLD: usize = 8 * 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest eager threshold accepted: bounce buffers are pre-allocated per peer.
 const MAX_EAGER_THRESHOLD: usize = 1 << 20;
+/// Default rendezvous threshold: messages from the eager threshold up to this length go in one
+/// SEND straight from the sender's cached registration. Each receive bounce buffer holds that
+/// much, 32 of them per peer (8 MiB per peer by default).
+pub const DEFAULT_RENDEZVOUS_THRESHOLD: usize = 256 * 1024;
+/// The largest rendezvous threshold accepted (128 MiB of receive buffers per peer).
+const MAX_RENDEZVOUS_THRESHOLD: usize = 4 << 20;
 
 /// How this rank joins the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +50,13 @@ pub struct LaunchConfig {
     pub root_addr: String,
     /// RDMA device to use; `None`: the first one listed.
     pub device: Option<String>,
-    /// Messages shorter than this many bytes are sent eagerly, longer ones by rendezvous.
+    /// Messages shorter than this many bytes are copied through bounce buffers.
     pub eager_threshold: usize,
+    /// Messages shorter than this many bytes, and not shorter than the eager threshold, go in
+    /// one SEND from the sender's cached registration into a receive bounce buffer (zero-copy
+    /// eager); messages of this length and more go by rendezvous. Equal to the eager threshold:
+    /// no zero-copy eager.
+    pub rendezvous_threshold: usize,
     /// Bound on every wait; an operation that takes longer fails with [`Error::Timeout`].
     pub timeout: Duration,
 }
@@ -54,7 +66,9 @@ impl LaunchConfig {
     /// `OMPI_COMM_WORLD_RANK`, `PMIX_RANK` or `SLURM_PROCID` (first set wins); size from
     /// `P2P_SIZE`, `PMI_SIZE`, `OMPI_COMM_WORLD_SIZE` or `SLURM_NTASKS`; root address from
     /// `P2P_ROOT_ADDR` (`host:port`, required when size > 1); device from `P2P_DEVICE`;
-    /// `P2P_EAGER_THRESHOLD` (bytes, default 8192) and `P2P_TIMEOUT_MS` (default 60000).
+    /// `P2P_EAGER_THRESHOLD` (bytes, default 8192), `P2P_RENDEZVOUS_THRESHOLD` (bytes, default
+    /// 262144 or the eager threshold if that is larger; at least the eager threshold, at most
+    /// 4 MiB) and `P2P_TIMEOUT_MS` (default 60000).
     ///
     /// # Errors
     /// [`Error::Config`] naming the first missing or malformed variable.
@@ -127,6 +141,21 @@ impl LaunchConfig {
             },
             None => DEFAULT_EAGER_THRESHOLD,
         };
+        let rendezvous_threshold = match lookup(RENDEZVOUS_VAR) {
+            Some(text) => match parse_number(RENDEZVOUS_VAR, &text)? {
+                threshold if (eager_threshold..=MAX_RENDEZVOUS_THRESHOLD).contains(&threshold) => {
+                    threshold
+                }
+                _ => {
+                    return Err(Error::Config {
+                        var: RENDEZVOUS_VAR,
+                        value: text,
+                        reason: "expected the eager threshold to 4194304 bytes",
+                    })
+                }
+            },
+            None => DEFAULT_RENDEZVOUS_THRESHOLD.max(eager_threshold),
+        };
         let timeout = match lookup(TIMEOUT_VAR) {
             Some(text) => Duration::from_millis(parse_number(TIMEOUT_VAR, &text)? as u64),
             None => DEFAULT_TIMEOUT,
@@ -137,6 +166,7 @@ impl LaunchConfig {
             root_addr,
             device: lookup(DEVICE_VAR).filter(|name| !name.is_empty()),
             eager_threshold,
+            rendezvous_threshold,
             timeout,
         })
     }
@@ -179,6 +209,7 @@ mod tests {
             ("P2P_ROOT_ADDR", "10.77.0.1:4711"),
             ("P2P_DEVICE", "rxe1"),
             ("P2P_EAGER_THRESHOLD", "4096"),
+            ("P2P_RENDEZVOUS_THRESHOLD", "65536"),
             ("P2P_TIMEOUT_MS", "1500"),
         ])
         .unwrap();
@@ -190,6 +221,7 @@ mod tests {
                 root_addr: "10.77.0.1:4711".into(),
                 device: Some("rxe1".into()),
                 eager_threshold: 4096,
+                rendezvous_threshold: 65536,
                 timeout: Duration::from_millis(1500),
             }
         );
@@ -208,8 +240,20 @@ mod tests {
             assert_eq!((config.rank, config.size), (1, 3), "{rank:?} {size:?}");
             assert_eq!(config.device, None);
             assert_eq!(config.eager_threshold, DEFAULT_EAGER_THRESHOLD);
+            assert_eq!(config.rendezvous_threshold, DEFAULT_RENDEZVOUS_THRESHOLD);
             assert_eq!(config.timeout, DEFAULT_TIMEOUT);
         }
+    }
+
+    #[test]
+    fn the_default_rendezvous_threshold_follows_a_larger_eager_threshold() {
+        let config = parse(&[
+            ("P2P_RANK", "0"),
+            ("P2P_SIZE", "1"),
+            ("P2P_EAGER_THRESHOLD", "1048576"),
+        ])
+        .unwrap();
+        assert_eq!(config.rendezvous_threshold, 1 << 20);
     }
 
     #[test]
@@ -262,6 +306,16 @@ mod tests {
             ("P2P_EAGER_THRESHOLD", "0"),
         ];
         assert_eq!(refused_var(&vars), "P2P_EAGER_THRESHOLD");
+        for bad_rendezvous in ["4095", "4194305"] {
+            let vars = [
+                base[0],
+                base[1],
+                ("P2P_ROOT_ADDR", "h:1"),
+                ("P2P_EAGER_THRESHOLD", "4096"),
+                ("P2P_RENDEZVOUS_THRESHOLD", bad_rendezvous),
+            ];
+            assert_eq!(refused_var(&vars), "P2P_RENDEZVOUS_THRESHOLD");
+        }
         let vars = [
             base[0],
             base[1],

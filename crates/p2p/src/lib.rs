@@ -5,11 +5,15 @@
 //! others connect, and rank 0 hands every rank the endpoints of the queue pairs aimed at it.
 //! Rank, size and root address come from the launcher's environment ([`LaunchConfig`]).
 //!
-//! Messages shorter than the eager threshold travel in one SEND through pre-registered bounce
-//! buffers. Longer ones use rendezvous: the sender registers its buffer through the
-//! registration cache (`regcache`) and sends a request-to-send with address, length and rkey;
-//! the receiver RDMA-READs into its own cached registration and answers with a FIN that
-//! completes the send.
+//! Messages shorter than the eager threshold (8 KiB) are copied into a pre-registered bounce
+//! buffer and travel in one SEND. Messages from there up to the rendezvous threshold (256 KiB)
+//! also travel in one SEND, zero-copy: the sender registers its buffer through the
+//! registration cache (`regcache`) and the SEND gathers a header and the buffer; the receiver
+//! copies the payload out of its bounce buffer. Longer ones use rendezvous: the sender
+//! registers its buffer through the cache and sends a request-to-send with address, length and
+//! rkey; the receiver RDMA-READs into its own cached registration and answers with a FIN that
+//! completes the send. Zero-copy eager spares middle sizes the rendezvous' two extra trips
+//! (request-to-send, READ request) at the price of larger receive bounce buffers.
 //!
 //! Receives match like MPI's: by source and tag, either of which may be a wildcard
 //! ([`ANY_SOURCE`], [`ANY_TAG`]); messages between one pair of ranks never overtake each

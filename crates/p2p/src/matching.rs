@@ -111,15 +111,22 @@ impl<K: PartialEq, M> Matcher<K, M> {
     /// A message arrived: returns the oldest posted receive it matches (removed from the queue)
     /// together with the message, or keeps the message as unexpected.
     pub(crate) fn arrive(&mut self, status: Status, message: M) -> Option<(K, Status, M)> {
-        let found = self
-            .posted
-            .iter()
-            .position(|posted| status.matches(posted.source, posted.tag));
-        if let Some(receive) = found.and_then(|index| self.posted.remove(index)) {
-            return Some((receive.key, status, message));
+        if let Some(key) = self.claim(&status) {
+            return Some((key, status, message));
         }
         self.unexpected.push_back((status, message));
         None
+    }
+
+    /// A message arrived that the caller delivers itself if a receive takes it: removes and
+    /// returns the oldest posted receive it matches. With `None` the caller must hand the
+    /// message to [`Matcher::arrive`] before any other message from the same source.
+    pub(crate) fn claim(&mut self, status: &Status) -> Option<K> {
+        let found = self
+            .posted
+            .iter()
+            .position(|posted| status.matches(posted.source, posted.tag))?;
+        self.posted.remove(found).map(|receive| receive.key)
     }
 
     /// Withdraws posted receive `key`; returns whether it was still waiting for a message.
@@ -189,6 +196,22 @@ mod tests {
         assert_eq!(matcher.arrive(status(2, 9), ()).unwrap().0, 12);
         assert_eq!(matcher.arrive(status(2, 1), ()).unwrap().0, 10);
         assert!(matcher.arrive(status(2, 1), ()).is_none());
+    }
+
+    #[test]
+    fn a_claim_takes_the_posted_receive_and_queues_nothing() {
+        let mut matcher: Matcher<u32, &str> = Matcher::default();
+        assert!(matcher
+            .post(10, Source::Rank(2), TagMatch::Tag(1))
+            .is_none());
+        assert!(matcher.post(11, ANY_SOURCE, ANY_TAG).is_none());
+        assert_eq!(matcher.claim(&status(2, 9)), Some(11));
+        assert_eq!(matcher.claim(&status(2, 9)), None);
+        assert!(
+            matcher.post(12, ANY_SOURCE, ANY_TAG).is_none(),
+            "a failed claim keeps no message"
+        );
+        assert_eq!(matcher.claim(&status(2, 1)), Some(10));
     }
 
     #[test]

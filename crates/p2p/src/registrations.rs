@@ -1,4 +1,5 @@
-//! The one place that talks to the registration cache: user buffers of rendezvous messages.
+//! The one place that talks to the registration cache: user buffers of zero-copy eager and
+//! rendezvous messages.
 
 use std::sync::Arc;
 
@@ -63,6 +64,16 @@ impl Registrations {
         // SAFETY: with REMOTE_READ only, neither the device nor a peer writes the registered
         // pages, so no Rust reference to them can be invalidated.
         unsafe { self.register(ptr, len, Access::REMOTE_READ) }
+    }
+
+    /// A registration of a send buffer this rank SENDs from (zero-copy eager).
+    ///
+    /// # Safety
+    /// `[ptr, ptr + len)` must be readable memory; the device only reads it.
+    pub(crate) unsafe fn for_send(&self, ptr: *const u8, len: usize) -> Result<UserRegistration> {
+        // SAFETY: with local read access only, the device never writes the registered pages,
+        // and the rkey of this registration is never handed to a peer.
+        unsafe { self.register(ptr, len, Access::LOCAL_READ_ONLY) }
     }
 
     /// A registration of a receive buffer this rank RDMA-READs into.

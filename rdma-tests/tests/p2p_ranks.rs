@@ -71,7 +71,8 @@ fn expect_message(comm: &mut Communicator, source: usize, tag: u32, len: usize, 
 }
 
 /// Rank 0 sends every size to rank 1, which checks it and sends it back: both sides of the
-/// eager and of the rendezvous threshold; then, optionally, 64 MiB one way.
+/// eager and of the rendezvous threshold, and a zero-copy size with the highest tag; then,
+/// optionally, 64 MiB one way.
 fn sizes(comm: &mut Communicator, with_64_mib: bool) {
     let (eager, rendezvous) = (comm.eager_threshold(), comm.rendezvous_threshold());
     let lens = [
@@ -85,7 +86,10 @@ fn sizes(comm: &mut Communicator, with_64_mib: bool) {
         rendezvous + 1,
         MIB,
     ];
-    for (tag, &len) in (0u32..).zip(&lens) {
+    // A tag with the top bit set does not fit a zero-copy SEND's immediate data: that message
+    // carries a header instead.
+    let high_tag = (u32::MAX, eager + 1);
+    for (tag, len) in (0u32..).zip(lens).chain([high_tag]) {
         let data = pattern(len, seed(tag, len));
         if comm.rank() == 0 {
             ok(comm.send(&data, 1, tag), "send");

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::launch::LaunchConfig;
 use crate::matching::{Matcher, Source, Status, TagMatch};
 use crate::registrations::{Registrations, UserRegistration};
-use crate::wire::{Header, Kind, HEADER_LEN};
+use crate::wire::{Header, Kind, HEADER_LEN, ZERO_COPY_IMM};
 
 /// Port used on every device.
 const PORT: u8 = 1;
@@ -730,7 +730,12 @@ impl Communicator {
     fn on_completion(&mut self, completion: &Completion) {
         match WorkRequest::from_id(completion.wr_id) {
             Some(WorkRequest::RecvSlot { peer, slot }) if completion.opcode == WcOpcode::Recv => {
-                self.on_message(peer, slot, completion.byte_len as usize);
+                self.on_message(
+                    peer,
+                    slot,
+                    completion.byte_len as usize,
+                    completion.imm_data,
+                );
             }
             Some(WorkRequest::SendSlot { peer, slot }) => {
                 let Some(link) = self.links[peer].as_mut() else {
@@ -765,30 +770,50 @@ impl Communicator {
     /// A SEND from `peer` landed in receive slot `slot`: take it out and repost the slot. An
     /// eager payload goes straight into the buffer of the receive it matches, if one is
     /// posted, and is kept as an unexpected message otherwise.
-    fn on_message(&mut self, peer: usize, slot: u32, byte_len: usize) {
+    fn on_message(&mut self, peer: usize, slot: u32, byte_len: usize, imm_data: Option<u32>) {
         let slot_len = self.recv_slot_len;
         let eager_limit = self.eager_limit;
         let Some(link) = self.links[peer].as_mut() else {
             return;
         };
         let offset = slot as usize * slot_len;
-        let mut header_bytes = [0; HEADER_LEN];
-        let parsed = link
-            .recv_pool
-            .read_at(offset, &mut header_bytes)
-            .ok()
-            .and_then(|()| Header::decode(&header_bytes[..byte_len.min(HEADER_LEN)]));
+        // The header, and where the payload of an eager message starts.
+        let parsed = match imm_data {
+            Some(imm) if imm & ZERO_COPY_IMM != 0 => Some((
+                Header {
+                    kind: Kind::Eager,
+                    tag: imm & !ZERO_COPY_IMM,
+                    len: byte_len as u64,
+                    addr: 0,
+                    rkey: 0,
+                    cookie: 0,
+                },
+                offset,
+            )),
+            Some(_) => None,
+            None => {
+                let mut header_bytes = [0; HEADER_LEN];
+                link.recv_pool
+                    .read_at(offset, &mut header_bytes)
+                    .ok()
+                    .and_then(|()| Header::decode(&header_bytes[..byte_len.min(HEADER_LEN)]))
+                    .filter(|header| {
+                        header.kind != Kind::Eager
+                            || usize::try_from(header.len).ok() == byte_len.checked_sub(HEADER_LEN)
+                    })
+                    .map(|header| (header, offset + HEADER_LEN))
+            }
+        };
         let status = |header: &Header| Status {
             source: peer,
             tag: header.tag,
             len: header.len as usize,
         };
-        let message = parsed.and_then(|header| match header.kind {
+        let message = parsed.and_then(|(header, payload_at)| match header.kind {
             Kind::Eager => {
                 let len = usize::try_from(header.len)
                     .ok()
-                    .filter(|&len| len < eager_limit && byte_len == HEADER_LEN + len)?;
-                let payload_at = offset + HEADER_LEN;
+                    .filter(|&len| len < eager_limit)?;
                 let status = status(&header);
                 let delivered = match self.matcher.claim(&status) {
                     Some(id) => {
@@ -1021,42 +1046,51 @@ impl Communicator {
                 return;
             };
             let offset = slot as usize * slot_len;
-            let mut len = HEADER_LEN;
-            let mut copied = link.send_pool.write_at(offset, &outgoing.header.encode());
-            // The user's buffer as the SEND's second element when it goes zero-copy.
-            let mut registered = None;
-            if let Some(op) = outgoing.eager_op.and_then(|id| self.ops.get_mut(&id)) {
-                let payload_len = op.buffer.len();
-                let ptr = op.buffer.ptr();
-                match &op.state {
-                    OpState::Sending {
-                        registration: Some(registration),
-                    } => {
-                        // `payload_len` fits: it is below the rendezvous threshold.
-                        registered = Some(registration.sge(ptr, payload_len as u32));
-                    }
-                    _ => {
-                        // SAFETY: an eager send's buffer holds `payload_len` readable bytes (a
-                        // borrowed slice whose call is waiting, or an owned vector) and is not
-                        // written while the operation is in progress.
-                        let payload =
-                            unsafe { std::slice::from_raw_parts(ptr.cast_const(), payload_len) };
-                        copied = copied
-                            .and_then(|()| link.send_pool.write_at(offset + HEADER_LEN, payload));
-                        len += payload_len;
+            let id = WorkRequest::SendSlot { peer, slot }.id();
+            link.slot_owner[slot as usize] = outgoing.eager_op;
+            let header = outgoing.header;
+            let posted = match outgoing.eager_op.and_then(|id| self.ops.get_mut(&id)) {
+                Some(Op {
+                    buffer,
+                    state:
+                        OpState::Sending {
+                            registration: Some(registration),
+                        },
+                    ..
+                }) => {
+                    // The length fits: it is below the rendezvous threshold.
+                    let payload = registration.sge(buffer.ptr(), buffer.len() as u32);
+                    if header.tag & ZERO_COPY_IMM == 0 {
+                        // No header: a message of whole pages takes no extra packet.
+                        link.qp
+                            .post_send_with_imm(id, &[payload], ZERO_COPY_IMM | header.tag)
+                    } else {
+                        link.send_pool
+                            .write_at(offset, &header.encode())
+                            .and_then(|()| link.send_pool.sge(offset, HEADER_LEN))
+                            .and_then(|header| link.qp.post_send(id, &[header, payload]))
                     }
                 }
-            }
-            link.slot_owner[slot as usize] = outgoing.eager_op;
-            let posted = copied
-                .and_then(|()| link.send_pool.sge(offset, len))
-                .and_then(|header| {
-                    let id = WorkRequest::SendSlot { peer, slot }.id();
-                    match registered {
-                        Some(payload) => link.qp.post_send(id, &[header, payload]),
-                        None => link.qp.post_send(id, &[header]),
-                    }
-                });
+                op => {
+                    let payload: &[u8] = match op {
+                        // SAFETY: an eager send's buffer holds `len()` readable bytes (a
+                        // borrowed slice whose call is waiting, or an owned vector) and is not
+                        // written while the operation is in progress.
+                        Some(op) => unsafe {
+                            std::slice::from_raw_parts(
+                                op.buffer.ptr().cast_const(),
+                                op.buffer.len(),
+                            )
+                        },
+                        None => &[],
+                    };
+                    link.send_pool
+                        .write_at(offset, &header.encode())
+                        .and_then(|()| link.send_pool.write_at(offset + HEADER_LEN, payload))
+                        .and_then(|()| link.send_pool.sge(offset, HEADER_LEN + payload.len()))
+                        .and_then(|header| link.qp.post_send(id, &[header]))
+                }
+            };
             if let Err(err) = posted {
                 self.fail_peer(peer, format!("posting a SEND failed: {err}"));
                 return;

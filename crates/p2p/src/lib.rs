@@ -8,8 +8,8 @@
 //! Messages shorter than the eager threshold (8 KiB) are copied into a pre-registered bounce
 //! buffer and travel in one SEND. Messages from there up to the rendezvous threshold (256 KiB)
 //! also travel in one SEND, zero-copy: the sender registers its buffer through the
-//! registration cache (`regcache`) and the SEND gathers a header and the buffer; the receiver
-//! copies the payload out of its bounce buffer. Longer ones use rendezvous: the sender
+//! registration cache (`regcache`) and SENDs straight from it, the tag in the immediate data;
+//! the receiver copies the payload out of its bounce buffer. Longer ones use rendezvous: the sender
 //! registers its buffer through the cache and sends a request-to-send with address, length and
 //! rkey; the receiver RDMA-READs into its own cached registration and answers with a FIN that
 //! completes the send. Zero-copy eager spares middle sizes the rendezvous' two extra trips

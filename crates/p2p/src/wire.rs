@@ -31,6 +31,12 @@ pub(crate) struct Header {
 /// Encoded size of a [`Header`].
 pub(crate) const HEADER_LEN: usize = 40;
 
+/// Immediate data of a zero-copy eager SEND that carries no header: this bit, and the tag in
+/// the low 31 bits (MPI's tags are non-negative `int`s); the length is the SEND's. A message
+/// whose tag needs the top bit goes with a header instead. Every other SEND has no immediate
+/// data.
+pub(crate) const ZERO_COPY_IMM: u32 = 1 << 31;
+
 impl Header {
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let kind: u32 = match self.kind {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdma_sys::{
-    ibv_cq, ibv_create_cq, ibv_destroy_cq, ibv_poll_cq, ibv_wc, ibv_wc_opcode, ibv_wc_status,
-    ibv_wc_status_str,
+    ibv_cq, ibv_create_cq, ibv_destroy_cq, ibv_poll_cq, ibv_wc, ibv_wc_flags, ibv_wc_opcode,
+    ibv_wc_status, ibv_wc_status_str,
 };
 
 use crate::context::Context;
@@ -55,6 +55,8 @@ pub struct Completion {
     pub byte_len: u32,
     /// Number of the local queue pair the request belonged to.
     pub qp_num: u32,
+    /// The immediate data of a SEND (or RDMA WRITE) with immediate, in host byte order.
+    pub imm_data: Option<u32>,
 }
 
 impl Completion {
@@ -71,11 +73,17 @@ impl Completion {
                 opcode,
             });
         }
+        let imm_data = (wc.wc_flags & ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0).then(|| {
+            // SAFETY: both members of the union are `u32`s, so either reading is a valid
+            // value; with IBV_WC_WITH_IMM set the provider stored the immediate data there.
+            u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data })
+        });
         Ok(Self {
             wr_id: wc.wr_id,
             opcode,
             byte_len: wc.byte_len,
             qp_num: wc.qp_num,
+            imm_data,
         })
     }
 }

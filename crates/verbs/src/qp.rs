@@ -328,6 +328,7 @@ impl QueuePair {
             ibv_wr_opcode::IBV_WR_RDMA_WRITE,
             local,
             Some((remote_addr, rkey)),
+            None,
         )
     }
 
@@ -343,6 +344,7 @@ impl QueuePair {
             ibv_wr_opcode::IBV_WR_RDMA_READ,
             local,
             Some((remote_addr, rkey)),
+            None,
         )
     }
 
@@ -352,7 +354,23 @@ impl QueuePair {
     ///
     /// [`Error::PostSend`] with the errno of `ibv_post_send`.
     pub fn post_send(&self, wr_id: u64, local: &[Sge]) -> Result<()> {
-        self.post_send_wr(wr_id, ibv_wr_opcode::IBV_WR_SEND, local, None)
+        self.post_send_wr(wr_id, ibv_wr_opcode::IBV_WR_SEND, local, None, None)
+    }
+
+    /// Posts a SEND of the `local` elements with 32 bits of immediate data, which the peer's
+    /// receive completion reports as [`Completion::imm_data`](crate::Completion::imm_data).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PostSend`] with the errno of `ibv_post_send`.
+    pub fn post_send_with_imm(&self, wr_id: u64, local: &[Sge], imm_data: u32) -> Result<()> {
+        self.post_send_wr(
+            wr_id,
+            ibv_wr_opcode::IBV_WR_SEND_WITH_IMM,
+            local,
+            None,
+            Some(imm_data),
+        )
     }
 
     fn post_send_wr(
@@ -361,6 +379,7 @@ impl QueuePair {
         opcode: ibv_wr_opcode::Type,
         local: &[Sge],
         remote: Option<(u64, u32)>,
+        imm_data: Option<u32>,
     ) -> Result<()> {
         let opcode_name = match opcode {
             ibv_wr_opcode::IBV_WR_RDMA_WRITE => "RDMA WRITE",
@@ -387,6 +406,10 @@ impl QueuePair {
         wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
         if let Some((remote_addr, rkey)) = remote {
             wr.wr.rdma = rdma_sys::rdma_t { remote_addr, rkey };
+        }
+        if let Some(imm_data) = imm_data {
+            // The wire carries it in network byte order.
+            wr.imm_data_invalidated_rkey_union.imm_data = imm_data.to_be();
         }
         let mut bad_wr = ptr::null_mut();
         // SAFETY: the QP is alive; `wr` and the `Sge` array it points to (same

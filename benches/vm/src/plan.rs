@@ -165,7 +165,8 @@ impl Plan {
         let (volume, min, max) = if self.quick {
             (8 * MIB, 3, 20)
         } else {
-            (32 * MIB, 9, 100)
+            // At least 15: the transfers of megabytes vary most from one to the next.
+            (128 * MIB, 15, 100)
         };
         (volume / bytes.max(1)).clamp(min, max)
     }
@@ -209,7 +210,8 @@ mod tests {
     fn repetitions_stay_within_bounds() {
         let plan = Plan::new(false);
         assert_eq!(plan.round_trips(8), 100);
-        assert_eq!(plan.round_trips(16 * MIB), 9);
+        assert_eq!(plan.round_trips(16 * MIB), 15);
+        assert_eq!(plan.round_trips(2 * MIB), 64);
         assert_eq!(plan.windows(8), 30);
         assert_eq!(plan.windows(16 * MIB), 3);
     }

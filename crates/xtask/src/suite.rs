@@ -316,7 +316,8 @@ pub fn demo(ctx: &Context) -> Result<()> {
         bail!("demo failed: {}", verdict.summary());
     }
     let title = format!(
-        "p2p over Soft-RoCE on {} ({:?}), short plan",
+        "p2p over Soft-RoCE on {} ({:?}), short plan (3 to 20 repetitions: indicative; \
+         `cargo xtask bench p2p` measures the bound)",
         kernel.release, prepared.accel
     );
     let figures = Figures::parse(run.output.iter().map(String::as_str))?;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use p2p::{Communicator, Error, Status, ANY_SOURCE, ANY_TAG};
+use p2p::{Communicator, Error, LaunchConfig, Status, ANY_SOURCE, ANY_TAG};
 use rdma_tests::{
     assert_same_bytes, expect_odp, expect_rxe1, pattern, require_devices, RXE0, RXE1,
 };
@@ -29,7 +29,13 @@ fn rank_entry() {
     let Ok(scenario) = std::env::var(SCENARIO_VAR) else {
         return;
     };
-    let mut comm = Communicator::from_env().unwrap_or_else(|e| panic!("joining: {}", chain(&e)));
+    let joined = match scenario.as_str() {
+        "remapped_send_buffer_without_invalidation" => {
+            LaunchConfig::from_env().and_then(Communicator::without_invalidation)
+        }
+        _ => Communicator::from_env(),
+    };
+    let mut comm = joined.unwrap_or_else(|e| panic!("joining: {}", chain(&e)));
     println!(
         "rank {} of {}: scenario {scenario}, MTU {:?}, cache policy {:?}",
         comm.rank(),
@@ -44,7 +50,10 @@ fn rank_entry() {
         "wildcards_and_ring" => wildcards_and_ring(&mut comm),
         "truncation" => truncation(&mut comm),
         "dead_peer" => dead_peer(&mut comm),
-        "remapped_send_buffer" => remapped_send_buffer(&mut comm),
+        "remapped_send_buffer" => remapped_send_buffer(&mut comm, Expect::NewBytes),
+        "remapped_send_buffer_without_invalidation" => {
+            remapped_send_buffer(&mut comm, Expect::OldBytes);
+        }
         "join_only" => {}
         other => panic!("unknown scenario {other}"),
     }
@@ -367,16 +376,26 @@ fn map(len: usize, hint: Option<usize>) -> *mut u8 {
 /// with new contents between two sends; the receiver must get the new bytes. Once at a
 /// zero-copy eager size (the SEND reads the cached registration) and once at a rendezvous
 /// size (the receiver READs through it).
-fn remapped_send_buffer(comm: &mut Communicator) {
+fn remapped_send_buffer(comm: &mut Communicator, expect: Expect) {
     let page = 4096;
     let zero_copy = (comm.eager_threshold() + comm.rendezvous_threshold()) / 2 / page * page;
     assert!(zero_copy >= comm.eager_threshold() && zero_copy < comm.rendezvous_threshold());
     for (first_tag, len) in [(0, zero_copy), (10, MIB.max(comm.rendezvous_threshold()))] {
-        remapped_send_buffer_of(comm, first_tag, len);
+        remapped_send_buffer_of(comm, first_tag, len, expect);
     }
 }
 
-fn remapped_send_buffer_of(comm: &mut Communicator, first_tag: u32, len: usize) {
+/// What the receiver of a remapped send buffer must get.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// What the buffer held when it was sent: the cache noticed the remapping.
+    NewBytes,
+    /// Every round, the first mapping's bytes: a cache that never learns of munmap keeps
+    /// sending from the first mapping's pages, which its registration still pins.
+    OldBytes,
+}
+
+fn remapped_send_buffer_of(comm: &mut Communicator, first_tag: u32, len: usize, expect: Expect) {
     let rounds = 3u32;
     if comm.rank() == 0 {
         let first = map(len, None);
@@ -405,8 +424,12 @@ fn remapped_send_buffer_of(comm: &mut Communicator, first_tag: u32, len: usize) 
         for round in 0..rounds {
             let status = ok(comm.recv(&mut buf, 0, first_tag + round), "recv");
             assert_eq!(status.len, len);
+            let sent_in_round = match expect {
+                Expect::NewBytes => round,
+                Expect::OldBytes => 0,
+            };
             assert_same_bytes(
-                &pattern(len, seed(first_tag + round, len)),
+                &pattern(len, seed(first_tag + sent_in_round, len)),
                 &buf,
                 "bytes after remapping",
             );
@@ -614,6 +637,17 @@ fn a_dead_peer_is_an_error_not_a_hang() {
     let mut job = Job::on_rxe0("dead_peer", 2).env("P2P_TIMEOUT_MS", "15000");
     job.ranks[1].exit_code = DEAD_RANK_EXIT_CODE;
     job.run();
+}
+
+/// The negative control of the test below: the same scenario through a cache without
+/// invalidation delivers the first mapping's bytes every round, at the zero-copy and at the
+/// rendezvous size, so the check there would catch a stale registration.
+#[test]
+fn negative_control_without_invalidation_delivers_the_old_bytes() {
+    if require_devices().is_none() {
+        return;
+    }
+    Job::on_rxe0("remapped_send_buffer_without_invalidation", 2).run();
 }
 
 #[test]

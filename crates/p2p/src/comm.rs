@@ -245,6 +245,26 @@ impl Communicator {
     /// [`Error::Setup`] for a failing verbs call, [`Error::NoRoceGid`], [`Error::Cache`],
     /// [`Error::Bootstrap`] when a rank does not show up within the timeout.
     pub fn new(config: LaunchConfig) -> Result<Self> {
+        Self::connect(config, Registrations::from_env)
+    }
+
+    /// [`Communicator::new`] with a registration cache that never learns of munmap, so it
+    /// hands out registrations of pages a buffer no longer has: the negative control of the
+    /// stale-buffer tests, which must see the old bytes arrive. Never use it for anything else.
+    ///
+    /// # Errors
+    /// As [`Communicator::new`].
+    #[cfg(feature = "testing")]
+    pub fn without_invalidation(config: LaunchConfig) -> Result<Self> {
+        Self::connect(config, |pd, _| {
+            Ok(Registrations::trust_without_invalidation(pd))
+        })
+    }
+
+    fn connect(
+        config: LaunchConfig,
+        registrations: impl FnOnce(Arc<ProtectionDomain>, Mtu) -> Result<Registrations>,
+    ) -> Result<Self> {
         let device = match &config.device {
             Some(device) => device.clone(),
             None => verbs::devices()
@@ -274,7 +294,7 @@ impl Communicator {
             .map_err(setup_error(dev, "creating the send CQ"))?;
         let recv_cq = CompletionQueue::new(&ctx, RECV_SLOTS.saturating_mul(peers))
             .map_err(setup_error(dev, "creating the receive CQ"))?;
-        let registrations = Registrations::from_env(Arc::clone(&pd), mtu)?;
+        let registrations = registrations(Arc::clone(&pd), mtu)?;
         let eager_limit = config.rendezvous_threshold.max(config.eager_threshold);
         let recv_slot_len = HEADER_LEN + eager_limit;
         let send_slot_len = HEADER_LEN + config.eager_threshold;

@@ -52,6 +52,14 @@ impl Registrations {
         Ok(Self { cache })
     }
 
+    /// A cache that never learns of munmap ([`RdmaCache::trust_without_invalidation`]): the
+    /// negative control of the stale-buffer tests.
+    #[cfg(feature = "testing")]
+    pub(crate) fn trust_without_invalidation(pd: Arc<ProtectionDomain>) -> Self {
+        let cache = RdmaCache::trust_without_invalidation(pd, regcache::Limits::default());
+        Self { cache }
+    }
+
     /// A registration of a send buffer the peer will RDMA READ.
     ///
     /// # Safety

@@ -605,28 +605,26 @@ fn two_ranks_exchange_every_size_from_0_bytes_to_64_mib() {
         .run();
 }
 
+/// Runs `scenario` with `ranks` ranks on `rxe0`, unless there is no RDMA device to test on.
+fn run_on_rxe0(scenario: &'static str, ranks: usize) {
+    if require_devices().is_some() {
+        Job::on_rxe0(scenario, ranks).run();
+    }
+}
+
 #[test]
 fn messages_match_in_order_by_source_and_tag() {
-    if require_devices().is_none() {
-        return;
-    }
-    Job::on_rxe0("order", 2).run();
+    run_on_rxe0("order", 2);
 }
 
 #[test]
 fn four_ranks_receive_with_wildcards_and_pass_a_ring() {
-    if require_devices().is_none() {
-        return;
-    }
-    Job::on_rxe0("wildcards_and_ring", 4).run();
+    run_on_rxe0("wildcards_and_ring", 4);
 }
 
 #[test]
 fn a_too_small_receive_buffer_is_a_truncation_error() {
-    if require_devices().is_none() {
-        return;
-    }
-    Job::on_rxe0("truncation", 2).run();
+    run_on_rxe0("truncation", 2);
 }
 
 #[test]
@@ -644,10 +642,7 @@ fn a_dead_peer_is_an_error_not_a_hang() {
 /// rendezvous size, so the check there would catch a stale registration.
 #[test]
 fn negative_control_without_invalidation_delivers_the_old_bytes() {
-    if require_devices().is_none() {
-        return;
-    }
-    Job::on_rxe0("remapped_send_buffer_without_invalidation", 2).run();
+    run_on_rxe0("remapped_send_buffer_without_invalidation", 2);
 }
 
 #[test]

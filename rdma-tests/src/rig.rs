@@ -184,7 +184,19 @@ impl AnonMap {
         map
     }
 
+    /// [`AnonMap::at`], or `None` when the range is not free.
+    #[must_use]
+    pub fn try_at(addr: usize, len: usize) -> Option<Self> {
+        Self::try_map(Some(addr), len)
+            .ok()
+            .filter(|map| map.addr() == addr)
+    }
+
     fn map(at: Option<usize>, len: usize) -> Self {
+        Self::try_map(at, len).unwrap_or_else(|err| panic!("mmap of {len} bytes at {at:x?}: {err}"))
+    }
+
+    fn try_map(at: Option<usize>, len: usize) -> std::io::Result<Self> {
         let (hint, fixed) = match at {
             Some(addr) => (addr as *mut libc::c_void, libc::MAP_FIXED_NOREPLACE),
             None => (std::ptr::null_mut(), 0),
@@ -202,16 +214,13 @@ impl AnonMap {
                 0,
             )
         };
-        assert_ne!(
-            ptr,
-            libc::MAP_FAILED,
-            "mmap of {len} bytes at {at:x?}: {}",
-            std::io::Error::last_os_error()
-        );
-        Self {
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
             addr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
             len,
-        }
+        })
     }
 
     /// Start address.
@@ -416,22 +425,7 @@ mod tests {
     /// mapped there already, which fences as well.
     fn fence_below(addr: usize) -> Option<AnonMap> {
         let page = 4096;
-        // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped (EEXIST otherwise),
-        // so no existing mapping is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                (addr - page) as *mut libc::c_void,
-                page,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        (ptr != libc::MAP_FAILED).then(|| AnonMap {
-            addr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
-            len: page,
-        })
+        AnonMap::try_at(addr - page, page)
     }
 
     #[test]

@@ -143,6 +143,31 @@ struct Op {
     state: OpState,
 }
 
+impl Op {
+    /// Completes this receive with eager message `status`: `fill` writes its `status.len`
+    /// bytes into the buffer, or, when they do not fit, the receive fails as truncated. If
+    /// `fill` fails, the receive stays as it was and the error is returned.
+    fn complete_eager<E>(
+        &mut self,
+        status: Status,
+        fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        self.peer = Some(status.source);
+        let capacity = self.buffer.len();
+        let result = if status.len > capacity {
+            Err(truncation(status, capacity))
+        } else {
+            // SAFETY: the buffer of a receive holds `capacity >= status.len` writable bytes (a
+            // borrowed `&mut [u8]` whose call is waiting, or an owned vector) that nothing else
+            // accesses while the operation is in progress.
+            fill(unsafe { std::slice::from_raw_parts_mut(self.buffer.ptr(), status.len) })?;
+            Ok(status)
+        };
+        self.state = OpState::Done(result);
+        Ok(())
+    }
+}
+
 /// What the matcher keeps of a message that arrived before its receive.
 #[derive(Debug)]
 enum Arrived {
@@ -837,21 +862,10 @@ impl Communicator {
                 let status = status(&header);
                 let delivered = match self.matcher.claim(&status) {
                     Some(id) => {
-                        let op = self.ops.get_mut(&id)?;
-                        op.peer = Some(peer);
-                        let capacity = op.buffer.len();
-                        let result = if len > capacity {
-                            Err(truncation(status, capacity))
-                        } else {
-                            // SAFETY: the buffer of a posted receive holds `capacity >= len`
-                            // writable bytes (a borrowed `&mut [u8]` whose call is waiting, or
-                            // an owned vector) that nothing else accesses now.
-                            let out =
-                                unsafe { std::slice::from_raw_parts_mut(op.buffer.ptr(), len) };
-                            link.recv_pool.read_at(payload_at, out).ok()?;
-                            Ok(status)
-                        };
-                        op.state = OpState::Done(result);
+                        self.ops
+                            .get_mut(&id)?
+                            .complete_eager(status, |out| link.recv_pool.read_at(payload_at, out))
+                            .ok()?;
                         None
                     }
                     None => {
@@ -917,22 +931,10 @@ impl Communicator {
         let truncated = status.len > capacity;
         match arrived {
             Arrived::Eager(payload) => {
-                let result = if truncated {
-                    Err(truncation(status, capacity))
-                } else {
-                    // SAFETY: the buffer holds `capacity >= payload.len()` writable bytes
-                    // (a borrowed `&mut [u8]` whose call is waiting, or an owned vector) and
-                    // nothing else accesses it now; `payload` is a distinct allocation.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            payload.as_ptr(),
-                            op.buffer.ptr(),
-                            payload.len(),
-                        );
-                    }
-                    Ok(status)
-                };
-                op.state = OpState::Done(result);
+                let Ok(()) = op.complete_eager(status, |out| {
+                    out.copy_from_slice(&payload);
+                    Ok::<_, std::convert::Infallible>(())
+                });
             }
             Arrived::Rendezvous { addr, rkey, cookie } => {
                 if let Some(reason) = self.failures[status.source].clone() {
@@ -1069,47 +1071,48 @@ impl Communicator {
             let id = WorkRequest::SendSlot { peer, slot }.id();
             link.slot_owner[slot as usize] = outgoing.eager_op;
             let header = outgoing.header;
-            let posted = match outgoing.eager_op.and_then(|id| self.ops.get_mut(&id)) {
-                Some(Op {
-                    buffer,
-                    state:
-                        OpState::Sending {
-                            registration: Some(registration),
-                        },
-                    ..
-                }) => {
-                    // The length fits: it is below the rendezvous threshold.
-                    let payload = registration.sge(buffer.ptr(), buffer.len() as u32);
-                    if header.tag & ZERO_COPY_IMM == 0 {
-                        // No header: a message of whole pages takes no extra packet.
-                        link.qp
-                            .post_send_with_imm(id, &[payload], ZERO_COPY_IMM | header.tag)
-                    } else {
-                        link.send_pool
-                            .write_at(offset, &header.encode())
-                            .and_then(|()| link.send_pool.sge(offset, HEADER_LEN))
-                            .and_then(|header| link.qp.post_send(id, &[header, payload]))
+            // What follows the header in the slot (a copied payload), and the user's buffer as
+            // the SEND's second element when it goes zero-copy.
+            let (copied, zero_copy): (&[u8], _) =
+                match outgoing.eager_op.and_then(|id| self.ops.get_mut(&id)) {
+                    Some(Op {
+                        buffer,
+                        state:
+                            OpState::Sending {
+                                registration: Some(registration),
+                            },
+                        ..
+                    }) => {
+                        // The length fits: it is below the rendezvous threshold.
+                        (
+                            &[],
+                            Some(registration.sge(buffer.ptr(), buffer.len() as u32)),
+                        )
                     }
+                    Some(op) => {
+                        let (ptr, len) = (op.buffer.ptr().cast_const(), op.buffer.len());
+                        // SAFETY: an eager send's buffer holds `len` readable bytes (a borrowed
+                        // slice whose call is waiting, or an owned vector) and is not written while
+                        // the operation is in progress.
+                        (unsafe { std::slice::from_raw_parts(ptr, len) }, None)
+                    }
+                    None => (&[], None),
+                };
+            let posted = match zero_copy {
+                // No header: a message of whole pages takes no extra packet.
+                Some(payload) if header.tag & ZERO_COPY_IMM == 0 => {
+                    link.qp
+                        .post_send_with_imm(id, &[payload], ZERO_COPY_IMM | header.tag)
                 }
-                op => {
-                    let payload: &[u8] = match op {
-                        // SAFETY: an eager send's buffer holds `len()` readable bytes (a
-                        // borrowed slice whose call is waiting, or an owned vector) and is not
-                        // written while the operation is in progress.
-                        Some(op) => unsafe {
-                            std::slice::from_raw_parts(
-                                op.buffer.ptr().cast_const(),
-                                op.buffer.len(),
-                            )
-                        },
-                        None => &[],
-                    };
-                    link.send_pool
-                        .write_at(offset, &header.encode())
-                        .and_then(|()| link.send_pool.write_at(offset + HEADER_LEN, payload))
-                        .and_then(|()| link.send_pool.sge(offset, HEADER_LEN + payload.len()))
-                        .and_then(|header| link.qp.post_send(id, &[header]))
-                }
+                _ => link
+                    .send_pool
+                    .write_at(offset, &header.encode())
+                    .and_then(|()| link.send_pool.write_at(offset + HEADER_LEN, copied))
+                    .and_then(|()| link.send_pool.sge(offset, HEADER_LEN + copied.len()))
+                    .and_then(|header| match zero_copy {
+                        Some(payload) => link.qp.post_send(id, &[header, payload]),
+                        None => link.qp.post_send(id, &[header]),
+                    }),
             };
             if let Err(err) = posted {
                 self.fail_peer(peer, format!("posting a SEND failed: {err}"));

@@ -1,16 +1,56 @@
-//! The regwatch module's build matrix: Debian bookworm's 6.1 with the host's
-//! gcc-12, and each kernel under test inside the trixie rootfs with gcc-14
-//! (the compiler those kernels were built with). `Kbuild` adds -Werror.
+//! The regwatch module built and staged for guests: Debian bookworm's 6.1
+//! with the host's gcc-12, and each kernel under test inside the trixie rootfs
+//! with gcc-14 (the compiler those kernels were built with), its C tests or
+//! benchmarks, and its DKMS install. `Kbuild` adds -Werror.
 
-use crate::guest::Stage;
-use crate::rootfs::{Kernel, Rootfs};
+use crate::kernels::Kernel;
+use crate::rootfs::Rootfs;
 use crate::sh::{self, cmd};
+use crate::stage::Stage;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 pub fn module_exists(workspace: &Path) -> bool {
     workspace.join("kmod/Kbuild").exists()
+}
+
+/// What a stage gets of `kmod/` besides the module built for each kernel.
+#[derive(Debug, Clone, Copy)]
+pub enum With {
+    Nothing,
+    /// The C tests, which the suite runs, and the DKMS install it loads.
+    TestsAndDkms,
+    /// The C benchmarks.
+    Benches,
+}
+
+/// Builds the module for each kernel in the rootfs into `stage`, with what
+/// `with` asks for. Returns `Ok(false)`, staging nothing, when the workspace
+/// has no module.
+pub fn stage_module(
+    workspace: &Path,
+    rootfs: &Rootfs,
+    stage: &Stage,
+    kernels: &[Kernel],
+    with: With,
+) -> Result<bool> {
+    if !module_exists(workspace) {
+        return Ok(false);
+    }
+    for kernel in kernels {
+        build_in_rootfs(workspace, rootfs, stage, kernel)?;
+    }
+    match with {
+        With::Nothing => {}
+        With::TestsAndDkms => {
+            build_c_programs(workspace, rootfs, stage, CPrograms::Tests)?;
+            stage_dkms_source(workspace, stage)?;
+            dkms_install_in_rootfs(rootfs, stage, kernels)?;
+        }
+        With::Benches => build_c_programs(workspace, rootfs, stage, CPrograms::Benches)?,
+    }
+    Ok(true)
 }
 
 /// Copies `kmod/` to `dest` (fresh), so builds never litter the source tree.
@@ -47,8 +87,15 @@ fn host_headers() -> Result<PathBuf> {
         .context("no /usr/src/linux-headers-*-amd64: install linux-headers-amd64")
 }
 
-/// Builds against bookworm's 6.1 headers with the host compiler.
+/// Builds against bookworm's 6.1 headers with the host compiler; returns the
+/// headers' release.
 pub fn build_on_host(workspace: &Path, build_root: &Path) -> Result<String> {
+    if !module_exists(workspace) {
+        bail!(
+            "no kmod/Kbuild in {}: nothing to build",
+            workspace.display()
+        );
+    }
     let headers = host_headers()?;
     let release = headers
         .file_name()
@@ -76,7 +123,7 @@ pub fn build_on_host(workspace: &Path, build_root: &Path) -> Result<String> {
 }
 
 /// Builds the module for `kernel` inside the rootfs and stages the `.ko`.
-pub fn build_in_rootfs(
+fn build_in_rootfs(
     workspace: &Path,
     rootfs: &Rootfs,
     stage: &Stage,
@@ -100,7 +147,7 @@ pub fn build_in_rootfs(
 /// C programs of `kmod/` built in the rootfs against the uapi header: the
 /// tests, which every suite run executes, and the benchmarks.
 #[derive(Debug, Clone, Copy)]
-pub enum CPrograms {
+enum CPrograms {
     Tests,
     Benches,
 }
@@ -114,7 +161,7 @@ impl CPrograms {
     }
 
     /// The stage subdirectory the guest script runs them from.
-    pub fn stage_dir(self) -> &'static str {
+    fn stage_dir(self) -> &'static str {
         match self {
             CPrograms::Tests => "ctests",
             CPrograms::Benches => "cbench",
@@ -123,7 +170,7 @@ impl CPrograms {
 }
 
 /// Builds `kmod/tests` or `kmod/bench` inside the rootfs into the stage.
-pub fn build_c_programs(
+fn build_c_programs(
     workspace: &Path,
     rootfs: &Rootfs,
     stage: &Stage,
@@ -144,10 +191,29 @@ pub fn build_c_programs(
     })
 }
 
+/// Copies the module's sources (without its tests and benchmarks) into the
+/// stage for a DKMS install.
+fn stage_dkms_source(workspace: &Path, stage: &Stage) -> Result<()> {
+    let dest = stage.dir.join("dkms");
+    fs::create_dir_all(&dest)?;
+    for entry in fs::read_dir(workspace.join("kmod"))? {
+        let path = entry?.path();
+        let name = path.file_name().context("unnamed entry")?;
+        if name == "tests" || name == "bench" {
+            continue;
+        }
+        sh::run(&mut cmd(
+            "cp",
+            ["-a".as_ref(), path.as_os_str(), dest.as_os_str()],
+        ))?;
+    }
+    Ok(())
+}
+
 /// `dkms add`, `build` and `install` of the staged module sources inside the
 /// rootfs for each kernel, replacing an earlier install; the guest then loads
 /// it with modprobe.
-pub fn dkms_install_in_rootfs(rootfs: &Rootfs, stage: &Stage, kernels: &[Kernel]) -> Result<()> {
+fn dkms_install_in_rootfs(rootfs: &Rootfs, stage: &Stage, kernels: &[Kernel]) -> Result<()> {
     let conf = fs::read_to_string(stage.dir.join("dkms/dkms.conf"))
         .context("reading the staged dkms.conf")?;
     let field = |key: &str| {

@@ -6,18 +6,23 @@
 //! integration tests there, because build machines have no RDMA device and
 //! cannot load modules.
 
-mod guest;
+mod artefacts;
+mod commands;
 mod host;
+mod kernel_log;
+mod kernels;
 mod kmod;
 mod p2p_report;
 mod rootfs;
 mod sh;
-mod suite;
+mod stage;
+mod verdict;
 mod virtme;
 mod vmdir;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use commands::{bench, check, demo, vm};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -27,7 +32,7 @@ struct Cli {
     #[arg(long, env = "REGCACHE_VM_DIR", global = true)]
     vm_dir: Option<PathBuf>,
     #[command(flatten)]
-    pins: vmdir::KernelPins,
+    pins: kernels::KernelPins,
     #[command(subcommand)]
     command: Top,
 }
@@ -114,22 +119,22 @@ fn dispatch(cli: Cli) -> Result<()> {
         .join("../..")
         .canonicalize()?;
     let vm_dir = cli.vm_dir.unwrap_or_else(|| workspace.join("target/vm"));
-    let ctx = suite::Context {
+    let ctx = commands::Context {
         workspace,
         vm_dir,
         pins: cli.pins,
     };
     match cli.command {
-        Top::Demo => suite::demo(&ctx),
-        Top::Test => suite::test_everything(&ctx),
-        Top::Vm(VmCommand::Setup) => suite::prepare(&ctx).map(drop),
-        Top::Vm(VmCommand::Test { kernel }) => suite::vm_test(&ctx, &kernel),
-        Top::Vm(VmCommand::Shell { kernel }) => suite::vm_shell(&ctx, &kernel),
-        Top::Vm(VmCommand::Run { kernel, command }) => suite::vm_run(&ctx, &kernel, &command),
-        Top::Vm(VmCommand::Selftest) => suite::vm_selftest(&ctx),
-        Top::Kmod(KmodCommand::Build) => suite::kmod_build(&ctx),
-        Top::Bench(BenchCommand::Regwatch { kernel }) => suite::bench_regwatch(&ctx, &kernel),
-        Top::Bench(BenchCommand::P2p { kernel }) => suite::bench_p2p(&ctx, &kernel),
-        Top::Bench(BenchCommand::HitPath) => suite::bench_hit_path(&ctx),
+        Top::Demo => demo::demo(&ctx),
+        Top::Test => check::test_everything(&ctx),
+        Top::Vm(VmCommand::Setup) => vm::prepare(&ctx).map(drop),
+        Top::Vm(VmCommand::Test { kernel }) => vm::vm_test(&ctx, &kernel),
+        Top::Vm(VmCommand::Shell { kernel }) => vm::vm_shell(&ctx, &kernel),
+        Top::Vm(VmCommand::Run { kernel, command }) => vm::vm_run(&ctx, &kernel, &command),
+        Top::Vm(VmCommand::Selftest) => vm::vm_selftest(&ctx),
+        Top::Kmod(KmodCommand::Build) => check::kmod_build(&ctx),
+        Top::Bench(BenchCommand::Regwatch { kernel }) => bench::bench_regwatch(&ctx, &kernel),
+        Top::Bench(BenchCommand::P2p { kernel }) => bench::bench_p2p(&ctx, &kernel),
+        Top::Bench(BenchCommand::HitPath) => bench::bench_hit_path(&ctx),
     }
 }

@@ -1,10 +1,11 @@
 //! The guests' Debian trixie root filesystem: built once with mmdebstrap,
 //! holding the compiler, rdma-core and every kernel under test with its
-//! headers. Everything is keyed by versions, so a warm run downloads nothing.
+//! headers, and commands run in it with chroot. Everything is keyed by
+//! versions, so a warm run downloads nothing.
 
 use crate::sh::{self, cmd};
 use crate::vmdir::VmDir;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,35 +40,6 @@ const GUEST_PACKAGES: &[&str] = &[
 /// /usr/bin/dracut is missing, so dracut's binary is diverted away.
 const NO_INITRAMFS_HOOK: &str =
     "--customize-hook=chroot \"$1\" dpkg-divert --local --rename --divert /usr/bin/dracut.disabled --add /usr/bin/dracut";
-
-/// A kernel under test, named by its release string (`uname -r`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kernel {
-    pub release: String,
-    /// From trixie-backports (apt needs `-t trixie-backports` for its deps).
-    pub from_backports: bool,
-}
-
-impl Kernel {
-    /// `(major, minor)` of the release, e.g. `(7, 3)` for `7.3.4+deb13-amd64`.
-    pub fn major_minor(&self) -> (u32, u32) {
-        let mut parts = self.release.split(|c: char| !c.is_ascii_digit());
-        let major = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        let minor = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        (major, minor)
-    }
-
-    /// rdma_rxe supports on-demand paging since 6.15.
-    pub fn rxe_has_odp(&self) -> bool {
-        self.major_minor() >= (6, 15)
-    }
-
-    /// A second rxe device in its own network namespace only completes work on
-    /// 7.x (on 6.12 it connects but no completion ever arrives).
-    pub fn rxe_crosses_netns(&self) -> bool {
-        self.major_minor() >= (7, 0)
-    }
-}
 
 /// The trixie rootfs for one package set.
 #[derive(Debug)]
@@ -167,66 +139,19 @@ impl Rootfs {
         sh::output(&mut self.chroot_command(script))
     }
 
-    /// The newest amd64 kernel of trixie-backports and of trixie proper, as
-    /// the rootfs's apt sees them now.
-    pub fn resolve_kernels(&self) -> Result<(Kernel, Kernel)> {
-        let listing = sh::step(
-            "resolving kernel versions (apt-get update in the rootfs)",
-            || {
-                self.chroot("apt-get update -q >/dev/null")?;
-                self.chroot_output("apt-cache show linux-image-amd64")
-            },
-        )?;
-        let mut backports = None;
-        let mut lts = None;
-        let mut version = "";
-        for line in listing.lines() {
-            if let Some(v) = line.strip_prefix("Version: ") {
-                version = v;
-            } else if let Some(deps) = line.strip_prefix("Depends: ") {
-                let release = deps
-                    .split(',')
-                    .filter_map(|dep| dep.trim().strip_prefix("linux-image-"))
-                    .filter_map(|dep| dep.split_whitespace().next())
-                    .next()
-                    .with_context(|| format!("no linux-image-<release> in `{deps}`"))?;
-                let from_backports = version.contains("bpo");
-                let kernel = Kernel {
-                    release: release.to_owned(),
-                    from_backports,
-                };
-                let slot = if from_backports {
-                    &mut backports
-                } else {
-                    &mut lts
-                };
-                slot.get_or_insert(kernel);
-            }
-        }
-        match (backports, lts) {
-            (Some(b), Some(l)) => Ok((b, l)),
-            _ => bail!("apt-cache found no linux-image-amd64 in both trixie-backports and trixie:\n{listing}"),
-        }
-    }
-
-    /// Installs a kernel's image, modules and headers unless present.
-    pub fn ensure_kernel(&self, kernel: &Kernel) -> Result<()> {
-        let stamp = self.stamp(&format!("kernel-{}", kernel.release));
+    /// Installs a kernel's image, modules and headers unless present;
+    /// `apt_target` names the suite apt must take them from when it is not
+    /// one apt installs from by default.
+    pub fn ensure_kernel(&self, release: &str, apt_target: Option<&str>) -> Result<()> {
+        let stamp = self.stamp(&format!("kernel-{release}"));
         if stamp.exists() {
-            eprintln!("    kernel {}: cached", kernel.release);
+            eprintln!("    kernel {release}: cached");
             return Ok(());
         }
-        let what = format!(
-            "installing kernel {} with headers into the rootfs (~1 min, ~150 MB)",
-            kernel.release
-        );
+        let what =
+            format!("installing kernel {release} with headers into the rootfs (~1 min, ~150 MB)");
         sh::step(&what, || {
-            let target = if kernel.from_backports {
-                "-t trixie-backports"
-            } else {
-                ""
-            };
-            let release = &kernel.release;
+            let target = apt_target.map_or(String::new(), |suite| format!("-t {suite}"));
             self.chroot(&format!(
                 "ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -q >/dev/null\n\
                  apt-get install -y -q --no-install-recommends {target} linux-image-{release} linux-headers-{release}\n\
@@ -235,12 +160,6 @@ impl Rootfs {
             fs::write(&stamp, "")?;
             Ok(())
         })
-    }
-
-    pub fn vmlinuz(&self, kernel: &Kernel) -> PathBuf {
-        self.path
-            .join("boot")
-            .join(format!("vmlinuz-{}", kernel.release))
     }
 
     /// A host path inside the rootfs for a guest path like `/opt/regcache`.

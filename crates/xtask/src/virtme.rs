@@ -1,7 +1,9 @@
 //! Booting a kernel of the rootfs with virtme-ng: KVM where it works, TCG
 //! where it does not, and a hard timeout either way.
 
-use crate::rootfs::{Kernel, Rootfs};
+use crate::kernel_log;
+use crate::kernels::Kernel;
+use crate::rootfs::Rootfs;
 use crate::sh::{self, cmd};
 use crate::vmdir::VmDir;
 use anyhow::{Context, Result};
@@ -142,7 +144,7 @@ fn stream_lines(child: &mut Child, label: Option<&str>) -> mpsc::Receiver<String
             for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
                 let line = String::from_utf8_lossy(&line).into_owned();
                 if let Some(label) = &label {
-                    if !is_routine_kernel_line(&line) {
+                    if !kernel_log::is_routine(&line) {
                         eprintln!("[{label}] {line}");
                     }
                 }
@@ -153,19 +155,6 @@ fn stream_lines(child: &mut Child, label: Option<&str>) -> mpsc::Receiver<String
         });
     }
     receiver
-}
-
-/// A timestamped kernel-log line that is no warning: captured and judged,
-/// but not echoed, so the progress shows the guest's own output.
-fn is_routine_kernel_line(line: &str) -> bool {
-    let timestamped = line.trim_start().starts_with('[')
-        && line.split_once(']').is_some_and(|(stamp, _)| {
-            stamp
-                .trim_start_matches([' ', '['])
-                .chars()
-                .all(|c| c.is_ascii_digit() || c == '.')
-        });
-    timestamped && !crate::guest::is_kernel_log_failure(line)
 }
 
 fn kill_group(child: &mut Child) {
@@ -206,7 +195,7 @@ impl Guest<'_> {
         let mut command = Command::new(self.virtme.bin.join("vng"));
         command
             .arg("--run")
-            .arg(self.rootfs.vmlinuz(kernel))
+            .arg(kernel.vmlinuz(self.rootfs))
             .arg("--root")
             .arg(&self.rootfs.path)
             .args([

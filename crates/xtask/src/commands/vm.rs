@@ -1,0 +1,194 @@
+//! `vm setup`, `vm test`, `vm run`, `vm shell` and `vm selftest`, and
+//! [`prepare`], which every command that boots a guest starts with.
+
+use super::{Context, COMMAND_TIMEOUT, SUITE_TIMEOUT};
+use crate::artefacts;
+use crate::host;
+use crate::kernels::{self, Kernel};
+use crate::rootfs::Rootfs;
+use crate::stage::Stage;
+use crate::verdict::{self, Verdict};
+use crate::virtme::{self, Accel, Guest, Virtme};
+use crate::vmdir::VmDir;
+use anyhow::{bail, Result};
+use std::time::Instant;
+
+const GUEST_MEMORY_GIB: u32 = 4;
+const GUEST_CPUS: u32 = 2;
+
+/// Everything a guest boot needs, installed and cached.
+#[derive(Debug)]
+pub struct Prepared {
+    virtme: Virtme,
+    pub rootfs: Rootfs,
+    /// Every kernel under test, newest first.
+    pub kernels: Vec<Kernel>,
+    pub accel: Accel,
+}
+
+impl Prepared {
+    pub fn guest(&self) -> Guest<'_> {
+        Guest {
+            virtme: &self.virtme,
+            rootfs: &self.rootfs,
+            accel: self.accel,
+            memory_gib: GUEST_MEMORY_GIB,
+            cpus: GUEST_CPUS,
+        }
+    }
+
+    /// The kernels under test a `--kernel` selector picks.
+    pub fn kernels(&self, selector: &str) -> Result<Vec<Kernel>> {
+        kernels::select(&self.kernels, selector)
+    }
+}
+
+/// `vm setup`: host packages, virtme-ng, rootfs, kernels, KVM or TCG.
+pub fn prepare(ctx: &Context) -> Result<Prepared> {
+    let started = Instant::now();
+    eprintln!("==> VM set-up (cache: {})", ctx.vm_dir.display());
+    host::require_root("the VM harness")?;
+    host::install_packages()?;
+    let vm = VmDir::new(ctx.vm_dir.clone())?;
+    let virtme = Virtme::ensure(&vm)?;
+    let rootfs = Rootfs::locate(&vm);
+    rootfs.ensure_base()?;
+    let kernels = kernels::under_test(&vm, &rootfs, &ctx.pins)?;
+    for kernel in &kernels {
+        kernel.ensure_installed(&rootfs)?;
+    }
+    host::assert_no_trixie_sources()?;
+    let accel = virtme::detect_accel(&kernels[0].vmlinuz(&rootfs));
+    eprintln!(
+        "    VM set-up ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Prepared {
+        virtme,
+        rootfs,
+        kernels,
+        accel,
+    })
+}
+
+/// Boots each kernel with the suite and prints a summary per kernel.
+fn run_suite(prepared: &Prepared, stage: &Stage, kernels: &[Kernel]) -> Result<()> {
+    let mut verdicts = Vec::new();
+    for kernel in kernels {
+        let run = prepared
+            .guest()
+            .run(kernel, &stage.exec_line(kernel, "test"), SUITE_TIMEOUT)?;
+        verdicts.push((kernel, verdict::judge(&run), run.elapsed));
+    }
+    eprintln!("==> VM suite summary");
+    for (kernel, verdict, elapsed) in &verdicts {
+        let state = if verdict.ok() { "PASS" } else { "FAIL" };
+        eprintln!(
+            "    {state} {} in {} s: {}",
+            kernel.release,
+            elapsed.as_secs(),
+            verdict.summary()
+        );
+    }
+    let failed = verdicts.iter().filter(|(_, v, _)| !v.ok()).count();
+    if failed > 0 {
+        bail!(
+            "the VM suite failed on {failed} of {} kernels",
+            verdicts.len()
+        );
+    }
+    Ok(())
+}
+
+/// `vm test`.
+pub fn vm_test(ctx: &Context, selector: &str) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernels = prepared.kernels(selector)?;
+    let stage = artefacts::stage_suite(&ctx.workspace, &prepared.rootfs, &kernels)?;
+    run_suite(&prepared, &stage, &kernels)
+}
+
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// Runs the guest script's `run` mode with `command_line` on `kernel` and
+/// judges the run.
+fn run_command(
+    prepared: &Prepared,
+    stage: &Stage,
+    kernel: &Kernel,
+    command_line: &str,
+) -> Result<Verdict> {
+    let run = prepared.guest().run(
+        kernel,
+        &stage.exec_line(kernel, &format!("run {command_line}")),
+        COMMAND_TIMEOUT,
+    )?;
+    Ok(verdict::judge(&run))
+}
+
+/// `vm run --kernel K -- CMD`: exits non-zero when the command or the kernel log failed.
+pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernels = prepared.kernels(selector)?;
+    let stage = artefacts::stage_suite(&ctx.workspace, &prepared.rootfs, &kernels)?;
+    let line: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
+    for kernel in &kernels {
+        let verdict = run_command(&prepared, &stage, kernel, &line.join(" "))?;
+        if !verdict.ok() {
+            bail!("{}: {}", kernel.release, verdict.summary());
+        }
+    }
+    Ok(())
+}
+
+/// `vm shell`.
+pub fn vm_shell(ctx: &Context, selector: &str) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernels = prepared.kernels(selector)?;
+    let stage = artefacts::stage_suite(&ctx.workspace, &prepared.rootfs, &kernels[..1])?;
+    prepared
+        .guest()
+        .interactive(&kernels[0], &stage.exec_line(&kernels[0], "shell"))
+}
+
+/// `vm selftest`: the harness must fail a guest command that exits 1 and
+/// one that leaves a kernel warning, and pass a clean one.
+pub fn vm_selftest(ctx: &Context) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let stage = Stage::fresh(&prepared.rootfs)?;
+    let kernel = &prepared.kernels("lts")?[0];
+    let cases = [
+        ("a command exiting 1", "false", false),
+        (
+            "a kernel WARNING",
+            "sh -c 'echo \"WARNING: regcache harness selftest\" > /dev/kmsg'",
+            false,
+        ),
+        ("a clean command", "true", true),
+    ];
+    let mut wrong = Vec::new();
+    for (name, command, should_pass) in cases {
+        let verdict = run_command(&prepared, &stage, kernel, command)?;
+        let judged = if verdict.ok() { "pass" } else { "failure" };
+        let right = verdict.ok() == should_pass;
+        eprintln!(
+            "    selftest: {name}: reported as {judged} ({}){}",
+            if right { "correct" } else { "WRONG" },
+            if verdict.ok() {
+                String::new()
+            } else {
+                format!(": {}", verdict.summary())
+            }
+        );
+        if !right {
+            wrong.push(name);
+        }
+    }
+    if !wrong.is_empty() {
+        bail!("harness selftest: misjudged {}", wrong.join(", "));
+    }
+    eprintln!("    selftest: all 3 cases judged correctly");
+    Ok(())
+}

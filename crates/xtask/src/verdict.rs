@@ -1,0 +1,105 @@
+//! What comes out of a guest run, judged on the host: the guest command's
+//! status, each test program's result and every line of the kernel log.
+
+use crate::kernel_log;
+use crate::virtme::GuestRun;
+use std::fmt::Write as _;
+
+/// The host's reading of one guest run.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    /// Test cases counted from libtest's `test result:` lines.
+    pub cases_passed: u64,
+    pub cases_failed: u64,
+    pub problems: Vec<String>,
+}
+
+impl Verdict {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.problems.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "{} test programs passed, {} failed ({} test cases passed, {} failed)",
+            self.passed.len(),
+            self.failed.len(),
+            self.cases_passed,
+            self.cases_failed
+        );
+        for name in &self.failed {
+            let _ = write!(text, "\n      failed: {name}");
+        }
+        for problem in &self.problems {
+            let _ = write!(text, "\n      problem: {problem}");
+        }
+        text
+    }
+}
+
+/// Judges a guest run: its exit status, the per-program results, and every
+/// line of the kernel log.
+pub fn judge(run: &GuestRun) -> Verdict {
+    let mut verdict = Verdict::default();
+    let mut in_kernel_log = false;
+    let mut saw_kernel_log = false;
+    for line in &run.output {
+        if line.contains(kernel_log::BEGIN_MARKER) {
+            in_kernel_log = true;
+            continue;
+        }
+        if line.contains(kernel_log::END_MARKER) {
+            in_kernel_log = false;
+            saw_kernel_log = true;
+            continue;
+        }
+        if in_kernel_log {
+            if kernel_log::is_failure(line) {
+                verdict
+                    .problems
+                    .push(format!("kernel log: {}", line.trim()));
+            }
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("REGCACHE-RESULT pass ") {
+            verdict.passed.push(name.to_owned());
+        } else if let Some(name) = line.strip_prefix("REGCACHE-RESULT fail ") {
+            verdict.failed.push(name.to_owned());
+        } else if let Some(counts) = line.strip_prefix("test result: ") {
+            verdict.cases_passed += libtest_count(counts, "passed");
+            verdict.cases_failed += libtest_count(counts, "failed");
+        }
+    }
+    match run.status {
+        None => verdict
+            .problems
+            .push(format!("boot timed out after {} s", run.elapsed.as_secs())),
+        Some(0) => {}
+        Some(code) => verdict
+            .problems
+            .push(format!("guest command exited with status {code}")),
+    }
+    if !saw_kernel_log {
+        verdict
+            .problems
+            .push("the guest never printed its kernel log (crash or timeout?)".to_owned());
+    }
+    verdict
+}
+
+/// The number libtest prints before `label` in a `test result:` line such as
+/// `ok. 3 passed; 0 failed; 0 ignored; ...`.
+fn libtest_count(counts: &str, label: &str) -> u64 {
+    counts
+        .split(';')
+        .find_map(|part| {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            match words.as_slice() {
+                [.., number, word] if *word == label => number.parse().ok(),
+                _ => None,
+            }
+        })
+        .unwrap_or(0)
+}

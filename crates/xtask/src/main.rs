@@ -5,6 +5,20 @@
 //! (rdma_rxe) in the guest, loads the regwatch module and runs the
 //! integration tests there, because build machines have no RDMA device and
 //! cannot load modules.
+//!
+//! # Where a change belongs
+//!
+//! - A command: `commands/` (`vm`, `check`, `bench`, `demo`), each starting
+//!   from [`commands::vm::prepare`].
+//! - A guest configuration (another kernel, or a kernel with a different
+//!   rdma_rxe): `kernels`, which lists the kernels under test, picks them by
+//!   `--kernel` and says what each must support in the guest.
+//! - Something the guest runs: built on the host or in the rootfs and staged
+//!   by `artefacts::stage_suite` (the module through `kmod::stage_module`);
+//!   the guest script `guest/guest.sh` runs what it finds in the stage.
+//! - What fails a run: `verdict` (results and exit status) and `kernel_log`.
+//! - Below those: `rootfs` (the chroot), `virtme` (booting), `stage` (the
+//!   staging directory), `vmdir` (the cache directory), `host` and `sh`.
 
 mod artefacts;
 mod commands;

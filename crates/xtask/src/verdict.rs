@@ -103,3 +103,71 @@ fn libtest_count(counts: &str, label: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn run(lines: &[&str], status: Option<i32>) -> GuestRun {
+        GuestRun {
+            output: lines.iter().map(|&line| line.to_owned()).collect(),
+            status,
+            elapsed: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_clean_run_passes_and_counts_test_cases() {
+        let verdict = judge(&run(
+            &[
+                "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured",
+                "REGCACHE-RESULT pass smoke-0123",
+                kernel_log::BEGIN_MARKER,
+                "[    1.000000] rdma_rxe: loaded",
+                kernel_log::END_MARKER,
+            ],
+            Some(0),
+        ));
+        assert!(verdict.ok(), "{}", verdict.summary());
+        assert_eq!(verdict.passed, ["smoke-0123"]);
+        assert_eq!((verdict.cases_passed, verdict.cases_failed), (3, 0));
+    }
+
+    #[test]
+    fn a_warning_in_the_kernel_log_fails_a_passing_run() {
+        let verdict = judge(&run(
+            &[
+                "REGCACHE-RESULT pass smoke-0123",
+                kernel_log::BEGIN_MARKER,
+                "[    2.000000] WARNING: CPU: 1 PID: 7 at mm/mmu_notifier.c:1",
+                kernel_log::END_MARKER,
+            ],
+            Some(0),
+        ));
+        assert!(!verdict.ok());
+        assert_eq!(verdict.problems.len(), 1);
+        assert!(verdict.problems[0].contains("WARNING: CPU: 1"));
+    }
+
+    #[test]
+    fn a_run_without_its_kernel_log_or_status_fails() {
+        let verdict = judge(&run(&["REGCACHE-RESULT pass smoke-0123"], None));
+        assert!(!verdict.ok());
+        assert_eq!(verdict.problems.len(), 2, "{}", verdict.summary());
+    }
+
+    #[test]
+    fn a_failed_program_or_status_fails() {
+        let verdict = judge(&run(
+            &[
+                "REGCACHE-RESULT fail seed-4567 (exit 101)",
+                kernel_log::BEGIN_MARKER,
+                kernel_log::END_MARKER,
+            ],
+            Some(1),
+        ));
+        assert_eq!(verdict.failed, ["seed-4567 (exit 101)"]);
+        assert_eq!(verdict.problems.len(), 1, "{}", verdict.summary());
+    }
+}

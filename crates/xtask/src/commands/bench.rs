@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 /// they print are kept in `target/bench/regwatch-<kernel>.txt`.
 pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
-    let kernels = prepared.kernels(selector)?;
+    let kernels = prepared.select_kernels(selector)?;
     let stage = Stage::fresh(&prepared.rootfs)?;
     let staged = kmod::stage_module(
         &ctx.workspace,
@@ -65,7 +65,7 @@ pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
 /// `target/bench/p2p-<kernel>.md`, the figure lines, and two log-log plots.
 pub fn bench_p2p(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
-    let kernel = &prepared.kernels(selector)?[0];
+    let kernel = &prepared.select_kernels(selector)?[0];
     let stage = Stage::fresh(&prepared.rootfs)?;
     // Optional: without kmod/ the variants that need it report a skip.
     kmod::stage_module(

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 /// table of the benchmark's short plan.
 pub fn demo(ctx: &Context) -> Result<()> {
     let prepared = prepare(ctx)?;
-    let kernel = &prepared.kernels("backports")?[0];
+    let kernel = &prepared.select_kernels("backports")?[0];
     let stage = artefacts::stage_suite(
         &ctx.workspace,
         &prepared.rootfs,

@@ -38,7 +38,7 @@ impl Prepared {
     }
 
     /// The kernels under test a `--kernel` selector picks.
-    pub fn kernels(&self, selector: &str) -> Result<Vec<Kernel>> {
+    pub fn select_kernels(&self, selector: &str) -> Result<Vec<Kernel>> {
         kernels::select(&self.kernels, selector)
     }
 }
@@ -103,7 +103,7 @@ fn run_suite(prepared: &Prepared, stage: &Stage, kernels: &[Kernel]) -> Result<(
 /// `vm test`.
 pub fn vm_test(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
-    let kernels = prepared.kernels(selector)?;
+    let kernels = prepared.select_kernels(selector)?;
     let stage = artefacts::stage_suite(&ctx.workspace, &prepared.rootfs, &kernels)?;
     run_suite(&prepared, &stage, &kernels)
 }
@@ -131,7 +131,7 @@ fn run_command(
 /// `vm run --kernel K -- CMD`: exits non-zero when the command or the kernel log failed.
 pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
     let prepared = prepare(ctx)?;
-    let kernels = prepared.kernels(selector)?;
+    let kernels = prepared.select_kernels(selector)?;
     let stage = artefacts::stage_suite(&ctx.workspace, &prepared.rootfs, &kernels)?;
     let line: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
     for kernel in &kernels {
@@ -146,7 +146,7 @@ pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
 /// `vm shell`.
 pub fn vm_shell(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
-    let kernels = prepared.kernels(selector)?;
+    let kernels = prepared.select_kernels(selector)?;
     let stage = artefacts::stage_suite(&ctx.workspace, &prepared.rootfs, &kernels[..1])?;
     prepared
         .guest()
@@ -158,7 +158,7 @@ pub fn vm_shell(ctx: &Context, selector: &str) -> Result<()> {
 pub fn vm_selftest(ctx: &Context) -> Result<()> {
     let prepared = prepare(ctx)?;
     let stage = Stage::fresh(&prepared.rootfs)?;
-    let kernel = &prepared.kernels("lts")?[0];
+    let kernel = &prepared.select_kernels("lts")?[0];
     let cases = [
         ("a command exiting 1", "false", false),
         (

@@ -8,6 +8,7 @@ use crate::sh;
 use crate::vmdir::VmDir;
 use anyhow::{bail, Context, Result};
 use std::fs;
+use std::path::PathBuf;
 
 /// The file in the cache directory that remembers the resolved releases.
 const RESOLVED_FILE: &str = "kernels.resolved";
@@ -86,7 +87,7 @@ impl Kernel {
     }
 
     /// The kernel image in the rootfs.
-    pub fn vmlinuz(&self, rootfs: &Rootfs) -> std::path::PathBuf {
+    pub fn vmlinuz(&self, rootfs: &Rootfs) -> PathBuf {
         rootfs.host_path(&format!("/boot/vmlinuz-{}", self.release))
     }
 

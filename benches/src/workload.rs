@@ -4,13 +4,13 @@ use std::hint::black_box;
 use std::io;
 use std::ptr::NonNull;
 
-use regcache::testing::{FakeInvalidation, FakeMemory, FakeRegistrar};
-use regcache::{Access, Cache, Limits, Policy};
+use regcache_core::testing::{FakeInvalidation, FakeMemory, FakeRegistrar, XorShift};
+use regcache_core::{Access, Cache, Limits, Policy};
 
 use crate::ucx::UcxCache;
 
 /// Page size: both caches align registrations to it.
-pub const PAGE: usize = 4096;
+pub use regcache_core::PAGE;
 /// Distance between region starts: one page of region, one page of gap, so that neither cache
 /// merges neighbours.
 pub const STRIDE: usize = 2 * PAGE;
@@ -124,7 +124,7 @@ impl HitFixture {
             "regcache must hold every region separately"
         );
         assert_eq!(ucx.registrations(), regions as u64, "UCX registrations");
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
         let random = (0..STREAM)
             .map(|_| arena.request(rng.below(regions)))
             .collect();
@@ -263,17 +263,5 @@ impl MissFixture {
     /// [`MissFixture::ucx_misses`].
     pub fn misses(&self) -> (u64, u64) {
         (self.ours.stats().misses, self.ucx.registrations())
-    }
-}
-
-/// xorshift64: a reproducible stream with no dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, bound: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % bound as u64) as usize
     }
 }

@@ -12,18 +12,14 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use memmap2::MmapMut;
+pub use verbs::error_chain;
 use verbs::{
-    AccessFlags, CompletionQueue, Context, DeviceInfo, MemoryRegion, Mtu, ProtectionDomain,
-    QpConfig, QueuePair,
+    CompletionQueue, Context, DeviceInfo, Mtu, ProtectionDomain, QpConfig, QueuePair, FIRST_PORT,
 };
 
 /// Upper bound for every completion wait: generous for an emulated (TCG)
 /// machine, short enough that a lost completion fails the test instead of hanging it.
 pub const COMPLETION_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Port used on every Soft-RoCE device.
-pub const PORT: u8 = 1;
 
 /// A Soft-RoCE device of the VM set-up and the IPv4 address of its netdev.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,19 +97,6 @@ pub fn expect_rxe1() -> bool {
     expect_flag("REGCACHE_EXPECT_RXE1")
 }
 
-/// An error followed by its `source()` chain, for assertion messages.
-#[must_use]
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// One end of an RC connection: its device, PD, a CQ for both directions and the QP.
 #[derive(Debug)]
 pub struct Side {
@@ -138,19 +121,19 @@ impl Side {
         let ctx = Context::open(node.device)
             .unwrap_or_else(|e| panic!("open {}: {}", node.device, error_chain(&e)));
         let gid = ctx
-            .find_roce_v2_ipv4_gid(PORT, node.addr)
+            .roce_v2_gid(FIRST_PORT, Some(node.addr))
             .unwrap_or_else(|e| panic!("GID table of {}: {}", node.device, error_chain(&e)))
             .unwrap_or_else(|| {
                 panic!(
                     "{} has no RoCE v2 GID for {}; table: {:?}",
                     node.device,
                     node.addr,
-                    ctx.gid_table(PORT)
+                    ctx.gid_table(FIRST_PORT)
                 )
             });
         let pd = ProtectionDomain::new(&ctx).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         let cq = CompletionQueue::new(&ctx, 128).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-        let qp = QueuePair::create_rc(&pd, &cq, &cq, QpConfig::new(PORT, gid.index))
+        let qp = QueuePair::create_rc(&pd, &cq, &cq, QpConfig::new(FIRST_PORT, gid.index))
             .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         Self { ctx, pd, cq, qp }
     }
@@ -188,48 +171,6 @@ pub fn connected_pair(a: Node, b: Node, mtu: Mtu) -> (Side, Side) {
         .connect(&ep_a, mtu)
         .unwrap_or_else(|e| panic!("connect {b:?} -> {ep_a:?}: {}", error_chain(&e)));
     (side_a, side_b)
-}
-
-/// A memory region registered with the raw [`MemoryRegion::register`] over a
-/// private anonymous mapping: the way the cache registers user memory.
-#[derive(Debug)]
-pub struct MappedRegion {
-    // Before `map`: deregister before unmapping (fields drop in order).
-    mr: MemoryRegion,
-    map: MmapMut,
-}
-
-impl MappedRegion {
-    /// Maps `len` zeroed bytes and registers them with `access`.
-    ///
-    /// # Errors
-    ///
-    /// The registration error (e.g. `EOPNOTSUPP` for `ON_DEMAND` without ODP).
-    ///
-    /// # Panics
-    ///
-    /// When the anonymous mapping cannot be created.
-    pub fn new(pd: &Arc<ProtectionDomain>, len: usize, access: AccessFlags) -> verbs::Result<Self> {
-        let mut map = MmapMut::map_anon(len).expect("anonymous mapping");
-        // SAFETY: the mapping is owned by the returned value and stays mapped
-        // until after the region is deregistered (field order). Rust code
-        // only looks at it through `bytes`, whose callers promise that no
-        // operation is writing it at the time.
-        let mr = unsafe { MemoryRegion::register(pd, map.as_mut_ptr(), len, access) }?;
-        Ok(Self { mr, map })
-    }
-
-    /// The registration.
-    #[must_use]
-    pub fn mr(&self) -> &MemoryRegion {
-        &self.mr
-    }
-
-    /// The bytes; call only when no work request or peer is writing the region.
-    #[must_use]
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
-    }
 }
 
 /// `len` bytes in which every 8-byte word differs from its neighbours and

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rdma_tests::{error_chain, in_vm};
+use regcache::testing::XorShift;
 use regwatch::{Builder, Error, Monitor, Reason, Record, Watch};
 
 /// Opens a monitor, or returns `None` after printing why on a host without
@@ -609,18 +610,15 @@ struct Outcome {
 fn race(monitor: &Monitor, ledger: &Ledger, thread: u64, until: Instant) -> Outcome {
     let page = page();
     let mut outcome = Outcome::default();
-    let mut random = 0x9e37_79b9_7f4a_7c15_u64 ^ thread;
+    let mut random = XorShift::new(0x9e37_79b9_7f4a_7c15_u64 ^ thread);
     while Instant::now() < until {
-        random ^= random << 13;
-        random ^= random >> 7;
-        random ^= random << 17;
         let cookie = (thread << 32) | outcome.watches;
         outcome.watches += 1;
         let addr = map_pages(3);
         let middle = addr + page;
         let w = watch(monitor, middle, page, cookie);
         assert!(monitor.is_valid(&w));
-        match random % 3 {
+        match random.below(3) {
             0 => {
                 unmap(addr, 3 * page);
                 assert!(!monitor.is_valid(&w));

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use rdma_tests::{
     assert_same_bytes, connected_pair, error_chain, expect_odp, expect_rxe1, pattern,
-    require_devices, MappedRegion, Node, Side, RXE0, RXE1,
+    require_devices, Node, Side, RXE0, RXE1,
 };
 use verbs::{
-    AccessFlags, Context, Error, Mtu, OwnedMemoryRegion, PortState, Prefetch, ProtectionDomain,
-    WcOpcode,
+    AccessFlags, Context, Error, GidType, Mtu, OwnedMemoryRegion, PortState, Prefetch,
+    ProtectionDomain, WcOpcode, FIRST_PORT,
 };
 
 const MIB: usize = 1 << 20;
@@ -50,20 +50,24 @@ fn rxe0_port_is_active_with_a_roce_v2_gid_for_its_address() {
         return;
     }
     let ctx = unwrap(Context::open(RXE0.device), "open rxe0");
-    let port = unwrap(ctx.query_port(1), "query port");
+    let port = unwrap(ctx.query_port(FIRST_PORT), "query port");
     assert_eq!(port.state, PortState::Active, "{port:?}");
     assert_eq!(
         port.active_mtu,
         Some(Mtu::Mtu4096),
         "veth MTU 9000 allows 4096: {port:?}"
     );
-    let entry = unwrap(ctx.find_roce_v2_ipv4_gid(1, RXE0.addr), "GID table")
+    let entry = unwrap(ctx.roce_v2_gid(FIRST_PORT, Some(RXE0.addr)), "GID table")
         .expect("RoCE v2 GID of 10.77.0.1");
     assert_eq!(entry.gid.to_ipv4_mapped(), Some(RXE0.addr));
     assert_eq!(
-        unwrap(ctx.query_gid(1, entry.index), "query GID"),
+        unwrap(ctx.query_gid(FIRST_PORT, entry.index), "query GID"),
         entry.gid
     );
+    // What a QP connected to itself (the ODP self-test's) sends from: RoCE v2 over IPv4 too.
+    let any = unwrap(ctx.roce_v2_gid(FIRST_PORT, None), "GID table").expect("a GID");
+    assert_eq!(any.gid_type, Some(GidType::RoceV2), "{any:?}");
+    assert!(any.gid.to_ipv4_mapped().is_some(), "{any:?}");
 }
 
 #[test]
@@ -109,9 +113,12 @@ fn pinned_and_odp_regions_register() {
     let pd = unwrap(ProtectionDomain::new(&ctx), "alloc PD");
     let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
 
-    let pinned = unwrap(MappedRegion::new(&pd, MIB, access), "pinned registration");
+    let pinned = unwrap(
+        OwnedMemoryRegion::anonymous(&pd, MIB, access),
+        "pinned registration",
+    );
     assert_eq!(pinned.mr().len(), MIB);
-    assert_eq!(pinned.mr().addr(), pinned.bytes().as_ptr() as u64);
+    assert_eq!(pinned.mr().addr(), pinned.as_ptr() as u64);
     assert_eq!(pinned.mr().access(), access);
 
     let owned = unwrap(
@@ -129,7 +136,7 @@ fn pinned_and_odp_regions_register() {
         Err(Error::RangeOutOfBounds { .. })
     ));
 
-    let odp = MappedRegion::new(&pd, MIB, access | AccessFlags::ON_DEMAND);
+    let odp = OwnedMemoryRegion::anonymous(&pd, MIB, access | AccessFlags::ON_DEMAND);
     if expect_odp() {
         let odp = unwrap(odp, "ODP registration");
         assert_eq!(odp.mr().len(), MIB);
@@ -217,7 +224,7 @@ fn write_read_send_round_trip(a: Node, b: Node) {
     );
     unwrap(src.write_at(0, &expected), "fill source");
     let target = unwrap(
-        MappedRegion::new(
+        OwnedMemoryRegion::anonymous(
             &responder.pd,
             MIB,
             paging.with(
@@ -227,7 +234,7 @@ fn write_read_send_round_trip(a: Node, b: Node) {
         "target",
     );
     let sink = unwrap(
-        MappedRegion::new(&initiator.pd, MIB, paging.with(AccessFlags::LOCAL_WRITE)),
+        OwnedMemoryRegion::anonymous(&initiator.pd, MIB, paging.with(AccessFlags::LOCAL_WRITE)),
         "read sink",
     );
 
@@ -242,7 +249,7 @@ fn write_read_send_round_trip(a: Node, b: Node) {
     );
     let done = initiator.expect_completion("RDMA WRITE");
     assert_eq!((done.wr_id, done.opcode), (1, WcOpcode::RdmaWrite));
-    assert_same_bytes(&expected, target.bytes(), "RDMA WRITE target");
+    assert_same_bytes(&expected, &target.to_vec(), "RDMA WRITE target");
 
     unwrap(
         initiator.qp.post_read(
@@ -255,11 +262,11 @@ fn write_read_send_round_trip(a: Node, b: Node) {
     );
     let done = initiator.expect_completion("RDMA READ");
     assert_eq!((done.wr_id, done.opcode), (2, WcOpcode::RdmaRead));
-    assert_same_bytes(&expected, sink.bytes(), "RDMA READ sink");
+    assert_same_bytes(&expected, &sink.to_vec(), "RDMA READ sink");
 
     let message_len = 16 * 4096 + 100;
     let recv = unwrap(
-        MappedRegion::new(
+        OwnedMemoryRegion::anonymous(
             &responder.pd,
             message_len,
             paging.with(AccessFlags::LOCAL_WRITE),
@@ -285,7 +292,7 @@ fn write_read_send_round_trip(a: Node, b: Node) {
     assert_eq!(received.byte_len as usize, message_len);
     assert_same_bytes(
         &expected[4096..4096 + message_len],
-        recv.bytes(),
+        &recv.to_vec(),
         "SEND/RECV buffer",
     );
 }

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdma_tests::rig::{AnonMap, Link, Tally};
+use rdma_tests::rig::{AnonMap, Tally, WriteRig};
 use rdma_tests::{error_chain, require_devices, RXE0};
 use regcache::{Access, Config, Error, Mode, Policy, RdmaCache};
-use verbs::{Context, ProtectionDomain};
+use verbs::{Context, Mtu, ProtectionDomain};
 
 const WORKERS: usize = 8;
 const BUFFER: usize = 4 * 4096;
@@ -41,8 +41,9 @@ fn pinned_cache_never_sends_stale_bytes_while_buffers_change() {
         mode: Mode::Pinned,
         ..Config::default()
     };
-    let cache =
-        RdmaCache::new(pd.clone(), config).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    // Pinned runs no ODP self-test: the path MTU is not used.
+    let cache = RdmaCache::new(pd.clone(), config, Mtu::Mtu4096)
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     assert_eq!(cache.policy(), Policy::Pinned);
 
     // Adjacent buffers: reserve the whole span, then map each buffer at its place in it.
@@ -56,8 +57,8 @@ fn pinned_cache_never_sends_stale_bytes_while_buffers_change() {
             Mutex::new(Slot { map, byte: 1 })
         })
         .collect();
-    let links: Vec<Link> = (0..WORKERS)
-        .map(|_| Link::new(&pd, RXE0, RXE0, BUFFER))
+    let links: Vec<WriteRig> = (0..WORKERS)
+        .map(|_| WriteRig::new(&pd, RXE0, RXE0, BUFFER))
         .collect();
 
     let stop = AtomicBool::new(false);
@@ -92,7 +93,7 @@ fn pinned_cache_never_sends_stale_bytes_while_buffers_change() {
                             .unwrap_or_else(|e| panic!("worker {i}: write: {}", error_chain(&e)));
                         drop(registration);
                         let tally =
-                            Tally::of(link.landed(BUFFER), slot.byte, slot.byte.wrapping_sub(1));
+                            Tally::of(&link.landed(BUFFER), slot.byte, slot.byte.wrapping_sub(1));
                         assert!(
                             tally.all_expected(),
                             "worker {i}: sent {tally:?} expecting byte {} (stale = previous byte)",
@@ -148,7 +149,7 @@ fn pinned_cache_never_sends_stale_bytes_while_buffers_change() {
         changes.load(Relaxed),
         unstable.load(Relaxed)
     );
-    assert!(stats.invalidations > 0, "no invalidation seen: {stats:?}");
+    assert!(stats.invalidated > 0, "no invalidation seen: {stats:?}");
     assert!(stats.hits > 0, "no hit seen: {stats:?}");
     drop(slots);
     drop(cache);

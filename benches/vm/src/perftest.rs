@@ -5,8 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use rdma_tests::PORT;
-use verbs::Context;
+use verbs::{Context, FIRST_PORT};
 
 use crate::driver::{finish, Place};
 use crate::plan::{Figure, Metric, Plan};
@@ -15,7 +14,7 @@ use crate::plan::{Figure, Metric, Plan};
 /// `ib_read_lat` the round trip of one RDMA READ.
 pub const TOOLS: [&str; 2] = ["ib_write_lat", "ib_read_lat"];
 /// First TCP port perftest's server listens on; every run takes the next one.
-const FIRST_PORT: u16 = 18_700;
+const FIRST_TCP_PORT: u16 = 18_700;
 /// Attempts of a client whose server may not be listening yet.
 const CONNECT_ATTEMPTS: u32 = 10;
 const CONNECT_PAUSE: Duration = Duration::from_millis(500);
@@ -30,7 +29,7 @@ fn gid_index(place: &Place) -> Result<u8> {
     let node = place.node;
     let ctx = Context::open(node.device)?;
     let entry = ctx
-        .find_roce_v2_ipv4_gid(PORT, node.addr)?
+        .roce_v2_gid(FIRST_PORT, Some(node.addr))?
         .with_context(|| format!("{} has no RoCE v2 GID for {}", node.device, node.addr))?;
     Ok(entry.index)
 }
@@ -68,7 +67,7 @@ fn measure(
             "-d".into(),
             place.node.device.into(),
             "-i".into(),
-            PORT.to_string(),
+            FIRST_PORT.to_string(),
             "-x".into(),
             gid.to_string(),
             "-s".into(),
@@ -126,7 +125,7 @@ fn measure(
 /// When a run fails.
 pub fn run(tool: &str, plan: Plan, places: &[Place; 2]) -> Result<()> {
     let gids = [gid_index(&places[0])?, gid_index(&places[1])?];
-    for (port, &bytes) in (FIRST_PORT..).zip(plan.sizes()) {
+    for (port, &bytes) in (FIRST_TCP_PORT..).zip(plan.sizes()) {
         if bytes > PERFTEST_MAX_BYTES {
             println!("p2p-bench: {tool} takes at most {PERFTEST_MAX_BYTES} bytes; {bytes} skipped");
             continue;

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use p2p::Communicator;
-use rdma_tests::PORT;
 use verbs::{
     AccessFlags, CompletionQueue, Context, Gid, OwnedMemoryRegion, ProtectionDomain, QpConfig,
-    QpEndpoint, QueuePair, WcOpcode,
+    QpEndpoint, QueuePair, WcOpcode, FIRST_PORT,
 };
 
 use crate::plan::{Plan, WINDOW};
@@ -133,10 +132,10 @@ impl RawVerbs {
     ) -> Result<Self> {
         let ctx = Context::open(device)?;
         let gid = ctx
-            .find_roce_v2_ipv4_gid(PORT, addr)?
+            .roce_v2_gid(FIRST_PORT, Some(addr))?
             .with_context(|| format!("{device} has no RoCE v2 GID for {addr}"))?;
         let mtu = ctx
-            .query_port(PORT)?
+            .query_port(FIRST_PORT)?
             .active_mtu
             .context("the port reports no active MTU")?;
         let pd = ProtectionDomain::new(&ctx)?;
@@ -145,7 +144,7 @@ impl RawVerbs {
         let qp_config = QpConfig {
             max_send_wr: depth,
             max_recv_wr: depth,
-            ..QpConfig::new(PORT, gid.index)
+            ..QpConfig::new(FIRST_PORT, gid.index)
         };
         let qp = QueuePair::create_rc(&pd, &cq, &cq, qp_config)?;
         let slot_len = plan.max_size();

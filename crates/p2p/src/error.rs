@@ -49,7 +49,7 @@ pub enum Error {
     #[error("creating the registration cache failed")]
     Cache {
         /// What regcache reported.
-        source: regcache::Error,
+        source: regcache::SetupError,
     },
     /// Registering a user buffer through the cache failed.
     #[error("registering {len} bytes of a user buffer failed")]

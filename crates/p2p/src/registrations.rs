@@ -8,9 +8,6 @@ use verbs::{Mtu, ProtectionDomain, Sge};
 
 use crate::error::{Error, Result};
 
-/// Overrides the MTU of the cache's ODP self-test.
-const ODP_PROBE_MTU_VAR: &str = "REGCACHE_ODP_PROBE_MTU";
-
 /// A registered user buffer, kept registered while held.
 #[derive(Debug)]
 pub(crate) struct UserRegistration {
@@ -44,11 +41,8 @@ impl Registrations {
     /// `REGCACHE_ODP_PROBE_MTU` says otherwise, the ODP self-test runs at `mtu`, the path MTU
     /// of the communicator's queue pairs.
     pub(crate) fn from_env(pd: Arc<ProtectionDomain>, mtu: Mtu) -> Result<Self> {
-        let mut config = Config::from_env().map_err(|source| Error::Cache { source })?;
-        if std::env::var_os(ODP_PROBE_MTU_VAR).is_none() {
-            config.odp_probe_mtu = mtu.bytes();
-        }
-        let cache = RdmaCache::new(pd, config).map_err(|source| Error::Cache { source })?;
+        let config = Config::from_env().map_err(|source| Error::Cache { source })?;
+        let cache = RdmaCache::new(pd, config, mtu).map_err(|source| Error::Cache { source })?;
         Ok(Self { cache })
     }
 

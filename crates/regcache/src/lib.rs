@@ -1,47 +1,40 @@
-//! A memory-registration cache for RDMA.
+//! A memory-registration cache for RDMA: the generic cache of `regcache-core` (re-exported
+//! here, see [`Cache`]) over libibverbs registrations and regwatch invalidations, in the mode
+//! the system supports.
 //!
-//! An MPI point-to-point layer calls [`Cache::cached_reg`] before every send; on a hit it costs
-//! a lookup (no lock, no allocation), and it never hands out a registration whose pages were
-//! replaced since it was registered:
+//! [`RdmaCache::new`] chooses how a production cache runs: the user's [`Mode`] (from
+//! [`Config::from_env`]), what the system offers ([`Capabilities`]: the verdict of the ODP
+//! self-test, whether `/dev/regwatch` opens) and the [`Policy`] they resolve to. Everything
+//! that can go wrong there is a [`SetupError`]; a request to the running cache returns the
+//! core's [`Error`].
 //!
-//! - each pinned registration is watched (through an [`InvalidationSource`], regwatch in
-//!   production) *before* it is registered, and the watch is checked again after: a change during
-//!   registration throws the registration away and retries;
-//! - a hit is a cached registration covering `[ptr, ptr + len)`, with at least the requested
-//!   rights, whose watch is still valid;
-//! - overlapping and adjacent requests merge into one registration, up to
-//!   [`Limits::max_merge_bytes`];
-//! - a registration leaves the cache when its pages change, when it is evicted (least recently
-//!   used idle ones first, when [`Limits::max_regions`] or [`Limits::max_bytes`] is exceeded) or
-//!   when a new registration overlaps it; it is deregistered once no [`Registration`] holds it,
-//!   never before.
+//! # Modules
 //!
-//! The registrar and the invalidation source are traits ([`Registrar`], [`InvalidationSource`]),
-//! so the cache logic is tested without hardware against the fakes of `testing` (cargo feature
-//! `testing`).
+//! - `cache`: [`RdmaCache`], which runs the set-up and then forwards requests to the core;
+//! - `setup`: [`Mode`], [`Capabilities`], [`OdpSupport`], [`Mode::resolve`], [`SetupError`];
+//! - `env`: [`Config`] and its `REGCACHE_*` variables;
+//! - `odp_probe`: the ODP self-test ([`odp_self_test`]) behind [`OdpSupport`];
+//! - `registrar`: [`VerbsRegistrar`], the core's registrar over `ibv_reg_mr`;
+//! - `regwatch_or_none`: [`RegwatchOrNone`], the core's invalidation source.
 
-mod access;
 mod cache;
-mod config;
-mod entry;
-mod error;
-mod hazard;
-mod index;
-mod last_hit;
-mod rdma;
-mod stats;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
-mod traits;
+mod env;
+mod odp_probe;
+mod registrar;
+mod regwatch_or_none;
+mod setup;
 
-pub use access::Access;
-pub use cache::Cache;
-pub use config::{Capabilities, Config, Limits, Mode, OdpSupport, Policy, Resolved};
-pub use entry::Registration;
-pub use error::{Error, Result};
-pub use rdma::{
-    odp_self_test, Invalidation, OdpCheck, OdpSelfTest, RdmaCache, RdmaRegistration, RegwatchWatch,
-    VerbsRegistrar,
+pub use cache::{RdmaCache, RdmaRegistration};
+pub use env::Config;
+pub use odp_probe::{odp_self_test, OdpCheck, OdpSelfTest};
+pub use registrar::{VerbsRegion, VerbsRegistrar};
+pub use regwatch_or_none::{RegwatchOrNone, RegwatchWatch};
+pub use setup::{Capabilities, Mode, OdpSupport, Resolved, SetupError};
+
+/// The core's fakes of the registrar and the invalidation source (cargo feature `testing`).
+#[cfg(feature = "testing")]
+pub use regcache_core::testing;
+pub use regcache_core::{
+    Access, Cache, Error, InvalidationSource, Limits, MemoryRegion, NeverWatches, Policy,
+    Registrar, Registration, Result, Stats, PAGE,
 };
-pub use stats::Stats;
-pub use traits::{InvalidationSource, MemoryRegion, NoInvalidation, Registrar};

@@ -5,6 +5,8 @@ use rdma_sys::{
     ibv_port_state,
 };
 
+use crate::error::{Error, Result};
+
 /// On-demand-paging capabilities (`struct ibv_odp_caps`) as plain booleans.
 ///
 /// All fields are `false` on a device or kernel without ODP.
@@ -144,16 +146,31 @@ impl Mtu {
         }
     }
 
+    const ALL: [Self; 5] = [
+        Self::Mtu256,
+        Self::Mtu512,
+        Self::Mtu1024,
+        Self::Mtu2048,
+        Self::Mtu4096,
+    ];
+
     fn from_raw(raw: ibv_mtu::Type) -> Option<Self> {
-        [
-            Self::Mtu256,
-            Self::Mtu512,
-            Self::Mtu1024,
-            Self::Mtu2048,
-            Self::Mtu4096,
-        ]
-        .into_iter()
-        .find(|mtu| mtu.to_raw() == raw)
+        Self::ALL.into_iter().find(|mtu| mtu.to_raw() == raw)
+    }
+}
+
+impl TryFrom<u32> for Mtu {
+    type Error = Error;
+
+    /// The path MTU of `bytes` bytes.
+    ///
+    /// # Errors
+    /// [`Error::NotAPathMtu`] unless `bytes` is 256, 512, 1024, 2048 or 4096.
+    fn try_from(bytes: u32) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|mtu| mtu.bytes() == bytes)
+            .ok_or(Error::NotAPathMtu { bytes })
     }
 }
 
@@ -230,5 +247,21 @@ impl PortAttr {
                 other => LinkLayer::Other(other),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_path_mtus_convert_from_bytes() {
+        for mtu in Mtu::ALL {
+            assert_eq!(Mtu::try_from(mtu.bytes()).unwrap(), mtu);
+        }
+        assert!(matches!(
+            Mtu::try_from(1500),
+            Err(Error::NotAPathMtu { bytes: 1500 })
+        ));
     }
 }

@@ -14,7 +14,7 @@ use crate::attr::{DeviceAttrs, PortAttr};
 use crate::device::DeviceList;
 use crate::error::{last_os_error, note_drop_result, returned_os_error, Error, Result};
 use crate::ext::verbs_op;
-use crate::gid::{Gid, GidEntry, GidType};
+use crate::gid::{choose_roce_v2, Gid, GidEntry, GidType};
 
 /// An open RDMA device (`struct ibv_context`), closed when the last `Arc` goes.
 #[derive(Debug)]
@@ -209,16 +209,19 @@ impl Context {
         Ok(entries)
     }
 
-    /// The RoCE v2 GID entry that carries IPv4 address `addr` (`::ffff:a.b.c.d`)
-    /// on port `port`, i.e. the `sgid_index` to use for traffic from `addr`.
+    /// The GID entry of port `port` that a queue pair sends from (its `sgid_index`):
+    ///
+    /// - for `Some(addr)`, the RoCE v2 entry carrying IPv4 address `addr` (`::ffff:a.b.c.d`),
+    ///   i.e. traffic from that address, or `None`;
+    /// - for `None` (any address will do, e.g. a queue pair connected to itself), a RoCE v2
+    ///   entry over IPv4 where there is one (what Soft-RoCE set-ups use), else any RoCE v2
+    ///   entry, else the first entry (InfiniBand); `None` only for an empty table.
     ///
     /// # Errors
     ///
     /// As for [`Context::gid_table`].
-    pub fn find_roce_v2_ipv4_gid(&self, port: u8, addr: Ipv4Addr) -> Result<Option<GidEntry>> {
-        Ok(self.gid_table(port)?.into_iter().find(|entry| {
-            entry.gid_type == Some(GidType::RoceV2) && entry.gid.to_ipv4_mapped() == Some(addr)
-        }))
+    pub fn roce_v2_gid(&self, port: u8, addr: Option<Ipv4Addr>) -> Result<Option<GidEntry>> {
+        Ok(choose_roce_v2(&self.gid_table(port)?, addr).copied())
     }
 
     fn gid_error(&self, port: u8, index: u8, source: std::io::Error) -> Error {

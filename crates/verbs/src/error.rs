@@ -86,6 +86,26 @@ pub enum Error {
         /// The errno reported by libibverbs.
         source: io::Error,
     },
+    /// `mmap` of anonymous memory for a memory region failed.
+    #[error("mapping {len} bytes of anonymous memory failed")]
+    MapMemory {
+        /// Length of the mapping.
+        len: usize,
+        /// The errno reported by mmap.
+        source: io::Error,
+    },
+    /// A number of bytes that is not an IB path MTU (256, 512, 1024, 2048 or 4096).
+    #[error("{bytes} is not a path MTU (256, 512, 1024, 2048 or 4096)")]
+    NotAPathMtu {
+        /// The number given.
+        bytes: u32,
+    },
+    /// Access bits that this crate does not offer (e.g. remote atomics).
+    #[error("access bits {bits:#x} hold rights the verbs layer does not offer")]
+    UnsupportedAccess {
+        /// The bits given.
+        bits: u32,
+    },
     /// A byte range (for a scatter/gather element or a copy) lies outside the memory region.
     #[error("range {offset}+{len} lies outside a memory region of {region_len} bytes")]
     RangeOutOfBounds {
@@ -183,13 +203,16 @@ impl Error {
             | Self::AllocPd { source, .. }
             | Self::RegisterMr { source, .. }
             | Self::AdviseMr { source, .. }
+            | Self::MapMemory { source, .. }
             | Self::CreateCq { source, .. }
             | Self::CreateQp { source }
             | Self::ModifyQp { source, .. }
             | Self::PostSend { source, .. }
             | Self::PostRecv { source, .. }
             | Self::PollCq { source } => source.raw_os_error(),
-            Self::RangeOutOfBounds { .. }
+            Self::NotAPathMtu { .. }
+            | Self::UnsupportedAccess { .. }
+            | Self::RangeOutOfBounds { .. }
             | Self::CompletionTimeout { .. }
             | Self::WorkCompletion { .. } => None,
         }
@@ -235,4 +258,35 @@ pub(crate) fn last_os_error() -> io::Error {
 /// An errno value returned directly by a call (positive, or negated) as an [`io::Error`].
 pub(crate) fn returned_os_error(ret: i32) -> io::Error {
     io::Error::from_raw_os_error(ret.abs())
+}
+
+/// `err` followed by each error of its `source()` chain, joined by `": "`: one line for a log or
+/// an assertion message that names the errno behind a verbs error.
+#[must_use]
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_names_every_cause() {
+        let err = Error::RegisterMr {
+            len: 4096,
+            source: io::Error::other("Bad address"),
+        };
+        assert_eq!(
+            error_chain(&err),
+            "registering a memory region of 4096 bytes failed: Bad address"
+        );
+    }
 }

@@ -70,9 +70,56 @@ pub struct GidEntry {
     pub gid_type: Option<GidType>,
 }
 
+/// The entry [`Context::roce_v2_gid`](crate::Context::roce_v2_gid) chooses from `table`.
+pub(crate) fn choose_roce_v2(table: &[GidEntry], addr: Option<Ipv4Addr>) -> Option<&GidEntry> {
+    let roce_v2 = |entry: &&GidEntry| entry.gid_type == Some(GidType::RoceV2);
+    let Some(addr) = addr else {
+        return table
+            .iter()
+            .filter(roce_v2)
+            .find(|entry| entry.gid.to_ipv4_mapped().is_some())
+            .or_else(|| table.iter().find(roce_v2))
+            .or_else(|| table.first());
+    };
+    table
+        .iter()
+        .filter(roce_v2)
+        .find(|entry| entry.gid.to_ipv4_mapped() == Some(addr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roce_v2_over_ipv4_is_preferred_then_any_roce_v2_then_the_first() {
+        let entry = |index, gid, gid_type| GidEntry {
+            index,
+            gid,
+            gid_type,
+        };
+        let link_local = Gid([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let addr = Ipv4Addr::new(10, 77, 0, 1);
+        let ipv4 = Gid::from_ipv4(addr);
+        let table = [
+            entry(0, link_local, Some(GidType::IbOrRoceV1)),
+            entry(1, link_local, Some(GidType::RoceV2)),
+            entry(2, ipv4, Some(GidType::IbOrRoceV1)),
+            entry(3, ipv4, Some(GidType::RoceV2)),
+        ];
+        let index = |table, addr| choose_roce_v2(table, addr).map(|entry| entry.index);
+        assert_eq!(index(&table, None), Some(3));
+        assert_eq!(index(&table[..3], None), Some(1));
+        assert_eq!(index(&table[..1], None), Some(0));
+        assert_eq!(index(&[], None), None);
+        assert_eq!(index(&table, Some(addr)), Some(3));
+        assert_eq!(
+            index(&table[..3], Some(addr)),
+            None,
+            "only RoCE v2 carries traffic"
+        );
+        assert_eq!(index(&table, Some(Ipv4Addr::new(10, 77, 0, 2))), None);
+    }
 
     #[test]
     fn ipv4_mapped_gid_round_trips() {

@@ -12,7 +12,7 @@
 //! use std::net::Ipv4Addr;
 //! let ctx = verbs::Context::open("rxe0")?;
 //! let odp = ctx.query_device()?.odp;
-//! let gid = ctx.find_roce_v2_ipv4_gid(1, Ipv4Addr::new(10, 77, 0, 1))?;
+//! let gid = ctx.roce_v2_gid(verbs::FIRST_PORT, Some(Ipv4Addr::new(10, 77, 0, 1)))?;
 //! println!("ODP for RC: {}, GID: {gid:?}", odp.covers_rc_send_recv_read_write());
 //! # Ok(())
 //! # }
@@ -34,9 +34,12 @@ pub use attr::{DeviceAttrs, LinkLayer, Mtu, OdpCaps, PortAttr, PortState};
 pub use context::Context;
 pub use cq::{Completion, CompletionQueue, WcOpcode};
 pub use device::{devices, DeviceInfo};
-pub use error::{drop_failures, Error, Result};
+pub use error::{drop_failures, error_chain, Error, Result};
 pub use gid::{Gid, GidEntry, GidType};
 pub use mr::{AccessFlags, MemoryRegion, Prefetch, Sge};
-pub use owned::OwnedMemoryRegion;
+pub use owned::{IoMemory, OwnedMemoryRegion};
 pub use pd::ProtectionDomain;
 pub use qp::{QpConfig, QpEndpoint, QpState, QueuePair};
+
+/// The port number of single-port devices such as Soft-RoCE's (ports are numbered from 1).
+pub const FIRST_PORT: u8 = 1;

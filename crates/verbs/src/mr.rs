@@ -30,6 +30,14 @@ impl AccessFlags {
     /// follows changes of the mapping.
     pub const ON_DEMAND: Self = Self(ibv_access_flags::IBV_ACCESS_ON_DEMAND.0);
 
+    /// Every flag other than `LOCAL_READ` (which is no bit), with its name.
+    const NAMED: [(Self, &'static str); 4] = [
+        (Self::LOCAL_WRITE, "LOCAL_WRITE"),
+        (Self::REMOTE_WRITE, "REMOTE_WRITE"),
+        (Self::REMOTE_READ, "REMOTE_READ"),
+        (Self::ON_DEMAND, "ON_DEMAND"),
+    ];
+
     /// Whether every flag of `other` is set in `self`.
     #[must_use]
     pub fn contains(self, other: Self) -> bool {
@@ -43,6 +51,26 @@ impl AccessFlags {
     }
 }
 
+impl TryFrom<u32> for AccessFlags {
+    type Error = Error;
+
+    /// The flags of raw `ibv_access_flags` bits.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedAccess`] when `bits` holds a right this type does not offer (remote
+    /// atomics, for one).
+    fn try_from(bits: u32) -> Result<Self> {
+        let known = Self::NAMED
+            .iter()
+            .fold(Self::LOCAL_READ, |all, &(flag, _)| all | flag);
+        if bits & !known.0 == 0 {
+            Ok(Self(bits))
+        } else {
+            Err(Error::UnsupportedAccess { bits })
+        }
+    }
+}
+
 impl BitOr for AccessFlags {
     type Output = Self;
 
@@ -53,13 +81,7 @@ impl BitOr for AccessFlags {
 
 impl fmt::Debug for AccessFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = [
-            (Self::LOCAL_WRITE, "LOCAL_WRITE"),
-            (Self::REMOTE_WRITE, "REMOTE_WRITE"),
-            (Self::REMOTE_READ, "REMOTE_READ"),
-            (Self::ON_DEMAND, "ON_DEMAND"),
-        ];
-        let set: Vec<&str> = names
+        let set: Vec<&str> = Self::NAMED
             .iter()
             .filter(|(flag, _)| self.contains(*flag))
             .map(|&(_, name)| name)
@@ -327,5 +349,25 @@ impl Drop for MemoryRegion {
         // PD outlives this call because we hold an `Arc` to it.
         let ret = unsafe { ibv_dereg_mr(self.raw.as_ptr()) };
         note_drop_result("ibv_mr", ret);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_bits_convert_when_known() {
+        let all = AccessFlags::LOCAL_WRITE
+            | AccessFlags::REMOTE_WRITE
+            | AccessFlags::REMOTE_READ
+            | AccessFlags::ON_DEMAND;
+        assert_eq!(AccessFlags::try_from(all.bits()).unwrap(), all);
+        assert_eq!(AccessFlags::try_from(0).unwrap(), AccessFlags::LOCAL_READ);
+        // IBV_ACCESS_REMOTE_ATOMIC
+        assert!(matches!(
+            AccessFlags::try_from(8 | 1),
+            Err(Error::UnsupportedAccess { bits: 9 })
+        ));
     }
 }

@@ -60,7 +60,7 @@ pub struct QpConfig {
     /// Port to use (numbered from 1).
     pub port: u8,
     /// Local GID table index to send from (for RoCE v2: the entry of the
-    /// local IP address, see [`crate::Context::find_roce_v2_ipv4_gid`]).
+    /// local IP address, see [`crate::Context::roce_v2_gid`]).
     pub gid_index: u8,
     /// Send-queue depth.
     pub max_send_wr: u32,

@@ -1,10 +1,8 @@
-//! The crate's one error type.
+//! The crate's one error type: what a hit or a miss can return.
 
 use std::io;
 
-use crate::config::Mode;
-
-/// Everything that can go wrong in `regcache`, one variant per operation.
+/// Everything that can go wrong in a request to the cache, one variant per operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request was empty or ran past the end of the address space.
@@ -53,30 +51,6 @@ pub enum Error {
         len: usize,
         /// How many registrations were tried.
         attempts: u32,
-    },
-    /// An environment variable held a value the cache cannot use.
-    #[error("{var}={value:?}: {reason}")]
-    Config {
-        /// The variable's name.
-        var: &'static str,
-        /// The value found (lossily converted when it was not UTF-8).
-        value: String,
-        /// Why it was refused.
-        reason: &'static str,
-    },
-    /// `/dev/regwatch` exists but could not be opened for the pinned mode.
-    #[error("opening /dev/regwatch failed")]
-    OpenRegwatch {
-        /// What regwatch reported.
-        source: regwatch::Error,
-    },
-    /// The requested mode needs a capability the system lacks.
-    #[error("mode {mode} is unavailable: {reason}")]
-    ModeUnavailable {
-        /// The mode that was asked for.
-        mode: Mode,
-        /// The missing capability.
-        reason: &'static str,
     },
 }
 

@@ -3,9 +3,8 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use crate::config::OdpSupport;
-
-/// A point-in-time copy of the cache's counters. Each field is read on its own, so a copy taken
+/// A point-in-time copy of the cache's counters (counters only: what a back end found at set-up,
+/// such as the ODP verdict, it reports itself). Each field is read on its own, so a copy taken
 /// while other threads work may mix moments; `regions_in_use` is exact only when no thread is
 /// inside `cached_reg`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,7 +19,7 @@ pub struct Stats {
     /// Idle registrations dropped to respect the limits.
     pub evictions: u64,
     /// Cached registrations dropped because their pages changed.
-    pub invalidations: u64,
+    pub invalidated: u64,
     /// Registrations thrown away because the pages changed while they were being registered.
     pub registration_retries: u64,
     /// Deregistrations the registrar reported as failed.
@@ -33,9 +32,6 @@ pub struct Stats {
     pub regions_in_use: u64,
     /// Bytes covered by the live registrations.
     pub bytes_registered: u64,
-    /// Outcome of the ODP self-test the cache was created after; `None` when none ran (a mode
-    /// that does not use ODP, or a cache over fakes).
-    pub odp_self_test: Option<OdpSupport>,
 }
 
 const STRIPES: usize = 16;
@@ -84,7 +80,7 @@ pub(crate) struct Counters {
     pub(crate) misses: AtomicU64,
     pub(crate) merges: AtomicU64,
     pub(crate) evictions: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
+    pub(crate) invalidated: AtomicU64,
     pub(crate) registration_retries: AtomicU64,
     pub(crate) deregister_failures: AtomicU64,
     pub(crate) unwatch_failures: AtomicU64,
@@ -121,14 +117,13 @@ impl Counters {
             misses: self.misses.load(Relaxed),
             merges: self.merges.load(Relaxed),
             evictions: self.evictions.load(Relaxed),
-            invalidations: self.invalidations.load(Relaxed),
+            invalidated: self.invalidated.load(Relaxed),
             registration_retries: self.registration_retries.load(Relaxed),
             deregister_failures: self.deregister_failures.load(Relaxed),
             unwatch_failures: self.unwatch_failures.load(Relaxed),
             regions,
             regions_in_use: regions.saturating_sub(idle_regions),
             bytes_registered,
-            odp_self_test: None,
         }
     }
 }

@@ -78,9 +78,9 @@ pub trait InvalidationSource: Send + Sync {
 /// The invalidation source of a system that needs none: for [`Policy::Odp`](crate::Policy::Odp),
 /// [`Policy::Off`](crate::Policy::Off) and the trust negative control.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct NoInvalidation;
+pub struct NeverWatches;
 
-impl InvalidationSource for NoInvalidation {
+impl InvalidationSource for NeverWatches {
     type Watch = Infallible;
 
     fn watch(&self, _addr: usize, _len: usize, _cookie: u64) -> io::Result<Infallible> {

@@ -1,8 +1,8 @@
-//! [`Invalidation`]: the cache's invalidation source over regwatch, or none.
+//! [`RegwatchOrNone`]: the cache's invalidation source over regwatch, or none.
 
 use std::io;
 
-use crate::traits::InvalidationSource;
+use regcache_core::InvalidationSource;
 
 /// A regwatch watch and the cookie it was created with (unwatching needs both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,7 +14,7 @@ pub struct RegwatchWatch {
 /// Where a cache learns that pages changed: regwatch for policies that watch, nothing for the
 /// others. One type for both, so that every mode runs the same concrete cache type.
 #[derive(Debug)]
-pub enum Invalidation {
+pub enum RegwatchOrNone {
     /// No invalidation source: [`InvalidationSource::watch`] fails with `Unsupported` (the
     /// policy never asks for one).
     None,
@@ -22,7 +22,7 @@ pub enum Invalidation {
     Regwatch(regwatch::Monitor),
 }
 
-impl Invalidation {
+impl RegwatchOrNone {
     fn monitor(&self) -> io::Result<&regwatch::Monitor> {
         match self {
             Self::Regwatch(monitor) => Ok(monitor),
@@ -34,7 +34,7 @@ impl Invalidation {
     }
 }
 
-impl InvalidationSource for Invalidation {
+impl InvalidationSource for RegwatchOrNone {
     type Watch = RegwatchWatch;
 
     fn watch(&self, addr: usize, len: usize, cookie: u64) -> io::Result<RegwatchWatch> {
@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn without_a_monitor_nothing_is_watched_or_drained() {
-        let none = Invalidation::None;
+        let none = RegwatchOrNone::None;
         let err = none.watch(0x1000, 4096, 1).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported);
         assert_eq!(none.generation(), 0);

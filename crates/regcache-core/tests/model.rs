@@ -12,8 +12,8 @@
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
-use regcache::testing::{FakeMemory, PAGE};
-use regcache::{Access, Limits, Policy};
+use regcache_core::testing::{FakeMemory, PAGE};
+use regcache_core::{Access, Limits, Policy};
 
 const BASE: usize = 0x40_0000;
 const PAGES: usize = 16;

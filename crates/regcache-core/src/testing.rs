@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::access::Access;
 use crate::cache::Cache;
-use crate::config::{Limits, Policy};
+use crate::policy::{Limits, Policy};
 use crate::traits::{InvalidationSource, MemoryRegion, Registrar};
 
-/// Page size of the simulated address space.
-pub const PAGE: usize = 4096;
+/// Page size of the simulated address space: the cache's.
+pub use crate::PAGE;
 
 /// Word of a free slot.
 const FREE: u64 = 0;
@@ -417,6 +417,38 @@ impl InvalidationSource for FakeInvalidation {
         };
         cookies.into_iter().for_each(on_invalidated);
         Ok(())
+    }
+}
+
+/// xorshift64: a reproducible random stream with no dependency, for tests and benchmarks.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A stream from `seed`; a zero seed is replaced (xorshift would stay at zero).
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..bound` (slightly biased towards small numbers, which tests don't mind).
+    ///
+    /// # Panics
+    /// When `bound` is 0.
+    pub fn below(&mut self, bound: usize) -> usize {
+        (self.next_u64() % bound as u64) as usize
     }
 }
 

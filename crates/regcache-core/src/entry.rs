@@ -5,19 +5,20 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::access::Access;
-use crate::config::Plan;
 use crate::error::{Error, Result};
+use crate::policy::Plan;
 use crate::stats::Counters;
 use crate::traits::{InvalidationSource, MemoryRegion, Registrar};
 
-/// What every entry of one cache shares, and what must outlive the cache while handles exist.
-pub(crate) struct Shared<R, I> {
+/// The back end every entry of one cache shares (registrar, invalidation source, counters): it
+/// must outlive the cache while handles exist.
+pub(crate) struct Backend<R, I> {
     pub(crate) registrar: R,
     pub(crate) source: I,
     pub(crate) counters: Counters,
 }
 
-impl<R: Registrar, I: InvalidationSource> Shared<R, I> {
+impl<R: Registrar, I: InvalidationSource> Backend<R, I> {
     fn unwatch(&self, watch: I::Watch, start: usize) {
         if let Err(err) = self.source.unwatch(watch) {
             Counters::add(&self.counters.unwatch_failures, 1);
@@ -39,7 +40,7 @@ pub(crate) struct Entry<R: Registrar, I: InvalidationSource> {
     watch: Option<I::Watch>,
     /// `Some` until `Drop` hands it back to the registrar.
     region: Option<R::Region>,
-    shared: Arc<Shared<R, I>>,
+    backend: Arc<Backend<R, I>>,
 }
 
 impl<R: Registrar, I: InvalidationSource> Entry<R, I> {
@@ -49,7 +50,7 @@ impl<R: Registrar, I: InvalidationSource> Entry<R, I> {
     /// The cookie is `start`: the index holds at most one entry per start, and an event whose
     /// entry already left the index is recognised by the indexed entry still being valid.
     pub(crate) fn register(
-        shared: &Arc<Shared<R, I>>,
+        backend: &Arc<Backend<R, I>>,
         start: usize,
         len: usize,
         plan: Plan,
@@ -57,18 +58,18 @@ impl<R: Registrar, I: InvalidationSource> Entry<R, I> {
     ) -> Result<Self> {
         let watch = plan
             .watched
-            .then(|| shared.source.watch(start, len, start as u64))
+            .then(|| backend.source.watch(start, len, start as u64))
             .transpose()
             .map_err(|source| Error::Watch {
                 addr: start,
                 len,
                 source,
             })?;
-        let region = match shared.registrar.register(start, len, plan.access) {
+        let region = match backend.registrar.register(start, len, plan.access) {
             Ok(region) => region,
             Err(source) => {
                 if let Some(watch) = watch {
-                    shared.unwatch(watch, start);
+                    backend.unwatch(watch, start);
                 }
                 return Err(Error::Register {
                     addr: start,
@@ -77,7 +78,7 @@ impl<R: Registrar, I: InvalidationSource> Entry<R, I> {
                 });
             }
         };
-        shared.counters.region_added(len);
+        backend.counters.region_added(len);
         Ok(Self {
             start,
             len,
@@ -87,7 +88,7 @@ impl<R: Registrar, I: InvalidationSource> Entry<R, I> {
             last_used: AtomicU64::new(last_used),
             watch,
             region: Some(region),
-            shared: Arc::clone(shared),
+            backend: Arc::clone(backend),
         })
     }
 
@@ -99,7 +100,7 @@ impl<R: Registrar, I: InvalidationSource> Entry<R, I> {
     pub(crate) fn is_valid(&self) -> bool {
         self.watch
             .as_ref()
-            .is_none_or(|watch| self.shared.source.is_valid(watch))
+            .is_none_or(|watch| self.backend.source.is_valid(watch))
     }
 
     /// Whether a request for `access` may use this registration.
@@ -121,15 +122,15 @@ impl<R: Registrar, I: InvalidationSource> Entry<R, I> {
 impl<R: Registrar, I: InvalidationSource> Drop for Entry<R, I> {
     fn drop(&mut self) {
         if let Some(region) = self.region.take() {
-            if let Err(err) = self.shared.registrar.deregister(region) {
-                Counters::add(&self.shared.counters.deregister_failures, 1);
+            if let Err(err) = self.backend.registrar.deregister(region) {
+                Counters::add(&self.backend.counters.deregister_failures, 1);
                 let (addr, len) = (self.start, self.len);
                 tracing::warn!(addr, len, %err, "regcache: deregistration failed");
             }
-            self.shared.counters.region_removed(self.len);
+            self.backend.counters.region_removed(self.len);
         }
         if let Some(watch) = self.watch.take() {
-            self.shared.unwatch(watch, self.start);
+            self.backend.unwatch(watch, self.start);
         }
     }
 }

@@ -14,21 +14,18 @@
 //! and writes alike, so the device gets [`OdpSupport::None`] at both MTUs.
 
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
-use std::io;
-use std::ptr::NonNull;
+use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use regcache_core::PAGE;
 use verbs::{
-    AccessFlags, CompletionQueue, GidEntry, GidType, Mtu, ProtectionDomain, QpConfig, QueuePair,
+    error_chain, AccessFlags, CompletionQueue, IoMemory, Mtu, OwnedMemoryRegion, ProtectionDomain,
+    QpConfig, QueuePair, FIRST_PORT,
 };
 
-use crate::config::OdpSupport;
+use crate::setup::OdpSupport;
 
-/// The port the test QP uses.
-const PORT: u8 = 1;
-const PAGE: usize = 4096;
 /// Pages per transfer: enough for several packets per page at every MTU, cheap under emulation.
 const PAGES: usize = 4;
 const LEN: usize = PAGES * PAGE;
@@ -45,9 +42,9 @@ const POISON: u8 = 0xee;
 pub struct OdpSelfTest {
     /// The device tested.
     pub device: String,
-    /// Path MTU of the test QP in bytes; `None` when the test did not run (no ODP caps, or a
-    /// verbs call failed before any transfer).
-    pub path_mtu: Option<u32>,
+    /// Path MTU of the test QP; `None` when the test did not run (no ODP caps, or a verbs call
+    /// failed before any transfer).
+    pub path_mtu: Option<Mtu>,
     /// How far ODP can be trusted on this device.
     pub support: OdpSupport,
     /// Every transfer of the test, in order (empty when it did not run).
@@ -85,25 +82,28 @@ impl fmt::Display for OdpSelfTest {
         match self.path_mtu {
             Some(mtu) => write!(
                 f,
-                "{} at path MTU {mtu}: {:?} ({})",
-                self.device, self.support, self.findings
+                "{} at path MTU {}: {:?} ({})",
+                self.device,
+                mtu.bytes(),
+                self.support,
+                self.findings
             ),
             None => write!(f, "{}: {:?} ({})", self.device, self.support, self.findings),
         }
     }
 }
 
-/// Runs the self-test on `pd`'s device at path MTU `path_mtu` (bytes; lowered to the port's
-/// active MTU when that is smaller) and logs the outcome. Takes milliseconds on hardware, about
+/// Runs the self-test on `pd`'s device at path MTU `path_mtu` (lowered to the port's active
+/// MTU when that is smaller) and logs the outcome. Takes milliseconds on hardware, about
 /// a second under emulation. Never fails: anything that stops the test makes the result
 /// [`OdpSupport::None`], with the reason in [`OdpSelfTest::findings`].
 #[must_use]
-pub fn odp_self_test(pd: &Arc<ProtectionDomain>, path_mtu: u32) -> OdpSelfTest {
+pub fn odp_self_test(pd: &Arc<ProtectionDomain>, path_mtu: Mtu) -> OdpSelfTest {
     let device = pd.context().name().to_owned();
     let result = match run(pd, path_mtu) {
         Ok((mtu, checks)) => OdpSelfTest {
             device,
-            path_mtu: Some(mtu.bytes()),
+            path_mtu: Some(mtu),
             support: support(&checks),
             findings: checks
                 .iter()
@@ -122,7 +122,7 @@ pub fn odp_self_test(pd: &Arc<ProtectionDomain>, path_mtu: u32) -> OdpSelfTest {
     };
     tracing::info!(
         device = result.device,
-        path_mtu = result.path_mtu,
+        path_mtu = result.path_mtu.map(Mtu::bytes),
         support = ?result.support,
         findings = result.findings,
         "regcache: ODP self-test"
@@ -131,8 +131,8 @@ pub fn odp_self_test(pd: &Arc<ProtectionDomain>, path_mtu: u32) -> OdpSelfTest {
 }
 
 /// [`odp_self_test`], run once per device and path MTU in this process.
-pub(crate) fn odp_self_test_once(pd: &Arc<ProtectionDomain>, path_mtu: u32) -> OdpSelfTest {
-    static DONE: OnceLock<Mutex<HashMap<(String, u32), OdpSelfTest>>> = OnceLock::new();
+pub(crate) fn odp_self_test_once(pd: &Arc<ProtectionDomain>, path_mtu: Mtu) -> OdpSelfTest {
+    static DONE: OnceLock<Mutex<HashMap<(String, Mtu), OdpSelfTest>>> = OnceLock::new();
     let mut done = DONE
         .get_or_init(Mutex::default)
         .lock()
@@ -157,39 +157,53 @@ fn support(checks: &[OdpCheck]) -> OdpSupport {
     }
 }
 
-fn run(pd: &Arc<ProtectionDomain>, path_mtu: u32) -> Result<(Mtu, Vec<OdpCheck>), String> {
+fn run(pd: &Arc<ProtectionDomain>, requested: Mtu) -> Result<(Mtu, Vec<OdpCheck>), String> {
     let context = pd.context();
-    let requested =
-        mtu_from_bytes(path_mtu).ok_or_else(|| format!("{path_mtu} is not a path MTU"))?;
     let odp = context.query_device().map_err(describe)?.odp;
     if !odp.covers_rc_send_recv_read_write() {
         return Err(format!(
             "not run: the device's ODP caps do not cover RC send/recv/read/write ({odp:?})"
         ));
     }
-    let port = context.query_port(PORT).map_err(describe)?;
+    let port = context.query_port(FIRST_PORT).map_err(describe)?;
     let mtu = port
         .active_mtu
         .map_or(requested, |active| active.min(requested));
-    let gid_index = loopback_gid(&context.gid_table(PORT).map_err(describe)?)
-        .ok_or("not run: port 1 has no GID")?;
+    // Any address will do for a QP connected to itself.
+    let gid_index = context
+        .roce_v2_gid(FIRST_PORT, None)
+        .map_err(describe)?
+        .ok_or("not run: port 1 has no GID")?
+        .index;
     let probe = Probe { pd, gid_index, mtu };
     // The control: pinned to pinned, unaligned. If even that fails, the failures below say
     // nothing about ODP.
-    if let Err(problem) = probe.check(Op::Write, None, SKEWS[1]) {
+    if let Err(problem) = probe.check(Transfer::Write, None, SKEWS[1]) {
         return Err(format!(
             "not trusted: an RDMA WRITE between pinned buffers failed too: {problem}"
         ));
     }
     let roles = [
-        (Op::Write, OdpSide::Source, "ODP source of an RDMA WRITE"),
-        (Op::Read, OdpSide::Source, "ODP responder of an RDMA READ"),
         (
-            Op::Write,
+            Transfer::Write,
+            OdpSide::Source,
+            "ODP source of an RDMA WRITE",
+        ),
+        (
+            Transfer::Read,
+            OdpSide::Source,
+            "ODP responder of an RDMA READ",
+        ),
+        (
+            Transfer::Write,
             OdpSide::Destination,
             "ODP target of an RDMA WRITE",
         ),
-        (Op::Read, OdpSide::Destination, "ODP sink of an RDMA READ"),
+        (
+            Transfer::Read,
+            OdpSide::Destination,
+            "ODP sink of an RDMA READ",
+        ),
     ];
     let checks = roles
         .into_iter()
@@ -204,43 +218,13 @@ fn run(pd: &Arc<ProtectionDomain>, path_mtu: u32) -> Result<(Mtu, Vec<OdpCheck>)
     Ok((mtu, checks))
 }
 
-/// The GID a QP connected to itself sends from: RoCE v2 over IPv4 where there is one (what
-/// Soft-RoCE set-ups use), else any RoCE v2 entry, else the first entry (InfiniBand).
-fn loopback_gid(table: &[GidEntry]) -> Option<u8> {
-    let roce_v2 = |entry: &&GidEntry| entry.gid_type == Some(GidType::RoceV2);
-    table
-        .iter()
-        .filter(roce_v2)
-        .find(|entry| entry.gid.to_ipv4_mapped().is_some())
-        .or_else(|| table.iter().find(roce_v2))
-        .or_else(|| table.first())
-        .map(|entry| entry.index)
-}
-
-fn mtu_from_bytes(bytes: u32) -> Option<Mtu> {
-    [
-        Mtu::Mtu256,
-        Mtu::Mtu512,
-        Mtu::Mtu1024,
-        Mtu::Mtu2048,
-        Mtu::Mtu4096,
-    ]
-    .into_iter()
-    .find(|mtu| mtu.bytes() == bytes)
-}
-
 fn describe(err: verbs::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
+    error_chain(&err)
 }
 
+/// The RDMA operation that moves the pattern.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Op {
+enum Transfer {
     Write,
     Read,
 }
@@ -263,7 +247,7 @@ impl Probe<'_> {
     /// to itself (a failed transfer leaves a QP in the error state) and compares every byte;
     /// the transfer covers both buffers from byte `skew` to their end. `odp: None` is the
     /// control: both buffers pinned.
-    fn check(&self, op: Op, odp: Option<OdpSide>, skew: usize) -> Result<(), String> {
+    fn check(&self, op: Transfer, odp: Option<OdpSide>, skew: usize) -> Result<(), String> {
         let on_demand = |side| {
             if odp == Some(side) {
                 AccessFlags::ON_DEMAND
@@ -273,50 +257,51 @@ impl Probe<'_> {
         };
         // Each buffer gets the rights its role needs and no more, as the cache registers them.
         let (source_rights, destination_rights) = match op {
-            Op::Write => (
+            Transfer::Write => (
                 AccessFlags::LOCAL_READ,
                 AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
             ),
-            Op::Read => (AccessFlags::REMOTE_READ, AccessFlags::LOCAL_WRITE),
+            Transfer::Read => (AccessFlags::REMOTE_READ, AccessFlags::LOCAL_WRITE),
         };
         let expected = pattern();
-        let source =
-            ProbeBuffer::new(self.pd, source_rights | on_demand(OdpSide::Source), |map| {
-                map.copy_in(0, &expected)
-            })?;
-        let destination = ProbeBuffer::new(
+        let source = probe_buffer(
+            self.pd,
+            source_rights | on_demand(OdpSide::Source),
+            |memory| memory.write_at(0, &expected),
+        )?;
+        let destination = probe_buffer(
             self.pd,
             destination_rights | on_demand(OdpSide::Destination),
             // Even pages touched, odd pages never: both ways a page can meet the device.
-            |map| {
+            |memory| {
                 (0..PAGES)
                     .step_by(2)
-                    .for_each(|page| map.copy_in(page * PAGE, &[POISON; PAGE]))
+                    .try_for_each(|page| memory.write_at(page * PAGE, &[POISON; PAGE]))
             },
         )?;
         let cq = CompletionQueue::new(self.pd.context(), 4).map_err(describe)?;
         let config = QpConfig {
             max_send_wr: 1,
             max_recv_wr: 1,
-            ..QpConfig::new(PORT, self.gid_index)
+            ..QpConfig::new(FIRST_PORT, self.gid_index)
         };
         let qp = QueuePair::create_rc(self.pd, &cq, &cq, config).map_err(describe)?;
         qp.connect(&qp.endpoint(), self.mtu).map_err(describe)?;
         let (local, remote) = match op {
-            Op::Write => (&source, &destination),
-            Op::Read => (&destination, &source),
+            Transfer::Write => (&source, &destination),
+            Transfer::Read => (&destination, &source),
         };
-        let sge = local.mr.sge(skew, LEN - skew).map_err(describe)?;
-        let remote_addr = remote.mr.addr() + skew as u64;
+        let sge = local.sge(skew, LEN - skew).map_err(describe)?;
+        let remote_addr = remote.mr().addr() + skew as u64;
         let posted = match op {
-            Op::Write => qp.post_write(1, &[sge], remote_addr, remote.mr.rkey()),
-            Op::Read => qp.post_read(1, &[sge], remote_addr, remote.mr.rkey()),
+            Transfer::Write => qp.post_write(1, &[sge], remote_addr, remote.mr().rkey()),
+            Transfer::Read => qp.post_read(1, &[sge], remote_addr, remote.mr().rkey()),
         };
         posted.map_err(describe)?;
         cq.wait_completion(COMPLETION_TIMEOUT).map_err(describe)?;
         // The QP goes first, so no request of it can reach the buffers any more.
         drop(qp);
-        compare(&expected[skew..], &destination.map.copy_out()[skew..], skew)
+        compare(&expected[skew..], &destination.to_vec()[skew..], skew)
     }
 }
 
@@ -358,95 +343,20 @@ fn compare(expected: &[u8], actual: &[u8], skew: usize) -> Result<(), String> {
     ))
 }
 
-/// A test buffer and its registration.
-struct ProbeBuffer {
-    // Before `map`: deregistered before the memory is unmapped (fields drop in order).
-    mr: verbs::MemoryRegion,
-    map: Mapping,
-}
-
-impl ProbeBuffer {
-    fn new(
-        pd: &Arc<ProtectionDomain>,
-        access: AccessFlags,
-        fill: impl FnOnce(&Mapping),
-    ) -> Result<Self, String> {
-        let map = Mapping::anonymous(LEN).map_err(|err| format!("mmap failed: {err}"))?;
-        fill(&map);
-        // SAFETY: the mapping is private to this buffer and outlives the region (field order);
-        // Rust reads and writes it only by copying through raw pointers (`Mapping`), never
-        // through references, and only while no transfer is in flight.
-        let mr = unsafe { verbs::MemoryRegion::register(pd, map.ptr.as_ptr(), LEN, access) }
-            .map_err(describe)?;
-        Ok(Self { mr, map })
-    }
-}
-
-/// A private anonymous mapping, reached only by raw copies.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn anonymous(len: usize) -> io::Result<Self> {
-        // SAFETY: a fresh anonymous private mapping at an address the kernel picks: it
-        // overlaps nothing Rust owns.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        Ok(Self { ptr, len })
-    }
-
-    fn copy_in(&self, offset: usize, bytes: &[u8]) {
-        assert!(offset + bytes.len() <= self.len, "copy past the mapping");
-        // SAFETY: the range lies in the live mapping (asserted); `bytes` is another
-        // allocation; no transfer is in flight while the probe fills its buffers.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.ptr.as_ptr().add(offset),
-                bytes.len(),
-            );
-        }
-    }
-
-    fn copy_out(&self) -> Vec<u8> {
-        let mut out = vec![0; self.len];
-        // SAFETY: the whole live mapping into a distinct allocation; the probe copies out only
-        // after the transfer completed and its QP was destroyed.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), self.len) };
-        out
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping `anonymous` created, once; its region was
-        // deregistered before (field order of `ProbeBuffer`).
-        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
-            tracing::warn!(err = %io::Error::last_os_error(), "regcache: munmap of an ODP probe buffer failed");
-        }
-    }
+/// A test buffer of untouched anonymous pages, filled by `fill` and then registered: filled
+/// first, as the pages of a pinned source must hold their bytes when they are pinned.
+fn probe_buffer(
+    pd: &Arc<ProtectionDomain>,
+    access: AccessFlags,
+    fill: impl FnOnce(&mut IoMemory) -> verbs::Result<()>,
+) -> Result<OwnedMemoryRegion, String> {
+    let mut memory = IoMemory::anonymous(LEN).map_err(describe)?;
+    fill(&mut memory).map_err(describe)?;
+    OwnedMemoryRegion::over(pd, memory, access).map_err(describe)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
-    use verbs::Gid;
-
     use super::*;
 
     #[test]
@@ -507,33 +417,5 @@ mod tests {
             "role, starting 16 bytes into a page: lost"
         );
         assert_eq!(check(false, 0, true).to_string(), "role, page aligned: ok");
-    }
-
-    #[test]
-    fn loopback_prefers_roce_v2_over_ipv4() {
-        let entry = |index, gid, gid_type| GidEntry {
-            index,
-            gid,
-            gid_type,
-        };
-        let link_local = Gid([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        let ipv4 = Gid::from_ipv4(Ipv4Addr::new(10, 77, 0, 1));
-        let table = [
-            entry(0, link_local, Some(GidType::IbOrRoceV1)),
-            entry(1, link_local, Some(GidType::RoceV2)),
-            entry(2, ipv4, Some(GidType::IbOrRoceV1)),
-            entry(3, ipv4, Some(GidType::RoceV2)),
-        ];
-        assert_eq!(loopback_gid(&table), Some(3));
-        assert_eq!(loopback_gid(&table[..3]), Some(1));
-        assert_eq!(loopback_gid(&table[..1]), Some(0));
-        assert_eq!(loopback_gid(&[]), None);
-    }
-
-    #[test]
-    fn only_path_mtus_convert() {
-        assert_eq!(mtu_from_bytes(1024), Some(Mtu::Mtu1024));
-        assert_eq!(mtu_from_bytes(4096), Some(Mtu::Mtu4096));
-        assert_eq!(mtu_from_bytes(1500), None);
     }
 }

@@ -7,8 +7,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use regcache::testing::{FakeMemory, PAGE};
-use regcache::{Access, Limits, Policy};
+use regcache_core::testing::{FakeMemory, PAGE};
+use regcache_core::{Access, Limits, Policy};
 
 struct CountingAllocator;
 

@@ -6,16 +6,20 @@ use std::sync::Arc;
 
 use verbs::{AccessFlags, Prefetch, ProtectionDomain};
 
-use crate::access::Access;
-use crate::traits::{MemoryRegion, Registrar};
+use regcache_core::{Access, MemoryRegion, Registrar};
 
-impl MemoryRegion for verbs::MemoryRegion {
+/// A libibverbs registration as the cache holds it (a newtype: the core's [`MemoryRegion`]
+/// trait and [`verbs::MemoryRegion`] live in two other crates).
+#[derive(Debug)]
+pub struct VerbsRegion(verbs::MemoryRegion);
+
+impl MemoryRegion for VerbsRegion {
     fn lkey(&self) -> u32 {
-        verbs::MemoryRegion::lkey(self)
+        self.0.lkey()
     }
 
     fn rkey(&self) -> u32 {
-        verbs::MemoryRegion::rkey(self)
+        self.0.rkey()
     }
 }
 
@@ -35,7 +39,7 @@ impl VerbsRegistrar {
     /// # Safety
     ///
     /// Every range this registrar is asked to register (through [`Registrar::register`], e.g.
-    /// by a [`Cache`](crate::Cache) that owns it) must satisfy the contract of
+    /// by a [`Cache`](regcache_core::Cache) that owns it) must satisfy the contract of
     /// [`verbs::MemoryRegion::register`] for as long as the registration lives: no Rust
     /// reference that assumes the bytes unchanged or exclusively owned may cover a part the
     /// device can write while it can write it.
@@ -83,9 +87,9 @@ impl VerbsRegistrar {
 }
 
 impl Registrar for VerbsRegistrar {
-    type Region = verbs::MemoryRegion;
+    type Region = VerbsRegion;
 
-    fn register(&self, addr: usize, len: usize, access: Access) -> io::Result<verbs::MemoryRegion> {
+    fn register(&self, addr: usize, len: usize, access: Access) -> io::Result<VerbsRegion> {
         let flags = access_flags(access)?;
         // SAFETY: the range's contract is the one `VerbsRegistrar::new`'s caller took on for
         // every range this registrar is asked to register; the PD is alive (we hold an `Arc`).
@@ -101,36 +105,26 @@ impl Registrar for VerbsRegistrar {
         if access.contains(Access::ON_DEMAND) {
             self.prefetch(&region, access);
         }
-        Ok(region)
+        Ok(VerbsRegion(region))
     }
 
     /// Drops the region: `ibv_dereg_mr` runs in its `Drop`, which logs a failure and counts it
     /// in [`verbs::drop_failures`], so this never reports one.
-    fn deregister(&self, region: verbs::MemoryRegion) -> io::Result<()> {
+    fn deregister(&self, region: VerbsRegion) -> io::Result<()> {
         drop(region);
         Ok(())
     }
 }
 
-/// The verbs flags of `access`; `EINVAL` for rights the verbs layer does not offer (atomics).
+/// The verbs flags of `access`: the same `IBV_ACCESS_*` bits; `EINVAL` for rights the verbs
+/// layer does not offer (atomics).
 fn access_flags(access: Access) -> io::Result<AccessFlags> {
-    const MAP: [(Access, AccessFlags); 4] = [
-        (Access::LOCAL_WRITE, AccessFlags::LOCAL_WRITE),
-        (Access::REMOTE_WRITE, AccessFlags::REMOTE_WRITE),
-        (Access::REMOTE_READ, AccessFlags::REMOTE_READ),
-        (Access::ON_DEMAND, AccessFlags::ON_DEMAND),
-    ];
-    let flags = MAP
-        .iter()
-        .filter(|(right, _)| access.contains(*right))
-        .fold(AccessFlags::LOCAL_READ, |flags, (_, flag)| flags | *flag);
-    if flags.bits() != access.bits() {
-        return Err(io::Error::new(
+    AccessFlags::try_from(access.bits()).map_err(|err| {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("access {access:?} holds rights the verbs layer does not offer"),
-        ));
-    }
-    Ok(flags)
+            format!("access {access:?}: {err}"),
+        )
+    })
 }
 
 /// A verbs error as the `io::Error` the [`Registrar`] trait speaks, keeping the errno (the cache

@@ -1,9 +1,9 @@
 //! An immutable, sorted index of disjoint address ranges.
 //!
-//! The slots live in chunks of about [`CHUNK`] behind `Arc`s. An edit builds a new index that
+//! The spans live in chunks of about [`CHUNK`] behind `Arc`s. An edit builds a new index that
 //! shares every chunk it does not touch with the old one, so it costs O(n / CHUNK + CHUNK)
 //! pointer copies instead of O(n). A lookup is a binary search over the chunks' first starts,
-//! then a search of one chunk that reads dense start keys rather than whole slots.
+//! then a search of one chunk that reads dense start keys rather than whole spans.
 
 use std::sync::Arc;
 
@@ -16,15 +16,15 @@ const GROUPS: usize = MAX_CHUNK / GROUP;
 
 /// One range `[start, end)` and what it maps to.
 #[derive(Clone, Debug)]
-pub(crate) struct Slot<T> {
+pub(crate) struct Span<T> {
     pub(crate) start: usize,
     pub(crate) end: usize,
     pub(crate) item: T,
 }
 
-/// Up to [`MAX_CHUNK`] slots sorted by start, with their starts copied into two dense levels so
+/// Up to [`MAX_CHUNK`] spans sorted by start, with their starts copied into two dense levels so
 /// that a search reads the group pivots (two cache lines), one group of starts (one line) and
-/// then the slot it found: a binary search over the 24-byte slots reads about six lines, each
+/// then the span it found: a binary search over the 24-byte spans reads about six lines, each
 /// depending on the one before, which is what a hit over many regions waits for.
 ///
 /// Aligned to a cache line so that each level fills whole lines; in an `Arc` this also keeps
@@ -32,29 +32,29 @@ pub(crate) struct Slot<T> {
 #[derive(Debug)]
 #[repr(align(64))]
 struct Chunk<T> {
-    /// The first start of each group of `starts`; `usize::MAX` for groups past the last slot.
+    /// The first start of each group of `starts`; `usize::MAX` for groups past the last span.
     pivots: [usize; GROUPS],
-    /// `starts[g][i]` is the start of `slots[g * GROUP + i]`; `usize::MAX` past the last slot.
+    /// `starts[g][i]` is the start of `spans[g * GROUP + i]`; `usize::MAX` past the last span.
     starts: [[usize; GROUP]; GROUPS],
     /// Never empty.
-    slots: Box<[Slot<T>]>,
+    spans: Box<[Span<T>]>,
 }
 
 impl<T> Chunk<T> {
-    fn new(slots: Vec<Slot<T>>) -> Self {
-        debug_assert!(!slots.is_empty() && slots.len() <= MAX_CHUNK);
+    fn new(spans: Vec<Span<T>>) -> Self {
+        debug_assert!(!spans.is_empty() && spans.len() <= MAX_CHUNK);
         let mut starts = [[usize::MAX; GROUP]; GROUPS];
-        for (key, slot) in starts.as_flattened_mut().iter_mut().zip(&slots) {
-            *key = slot.start;
+        for (key, span) in starts.as_flattened_mut().iter_mut().zip(&spans) {
+            *key = span.start;
         }
         Self {
             pivots: starts.map(|group| group[0]),
             starts,
-            slots: slots.into_boxed_slice(),
+            spans: spans.into_boxed_slice(),
         }
     }
 
-    /// How many slots start at or before `addr`.
+    /// How many spans start at or before `addr`.
     fn count_starting_by(&self, addr: usize) -> usize {
         let Some(group) = self
             .pivots
@@ -64,16 +64,16 @@ impl<T> Chunk<T> {
             return 0;
         };
         let in_group = self.starts[group].partition_point(|&start| start <= addr);
-        // The padding compares `<=` only `usize::MAX`, which no slot can cover (it would be
+        // The padding compares `<=` only `usize::MAX`, which no span can cover (it would be
         // empty) but a cookie from the invalidation source might name.
-        (group * GROUP + in_group).min(self.slots.len())
+        (group * GROUP + in_group).min(self.spans.len())
     }
 }
 
 /// Disjoint ranges sorted by start (so also by end); adjacent ranges are allowed.
 #[derive(Debug)]
 pub(crate) struct Index<T> {
-    /// `firsts[i]` is the start of `chunks[i]`'s first slot.
+    /// `firsts[i]` is the start of `chunks[i]`'s first span.
     firsts: Vec<usize>,
     chunks: Vec<Arc<Chunk<T>>>,
     len: usize,
@@ -94,59 +94,59 @@ impl<T> Index<T> {
         self.len
     }
 
-    /// Position of the last slot starting at or before `addr`.
+    /// Position of the last span starting at or before `addr`.
     fn locate(&self, addr: usize) -> Option<(usize, usize)> {
         let chunk = self
             .firsts
             .partition_point(|&first| first <= addr)
             .checked_sub(1)?;
-        // The chunk's first slot starts at `firsts[chunk] <= addr`, so the count is at least 1.
-        let slot = self.chunks[chunk].count_starting_by(addr) - 1;
-        Some((chunk, slot))
+        // The chunk's first span starts at `firsts[chunk] <= addr`, so the count is at least 1.
+        let span = self.chunks[chunk].count_starting_by(addr) - 1;
+        Some((chunk, span))
     }
 
     /// The item whose range covers `[start, end)`. Allocates nothing (the cache's hit path).
     pub(crate) fn covering(&self, start: usize, end: usize) -> Option<&T> {
-        let (chunk, slot) = self.locate(start)?;
-        let slot = &self.chunks[chunk].slots[slot];
-        (slot.end >= end).then_some(&slot.item)
+        let (chunk, span) = self.locate(start)?;
+        let span = &self.chunks[chunk].spans[span];
+        (span.end >= end).then_some(&span.item)
     }
 
     /// The item whose range starts exactly at `start`.
     pub(crate) fn get(&self, start: usize) -> Option<&T> {
-        let (chunk, slot) = self.locate(start)?;
-        let slot = &self.chunks[chunk].slots[slot];
-        (slot.start == start).then_some(&slot.item)
+        let (chunk, span) = self.locate(start)?;
+        let span = &self.chunks[chunk].spans[span];
+        (span.start == start).then_some(&span.item)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Slot<T>> {
-        self.chunks.iter().flat_map(|chunk| chunk.slots.iter())
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Span<T>> {
+        self.chunks.iter().flat_map(|chunk| chunk.spans.iter())
     }
 
-    /// The slots overlapping or adjacent to `[start, end)`, in order.
-    pub(crate) fn touching(&self, start: usize, end: usize) -> impl Iterator<Item = &Slot<T>> {
-        // A slot starting before `start` may end exactly at it (adjacent), so begin at the last
-        // slot starting strictly before `start`.
-        let (first_chunk, first_slot) = self.locate(start.saturating_sub(1)).unwrap_or((0, 0));
+    /// The spans overlapping or adjacent to `[start, end)`, in order.
+    pub(crate) fn touching(&self, start: usize, end: usize) -> impl Iterator<Item = &Span<T>> {
+        // A span starting before `start` may end exactly at it (adjacent), so begin at the last
+        // span starting strictly before `start`.
+        let (first_chunk, first_span) = self.locate(start.saturating_sub(1)).unwrap_or((0, 0));
         self.chunks[first_chunk..]
             .iter()
             .enumerate()
-            .flat_map(move |(i, chunk)| chunk.slots[if i == 0 { first_slot } else { 0 }..].iter())
-            .skip_while(move |slot| slot.end < start)
-            .take_while(move |slot| slot.start <= end)
+            .flat_map(move |(i, chunk)| chunk.spans[if i == 0 { first_span } else { 0 }..].iter())
+            .skip_while(move |span| span.end < start)
+            .take_while(move |span| span.start <= end)
     }
 }
 
 impl<T: Clone> Index<T> {
-    /// A new index without the slots starting at `remove` (each must exist) and with `insert`
+    /// A new index without the spans starting at `remove` (each must exist) and with `insert`
     /// (which must not overlap what remains).
-    pub(crate) fn edit(&self, remove: &[usize], insert: Option<Slot<T>>) -> Self {
+    pub(crate) fn edit(&self, remove: &[usize], insert: Option<Span<T>>) -> Self {
         let mut remove = remove.to_vec();
         remove.sort_unstable();
         remove.dedup();
         let mut touched = vec![false; self.chunks.len()];
         for &start in &remove {
-            debug_assert!(self.get(start).is_some(), "removing a missing slot");
+            debug_assert!(self.get(start).is_some(), "removing a missing span");
             if let Some((chunk, _)) = self.locate(start) {
                 touched[chunk] = true;
             }
@@ -154,7 +154,7 @@ impl<T: Clone> Index<T> {
         let mut insert = insert;
         let insert_chunk = insert
             .as_ref()
-            .map(|slot| self.locate(slot.start).map_or(0, |(chunk, _)| chunk));
+            .map(|span| self.locate(span.start).map_or(0, |(chunk, _)| chunk));
         if let Some(chunk) = insert_chunk.filter(|&chunk| chunk < touched.len()) {
             touched[chunk] = true;
         }
@@ -165,28 +165,28 @@ impl<T: Clone> Index<T> {
                 pieces.push(Piece::shared(chunk));
                 continue;
             }
-            let mut slots: Vec<Slot<T>> = chunk
-                .slots
+            let mut spans: Vec<Span<T>> = chunk
+                .spans
                 .iter()
-                .filter(|slot| remove.binary_search(&slot.start).is_err())
+                .filter(|span| remove.binary_search(&span.start).is_err())
                 .cloned()
                 .collect();
             if insert_chunk == Some(i) {
-                if let Some(slot) = insert.take() {
-                    let at = slots.partition_point(|other| other.start < slot.start);
-                    slots.insert(at, slot);
+                if let Some(span) = insert.take() {
+                    let at = spans.partition_point(|other| other.start < span.start);
+                    spans.insert(at, span);
                 }
             }
-            Piece::push_fresh(&mut pieces, slots);
+            Piece::push_fresh(&mut pieces, spans);
         }
-        if let Some(slot) = insert {
-            Piece::push_fresh(&mut pieces, vec![slot]);
+        if let Some(span) = insert {
+            Piece::push_fresh(&mut pieces, vec![span]);
         }
 
         let chunks = Piece::coalesce(pieces);
         Self {
-            firsts: chunks.iter().map(|chunk| chunk.slots[0].start).collect(),
-            len: chunks.iter().map(|chunk| chunk.slots.len()).sum(),
+            firsts: chunks.iter().map(|chunk| chunk.spans[0].start).collect(),
+            len: chunks.iter().map(|chunk| chunk.spans.len()).sum(),
             chunks,
         }
     }
@@ -206,25 +206,25 @@ impl<T: Clone> Piece<T> {
         }
     }
 
-    fn push_fresh(pieces: &mut Vec<Self>, mut slots: Vec<Slot<T>>) {
-        if slots.len() > MAX_CHUNK {
-            let upper = slots.split_off(slots.len() / 2);
-            pieces.push(Self::fresh(slots));
+    fn push_fresh(pieces: &mut Vec<Self>, mut spans: Vec<Span<T>>) {
+        if spans.len() > MAX_CHUNK {
+            let upper = spans.split_off(spans.len() / 2);
+            pieces.push(Self::fresh(spans));
             pieces.push(Self::fresh(upper));
-        } else if !slots.is_empty() {
-            pieces.push(Self::fresh(slots));
+        } else if !spans.is_empty() {
+            pieces.push(Self::fresh(spans));
         }
     }
 
-    fn fresh(slots: Vec<Slot<T>>) -> Self {
+    fn fresh(spans: Vec<Span<T>>) -> Self {
         Self {
-            chunk: Arc::new(Chunk::new(slots)),
+            chunk: Arc::new(Chunk::new(spans)),
             fresh: true,
         }
     }
 
     fn is_small_fresh(&self) -> bool {
-        self.fresh && self.chunk.slots.len() < MIN_CHUNK
+        self.fresh && self.chunk.spans.len() < MIN_CHUNK
     }
 
     /// Merges each small rebuilt chunk into a neighbour where the result stays within bounds, so
@@ -234,11 +234,11 @@ impl<T: Clone> Piece<T> {
         for piece in pieces {
             if let Some(last) = out.last_mut() {
                 let small = last.is_small_fresh() || piece.is_small_fresh();
-                let (last_slots, slots) = (&last.chunk.slots, &piece.chunk.slots);
-                if small && last_slots.len() + slots.len() <= MAX_CHUNK {
-                    let mut merged = Vec::with_capacity(last_slots.len() + slots.len());
-                    merged.extend(last_slots.iter().cloned());
-                    merged.extend(slots.iter().cloned());
+                let (last_spans, spans) = (&last.chunk.spans, &piece.chunk.spans);
+                if small && last_spans.len() + spans.len() <= MAX_CHUNK {
+                    let mut merged = Vec::with_capacity(last_spans.len() + spans.len());
+                    merged.extend(last_spans.iter().cloned());
+                    merged.extend(spans.iter().cloned());
                     *last = Self::fresh(merged);
                     continue;
                 }
@@ -261,25 +261,25 @@ mod tests {
         fn check_invariants(&self) {
             assert_eq!(self.firsts.len(), self.chunks.len());
             for (first, chunk) in self.firsts.iter().zip(&self.chunks) {
-                assert!(!chunk.slots.is_empty() && chunk.slots.len() <= MAX_CHUNK);
-                assert_eq!(*first, chunk.slots[0].start);
-                let keys = chunk.slots.iter().map(|slot| slot.start);
+                assert!(!chunk.spans.is_empty() && chunk.spans.len() <= MAX_CHUNK);
+                assert_eq!(*first, chunk.spans[0].start);
+                let keys = chunk.spans.iter().map(|span| span.start);
                 let padding = std::iter::repeat(usize::MAX);
                 let expected: Vec<usize> = keys.chain(padding).take(MAX_CHUNK).collect();
                 assert_eq!(chunk.starts.as_flattened(), expected);
                 let pivots: Vec<usize> = expected.iter().step_by(GROUP).copied().collect();
                 assert_eq!(chunk.pivots.as_slice(), pivots);
             }
-            let slots: Vec<_> = self.iter().collect();
-            assert_eq!(slots.len(), self.len);
-            for pair in slots.windows(2) {
+            let spans: Vec<_> = self.iter().collect();
+            assert_eq!(spans.len(), self.len);
+            for pair in spans.windows(2) {
                 assert!(pair[0].start < pair[0].end && pair[0].end <= pair[1].start);
             }
         }
     }
 
-    fn slot(start: usize, end: usize) -> Slot<usize> {
-        Slot {
+    fn span(start: usize, end: usize) -> Span<usize> {
+        Span {
             start,
             end,
             item: start,
@@ -289,9 +289,9 @@ mod tests {
     #[test]
     fn lookups_on_a_small_index() {
         let index = Index::default()
-            .edit(&[], Some(slot(10, 20)))
-            .edit(&[], Some(slot(20, 30)))
-            .edit(&[], Some(slot(40, 50)));
+            .edit(&[], Some(span(10, 20)))
+            .edit(&[], Some(span(20, 30)))
+            .edit(&[], Some(span(40, 50)));
         assert_eq!(index.covering(12, 20), Some(&10));
         assert_eq!(index.covering(12, 21), None);
         assert_eq!(index.covering(30, 31), None);
@@ -311,9 +311,9 @@ mod tests {
     fn a_chunk_search_counts_the_starts_at_or_before_any_address() {
         for len in 1..=MAX_CHUNK {
             // Starts 10 apart, so each address is either a start or strictly between two.
-            let chunk = Chunk::new((0..len).map(|i| slot(10 + 10 * i, 15 + 10 * i)).collect());
+            let chunk = Chunk::new((0..len).map(|i| span(10 + 10 * i, 15 + 10 * i)).collect());
             for addr in (0..20 + 10 * len).chain([usize::MAX - 1, usize::MAX]) {
-                let expected = chunk.slots.iter().filter(|slot| slot.start <= addr).count();
+                let expected = chunk.spans.iter().filter(|span| span.start <= addr).count();
                 assert_eq!(
                     chunk.count_starting_by(addr),
                     expected,
@@ -340,7 +340,7 @@ mod tests {
             .step_by(2)
             .chain(regions.iter().skip(1).step_by(2))
         {
-            index = index.edit(&[], Some(slot(start, end)));
+            index = index.edit(&[], Some(span(start, end)));
         }
         index.check_invariants();
         assert!(index.chunks.len() > 10, "{} chunks", index.chunks.len());
@@ -362,7 +362,7 @@ mod tests {
     fn an_edit_shares_untouched_chunks() {
         let mut index = Index::default();
         for i in 0..10 * CHUNK {
-            index = index.edit(&[], Some(slot(i * 10, i * 10 + 5)));
+            index = index.edit(&[], Some(span(i * 10, i * 10 + 5)));
         }
         index.check_invariants();
         let edited = index.edit(&[0], None);
@@ -408,7 +408,7 @@ mod tests {
                             .filter(|(&s, &e)| s < end && e > start).map(|(&s, _)| s).collect();
                         for s in &overlapping { model.remove(s); }
                         model.insert(start, end);
-                        index = index.edit(&overlapping, Some(slot(start, end)));
+                        index = index.edit(&overlapping, Some(span(start, end)));
                     }
                     Op::RemoveNth(n) if !model.is_empty() => {
                         let start = *model.keys().nth(n % model.len()).unwrap();

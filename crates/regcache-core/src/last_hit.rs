@@ -5,7 +5,7 @@
 //! evicted, invalidated through a drain, or merged away since), and the cache checks the
 //! entry's watch on every such hit as on any other.
 //!
-//! The slot holds a [`Weak`]: it keeps neither the registration nor the cache's bookkeeping
+//! The last hit holds a [`Weak`]: it keeps neither the registration nor the cache's bookkeeping
 //! alive (eviction, which looks for entries only the index holds, does not see it), only the
 //! memory block of one entry per thread once that entry is gone.
 
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 
 /// Source of index versions, shared by all caches, so that a version names one cache's index
-/// (and so one entry type) and a slot never matches a cache its entry does not belong to.
+/// (and so one entry type) and a last hit never matches a cache its entry does not belong to.
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
 /// A version no cache has had yet.
@@ -25,7 +25,7 @@ pub(crate) fn next_version() -> u64 {
 
 /// A `Weak<E>` with its type erased: a thread-local cannot be generic over the cache's types.
 /// Upgrading it back through a `dyn Any` would cost a virtual call and a type comparison on
-/// every hit; the version the slot was filled under already tells the type.
+/// every hit; the version the last hit was filled under already tells the type.
 #[derive(Clone, Copy)]
 struct ErasedWeak {
     /// From `Weak::<E>::into_raw`; owns that weak reference.
@@ -53,24 +53,24 @@ impl ErasedWeak {
     /// Gives the weak reference back.
     fn release(self) {
         // SAFETY: `raw` and `release` were made together by `new` for one `E`, and every
-        // `ErasedWeak` is released once: the slot holds it until it replaces or drops it.
+        // `ErasedWeak` is released once: the last hit holds it until it replaces or drops it.
         unsafe { (self.release)(self.raw) }
     }
 }
 
-struct Slot {
+struct LastHit {
     /// Version of the index the entry was found in; 0 (never a version) when empty.
     version: Cell<u64>,
     start: Cell<usize>,
     end: Cell<usize>,
     entry: Cell<Option<ErasedWeak>>,
     /// Address of the entry of this thread's previous index hit, compared and never
-    /// dereferenced: only a second hit in a row on one entry fills the slot, so that requests
+    /// dereferenced: only a second hit in a row on one entry fills the last hit, so that requests
     /// spread over many buffers do not pay for refilling it on every hit.
     candidate: Cell<usize>,
 }
 
-impl Drop for Slot {
+impl Drop for LastHit {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
             entry.release();
@@ -79,8 +79,8 @@ impl Drop for Slot {
 }
 
 thread_local! {
-    static LAST_HIT: Slot = const {
-        Slot {
+    static LAST_HIT: LastHit = const {
+        LastHit {
             version: Cell::new(0),
             start: Cell::new(0),
             end: Cell::new(0),
@@ -102,14 +102,14 @@ pub(crate) unsafe fn covering<E: Send + Sync>(
     end: usize,
 ) -> Option<Arc<E>> {
     LAST_HIT
-        .try_with(|slot| {
-            if slot.version.get() != version || start < slot.start.get() || end > slot.end.get() {
+        .try_with(|last| {
+            if last.version.get() != version || start < last.start.get() || end > last.end.get() {
                 return None;
             }
-            let entry = slot.entry.get()?;
-            // SAFETY: the slot's version is `version`, so `record::<E>` filled it (caller's
-            // contract) with `Weak::<E>::into_raw`, still owned by the slot. `ManuallyDrop`
-            // leaves that reference to the slot; `upgrade` only adds a strong one when the
+            let entry = last.entry.get()?;
+            // SAFETY: the last hit's version is `version`, so `record::<E>` filled it (caller's
+            // contract) with `Weak::<E>::into_raw`, still owned by the last. `ManuallyDrop`
+            // leaves that reference to the last hit; `upgrade` only adds a strong one when the
             // entry is alive.
             let weak = ManuallyDrop::new(unsafe { Weak::from_raw(entry.raw.cast::<E>()) });
             weak.upgrade()
@@ -119,7 +119,7 @@ pub(crate) unsafe fn covering<E: Send + Sync>(
 }
 
 /// Records an index hit on `entry`, covering `[start, end)`, found in index `version`; fills
-/// the slot when the thread's previous index hit was on the same entry.
+/// the last hit when the thread's previous index hit was on the same entry.
 ///
 /// # Safety
 /// Every [`covering`] and [`record`] under `version` uses this `E`.
@@ -130,17 +130,17 @@ pub(crate) unsafe fn record<E: Send + Sync>(
     entry: &Arc<E>,
 ) {
     let address = Arc::as_ptr(entry).addr();
-    // A thread exiting has no slot left to fill; nothing is lost.
-    let _ = LAST_HIT.try_with(|slot| {
-        if slot.candidate.replace(address) != address {
+    // A thread exiting has no last hit left to fill; nothing is lost.
+    let _ = LAST_HIT.try_with(|last| {
+        if last.candidate.replace(address) != address {
             return;
         }
-        slot.version.set(version);
-        slot.start.set(start);
-        slot.end.set(end);
+        last.version.set(version);
+        last.start.set(start);
+        last.end.set(end);
         // The replaced `Weak` may free the block of an entry that is already deregistered:
         // at most one such free per refill, never a deregistration.
-        if let Some(replaced) = slot.entry.replace(Some(ErasedWeak::new(entry))) {
+        if let Some(replaced) = last.entry.replace(Some(ErasedWeak::new(entry))) {
             replaced.release();
         }
     });

@@ -12,8 +12,8 @@ use crate::launch::LaunchConfig;
 use crate::matching::{Matcher, Source, Status, TagMatch};
 use crate::operation::{Operation, Operations, Request, State, UserBuffer};
 use crate::protocol::{Protocol, Thresholds};
+use crate::registrations::UserBufferCache;
 use crate::setup;
-use crate::user_buffer_cache::UserBufferCache;
 use crate::wire::{Header, WorkRequest};
 
 mod incoming;

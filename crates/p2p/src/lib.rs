@@ -41,8 +41,8 @@ mod launch;
 mod matching;
 mod operation;
 mod protocol;
+mod registrations;
 mod setup;
-mod user_buffer_cache;
 mod wire;
 
 pub use comm::Communicator;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::matching::Status;
-use crate::user_buffer_cache::UserRegistration;
+use crate::registrations::UserRegistration;
 
 /// A nonblocking operation started by [`Communicator::isend`] or [`Communicator::irecv`].
 ///

@@ -16,7 +16,7 @@ use crate::connection::{
 use crate::error::{Error, Result};
 use crate::launch::LaunchConfig;
 use crate::protocol::Thresholds;
-use crate::user_buffer_cache::UserBufferCache;
+use crate::registrations::UserBufferCache;
 
 /// Port used on every device.
 const PORT: u8 = 1;

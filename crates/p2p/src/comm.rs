@@ -144,7 +144,7 @@ impl Communicator {
     ///
     /// # Errors
     /// [`Error::InvalidRank`], [`Error::MessageTooLong`], [`Error::Register`],
-    /// [`Error::PeerFailed`], [`Error::Timeout`] (the link to `dest` is then closed).
+    /// [`Error::PeerFailed`], [`Error::Timeout`] (the connection to `dest` is then closed).
     pub fn send(&mut self, buf: &[u8], dest: usize, tag: u32) -> Result<()> {
         let buffer = UserBuffer::Borrowed {
             // Never written through: send buffers are only read, by the CPU or the device.
@@ -215,7 +215,7 @@ impl Communicator {
     ///
     /// # Errors
     /// The operation's error (as for [`Communicator::send`] and [`Communicator::recv`]);
-    /// after [`Error::Timeout`] the operation is abandoned (and the link of a send or a matched
+    /// after [`Error::Timeout`] the operation is abandoned (and the connection of a send or a matched
     /// receive closed).
     pub fn wait(&mut self, request: Request) -> Result<(Status, Vec<u8>)> {
         let operation = "nonblocking operation";
@@ -237,7 +237,7 @@ impl Communicator {
             Protocol::Copied => (State::Sending { registration: None }, None),
             Protocol::ZeroCopyEager => {
                 // SAFETY: the buffer is readable for `len` bytes (a borrowed slice or an owned
-                // vector) and stays so until the SEND completes or the link is closed.
+                // vector) and stays so until the SEND completes or the connection is closed.
                 let registration = unsafe { self.cache.for_send(ptr, len) }?;
                 let registration = Some(registration);
                 (State::Sending { registration }, None)
@@ -248,7 +248,7 @@ impl Communicator {
                     return Err(Error::MessageTooLong { len, max });
                 }
                 // SAFETY: the buffer is readable for `len` bytes (a borrowed slice or an owned
-                // vector) and stays so until the FIN or until the link is closed.
+                // vector) and stays so until the FIN or until the connection is closed.
                 let registration = unsafe { self.cache.for_remote_read(ptr, len) }?;
                 let rkey = registration.rkey();
                 let state = State::AwaitingFin {
@@ -336,7 +336,7 @@ impl Communicator {
     }
 
     /// Removes operation `id`. One still in progress is stopped first: an unmatched receive
-    /// leaves the matcher; one bound to a peer closes that link, which stops the device from
+    /// leaves the matcher; one bound to a peer closes that connection, which stops the device from
     /// touching its buffer.
     fn abandon(&mut self, id: u64, operation: &'static str) -> Option<Operation> {
         let op = self.ops.get(id)?;
@@ -363,12 +363,12 @@ impl Communicator {
         }
     }
 
-    /// Closes the link to `peer`: destroys its queue pair and fails every operation bound to it.
+    /// Closes the connection to `peer`: destroys its queue pair and fails every operation bound to it.
     fn fail_peer(&mut self, peer: usize, reason: String) {
         if !self.peers.close(peer, &reason) {
             return;
         }
-        tracing::warn!(peer, %reason, "p2p: closing the link to a peer");
+        tracing::warn!(peer, %reason, "p2p: closing the connection to a peer");
         let mut victims = self.matcher.cancel_from(peer);
         victims.extend(self.ops.in_progress_with(peer));
         for id in victims {

@@ -26,7 +26,7 @@ pub(crate) enum UserBuffer {
     /// Owned by the operation (nonblocking calls).
     Owned(Vec<u8>),
     /// Borrowed by a blocking call, which does not return while the device or the
-    /// communicator may still touch it.
+    /// communicator may still touch it (see `Communicator::finish_borrowed`).
     Borrowed { ptr: *mut u8, len: usize },
 }
 

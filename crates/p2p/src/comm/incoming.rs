@@ -126,7 +126,7 @@ impl Communicator {
         } else {
             let ptr = op.buffer.ptr();
             // SAFETY: the buffer holds `status.len` writable bytes that nothing else uses
-            // until the READ completes or the link is closed (see `UserBuffer::Borrowed`).
+            // until the READ completes or the connection is closed (see `UserBuffer::Borrowed`).
             unsafe { self.cache.for_local_write(ptr, status.len) }
         };
         let posted = match registered {

@@ -344,3 +344,31 @@ impl Peers {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_other_ranks_below_the_size_are_peers() {
+        let mut peers = Peers::new(1, (0..3).map(|_| None).collect());
+        assert_eq!(peers.size(), 3);
+        assert!(peers.check_rank(0).is_ok());
+        assert!(peers.check_rank(2).is_ok());
+        for rank in [1, 3] {
+            assert!(matches!(
+                peers.check_rank(rank),
+                Err(Error::InvalidRank { me: 1, size: 3, .. })
+            ));
+        }
+        assert!(peers.failure(0).is_none());
+        assert!(peers.failure(7).is_none());
+        // Without a connection (and without a recorded failure), a peer cannot be reached.
+        assert!(!peers.close(0, "never open"));
+        assert!(peers.failure(0).is_none());
+        assert!(matches!(
+            peers.connection(0),
+            Err(Error::InvalidRank { rank: 0, .. })
+        ));
+    }
+}

@@ -35,13 +35,18 @@
 
 mod bootstrap;
 mod comm;
+mod connection;
 mod error;
 mod launch;
 mod matching;
+mod operation;
+mod protocol;
 mod registrations;
+mod setup;
 mod wire;
 
-pub use comm::{Communicator, Request};
+pub use comm::Communicator;
 pub use error::{Error, Result};
 pub use launch::LaunchConfig;
 pub use matching::{Source, Status, TagMatch, ANY_SOURCE, ANY_TAG};
+pub use operation::Request;

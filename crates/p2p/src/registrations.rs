@@ -30,13 +30,13 @@ impl UserRegistration {
     }
 }
 
-/// The registration cache of the communicator's protection domain.
+/// The registration cache of user buffers in the communicator's protection domain.
 #[derive(Debug)]
-pub(crate) struct Registrations {
+pub(crate) struct UserBufferCache {
     cache: RdmaCache,
 }
 
-impl Registrations {
+impl UserBufferCache {
     /// A cache configured from `REGCACHE_*` (see [`regcache::Config::from_env`]); unless
     /// `REGCACHE_ODP_PROBE_MTU` says otherwise, the ODP self-test runs at `mtu`, the path MTU
     /// of the communicator's queue pairs.

@@ -1,4 +1,6 @@
-//! What goes over the wire: message headers on the queue pairs, queue-pair endpoints over TCP.
+//! What goes over the wire, and what this crate's work requests say about themselves: message
+//! headers and immediate data on the queue pairs, queue-pair endpoints over TCP, work-request
+//! ids.
 
 use verbs::{Gid, QpEndpoint};
 
@@ -24,7 +26,8 @@ pub(crate) struct Header {
     pub(crate) addr: u64,
     /// Sender buffer rkey (request to send).
     pub(crate) rkey: u32,
-    /// The sender's request id, echoed in the finish.
+    /// The sender's operation id, echoed in the finish (unused by the receiver of an eager
+    /// message).
     pub(crate) cookie: u64,
 }
 
@@ -35,9 +38,74 @@ pub(crate) const HEADER_LEN: usize = 40;
 /// the low 31 bits (MPI's tags are non-negative `int`s); the length is the SEND's. A message
 /// whose tag needs the top bit goes with a header instead. Every other SEND has no immediate
 /// data.
-pub(crate) const ZERO_COPY_IMM: u32 = 1 << 31;
+const ZERO_COPY_IMM: u32 = 1 << 31;
+
+/// The immediate data of a zero-copy eager SEND of `tag` without a header, or `None` when the
+/// tag needs the top bit (the message then goes with a header).
+pub(crate) fn zero_copy_imm(tag: u32) -> Option<u32> {
+    (tag & ZERO_COPY_IMM == 0).then_some(ZERO_COPY_IMM | tag)
+}
+
+/// What a SEND of `byte_len` bytes with immediate data `imm_data` carries: its header and the
+/// offset of an eager payload from the start of the message. `read_header` fills its argument
+/// with the first [`HEADER_LEN`] bytes of the receive bounce buffer the SEND landed in, and
+/// says whether it could. `None`: the message is malformed.
+pub(crate) fn parse_message(
+    imm_data: Option<u32>,
+    byte_len: usize,
+    read_header: impl FnOnce(&mut [u8; HEADER_LEN]) -> bool,
+) -> Option<(Header, usize)> {
+    match imm_data {
+        Some(imm) if imm & ZERO_COPY_IMM != 0 => {
+            Some((Header::eager(imm & !ZERO_COPY_IMM, byte_len, 0), 0))
+        }
+        Some(_) => None,
+        None => {
+            let mut header_bytes = [0; HEADER_LEN];
+            if !read_header(&mut header_bytes) {
+                return None;
+            }
+            Header::decode(&header_bytes[..byte_len.min(HEADER_LEN)])
+                .filter(|header| {
+                    header.kind != Kind::Eager
+                        || usize::try_from(header.len).ok() == byte_len.checked_sub(HEADER_LEN)
+                })
+                .map(|header| (header, HEADER_LEN))
+        }
+    }
+}
 
 impl Header {
+    /// The header of an eager message of `len` bytes, sent by operation `cookie`.
+    pub(crate) fn eager(tag: u32, len: usize, cookie: u64) -> Self {
+        Self {
+            kind: Kind::Eager,
+            tag,
+            len: len as u64,
+            addr: 0,
+            rkey: 0,
+            cookie,
+        }
+    }
+
+    /// The request to send of operation `cookie`: read `len` bytes at `addr` with `rkey`.
+    pub(crate) fn request_to_send(tag: u32, len: usize, addr: u64, rkey: u32, cookie: u64) -> Self {
+        Self {
+            kind: Kind::RequestToSend,
+            addr,
+            rkey,
+            ..Self::eager(tag, len, cookie)
+        }
+    }
+
+    /// The receiver's answer to the request to send of operation `cookie`.
+    pub(crate) fn finish(cookie: u64) -> Self {
+        Self {
+            kind: Kind::Finish,
+            ..Self::eager(0, 0, cookie)
+        }
+    }
+
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let kind: u32 = match self.kind {
             Kind::Eager => 1,
@@ -75,6 +143,48 @@ impl Header {
             rkey: u32_at(24),
             cookie: u64_at(32),
         })
+    }
+}
+
+/// What a work-request id says about the work request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkRequest {
+    /// Receive bounce buffer `index` of the connection to `peer`.
+    RecvBounce { peer: usize, index: u32 },
+    /// Send bounce buffer `index` of the connection to `peer`.
+    SendBounce { peer: usize, index: u32 },
+    /// The RDMA READ of receive operation `op`.
+    Read { op: u64 },
+}
+
+const WR_RECV_BOUNCE: u64 = 1;
+const WR_SEND_BOUNCE: u64 = 2;
+const WR_READ: u64 = 3;
+
+impl WorkRequest {
+    pub(crate) fn id(self) -> u64 {
+        match self {
+            Self::RecvBounce { peer, index } => {
+                WR_RECV_BOUNCE << 56 | (peer as u64) << 32 | u64::from(index)
+            }
+            Self::SendBounce { peer, index } => {
+                WR_SEND_BOUNCE << 56 | (peer as u64) << 32 | u64::from(index)
+            }
+            Self::Read { op } => WR_READ << 56 | op,
+        }
+    }
+
+    pub(crate) fn from_id(id: u64) -> Option<Self> {
+        let peer = ((id >> 32) & 0x00ff_ffff) as usize;
+        let index = (id & 0xffff_ffff) as u32;
+        match id >> 56 {
+            WR_RECV_BOUNCE => Some(Self::RecvBounce { peer, index }),
+            WR_SEND_BOUNCE => Some(Self::SendBounce { peer, index }),
+            WR_READ => Some(Self::Read {
+                op: id & 0x00ff_ffff_ffff_ffff,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -126,18 +236,62 @@ mod tests {
 
     #[test]
     fn short_or_unknown_headers_are_refused() {
-        let mut bytes = Header {
-            kind: Kind::Eager,
-            tag: 1,
-            len: 1,
-            addr: 0,
-            rkey: 0,
-            cookie: 0,
-        }
-        .encode();
+        let mut bytes = Header::eager(1, 1, 0).encode();
         assert_eq!(Header::decode(&bytes[..HEADER_LEN - 1]), None);
         bytes[0] = 9;
         assert_eq!(Header::decode(&bytes), None);
+    }
+
+    #[test]
+    fn messages_parse_from_immediate_data_or_header() {
+        let unread = |_: &mut [u8; HEADER_LEN]| panic!("a zero-copy message has no header");
+        let imm = zero_copy_imm(7).expect("a tag without the top bit");
+        assert_eq!(
+            parse_message(Some(imm), 4096, unread),
+            Some((Header::eager(7, 4096, 0), 0))
+        );
+        assert_eq!(zero_copy_imm(ZERO_COPY_IMM | 7), None);
+        assert_eq!(parse_message(Some(7), 4096, unread), None);
+
+        let header = Header::eager(7, 100, 3);
+        let landed = |bytes: &mut [u8; HEADER_LEN]| {
+            *bytes = header.encode();
+            true
+        };
+        let at = Some((header, HEADER_LEN));
+        assert_eq!(parse_message(None, HEADER_LEN + 100, landed), at);
+        // An eager header whose length is not the SEND's is refused.
+        assert_eq!(parse_message(None, HEADER_LEN + 99, landed), None);
+        assert_eq!(parse_message(None, HEADER_LEN - 1, landed), None);
+        assert_eq!(parse_message(None, HEADER_LEN + 100, |_| false), None);
+        let finish = Header::finish(9);
+        let landed = |bytes: &mut [u8; HEADER_LEN]| {
+            *bytes = finish.encode();
+            true
+        };
+        assert_eq!(
+            parse_message(None, HEADER_LEN, landed),
+            Some((finish, HEADER_LEN))
+        );
+    }
+
+    #[test]
+    fn work_request_ids_round_trip() {
+        for request in [
+            WorkRequest::RecvBounce { peer: 0, index: 0 },
+            WorkRequest::RecvBounce {
+                peer: 0x00ff_ffff,
+                index: u32::MAX,
+            },
+            WorkRequest::SendBounce { peer: 3, index: 31 },
+            WorkRequest::Read { op: 0 },
+            WorkRequest::Read {
+                op: 0x00ff_ffff_ffff_ffff,
+            },
+        ] {
+            assert_eq!(WorkRequest::from_id(request.id()), Some(request));
+        }
+        assert_eq!(WorkRequest::from_id(0), None);
     }
 
     #[test]

@@ -1,0 +1,374 @@
+//! The connection to one peer: its queue pair, its bounce buffers, the messages waiting for a
+//! send bounce buffer and the RDMA READs waiting for their turn; and the connections of a rank
+//! to all its peers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use verbs::{AccessFlags, Mtu, OwnedMemoryRegion, ProtectionDomain, QpEndpoint, QueuePair};
+
+use crate::error::{Error, Result};
+use crate::operation::{Operation, Operations, State};
+use crate::wire::{self, Header, WorkRequest, HEADER_LEN};
+
+/// Pre-posted receive bounce buffers per peer.
+pub(crate) const RECV_BOUNCE_BUFFERS: u32 = 32;
+/// Send bounce buffers per peer: bounds the SENDs in flight to one peer.
+pub(crate) const SEND_BOUNCE_BUFFERS: u32 = 32;
+/// RDMA READs in flight per peer; more wait in a backlog.
+pub(crate) const MAX_READS: usize = 16;
+
+/// Bounce buffers of equal length in one registered region, by index.
+#[derive(Debug)]
+pub(crate) struct BouncePool {
+    region: OwnedMemoryRegion,
+    buffer_len: usize,
+}
+
+impl BouncePool {
+    /// `count` buffers of `buffer_len` bytes.
+    pub(crate) fn new(
+        pd: &Arc<ProtectionDomain>,
+        count: u32,
+        buffer_len: usize,
+        access: AccessFlags,
+    ) -> verbs::Result<Self> {
+        let region = OwnedMemoryRegion::new(pd, count as usize * buffer_len, access)?;
+        Ok(Self { region, buffer_len })
+    }
+
+    fn offset(&self, index: u32) -> usize {
+        index as usize * self.buffer_len
+    }
+}
+
+/// A message waiting for a send bounce buffer, in the order it must go out.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) header: Header,
+    /// The eager send whose payload follows the header and which the SEND completes.
+    pub(crate) eager_op: Option<u64>,
+}
+
+impl Outgoing {
+    /// The FIN answering the request to send of operation `cookie`.
+    pub(crate) fn finish(cookie: u64) -> Self {
+        Self {
+            header: Header::finish(cookie),
+            eager_op: None,
+        }
+    }
+}
+
+/// The connection to one peer.
+///
+/// The methods that post work requests return `Err(reason)` when posting failed: the
+/// connection must then be closed for `reason`.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    // First field: destroyed before the bounce buffers it may write.
+    qp: QueuePair,
+    recv_pool: BouncePool,
+    send_pool: BouncePool,
+    free_send_buffers: Vec<u32>,
+    /// The eager send each send bounce buffer's SEND completes.
+    send_completes: Vec<Option<u64>>,
+    outbox: VecDeque<Outgoing>,
+    read_backlog: VecDeque<u64>,
+    reads_in_flight: usize,
+}
+
+impl Connection {
+    /// A connection over `qp` with [`RECV_BOUNCE_BUFFERS`] in `recv_pool` and
+    /// [`SEND_BOUNCE_BUFFERS`] in `send_pool`.
+    pub(crate) fn new(qp: QueuePair, recv_pool: BouncePool, send_pool: BouncePool) -> Self {
+        Self {
+            qp,
+            recv_pool,
+            send_pool,
+            free_send_buffers: (0..SEND_BOUNCE_BUFFERS).rev().collect(),
+            send_completes: vec![None; SEND_BOUNCE_BUFFERS as usize],
+            outbox: VecDeque::new(),
+            read_backlog: VecDeque::new(),
+            reads_in_flight: 0,
+        }
+    }
+
+    pub(crate) fn endpoint(&self) -> QpEndpoint {
+        self.qp.endpoint()
+    }
+
+    /// Connects the queue pair to the peer's `remote` one at path MTU `mtu`.
+    pub(crate) fn connect(&self, remote: &QpEndpoint, mtu: Mtu) -> verbs::Result<()> {
+        self.qp.connect(remote, mtu)
+    }
+
+    /// Posts receive bounce buffer `index` of the connection to `peer`: at set-up, and again
+    /// once the message that landed in it was taken out.
+    pub(crate) fn post_receive(&self, peer: usize, index: u32) -> verbs::Result<()> {
+        let pool = &self.recv_pool;
+        let sge = pool.region.sge(pool.offset(index), pool.buffer_len)?;
+        self.qp
+            .post_recv(WorkRequest::RecvBounce { peer, index }.id(), &[sge])
+    }
+
+    /// The message of `byte_len` bytes with `imm_data` that landed in receive bounce buffer
+    /// `index`: its header and where its eager payload starts (for
+    /// [`Connection::read_payload`]); `None` when it is malformed.
+    pub(crate) fn received(
+        &self,
+        index: u32,
+        byte_len: usize,
+        imm_data: Option<u32>,
+    ) -> Option<(Header, usize)> {
+        let start = self.recv_pool.offset(index);
+        wire::parse_message(imm_data, byte_len, |header| {
+            self.recv_pool.region.read_at(start, header).is_ok()
+        })
+        .map(|(header, payload_at)| (header, start + payload_at))
+    }
+
+    /// Copies the bytes at `at` of the receive bounce buffers into `out`.
+    pub(crate) fn read_payload(&self, at: usize, out: &mut [u8]) -> verbs::Result<()> {
+        self.recv_pool.region.read_at(at, out)
+    }
+
+    /// The SEND from send bounce buffer `index` completed: frees the buffer; returns the eager
+    /// send the SEND completes.
+    pub(crate) fn send_done(&mut self, index: u32) -> Option<u64> {
+        self.free_send_buffers.push(index);
+        self.send_completes
+            .get_mut(index as usize)
+            .and_then(Option::take)
+    }
+
+    /// Queues `outgoing` behind the messages queued before it; [`Connection::flush_outbox`]
+    /// sends it.
+    pub(crate) fn queue(&mut self, outgoing: Outgoing) {
+        self.outbox.push_back(outgoing);
+    }
+
+    /// Sends queued messages to `peer` while send bounce buffers are free.
+    pub(crate) fn flush_outbox(
+        &mut self,
+        peer: usize,
+        operations: &mut Operations,
+    ) -> Result<(), String> {
+        loop {
+            if self.outbox.is_empty() {
+                return Ok(());
+            }
+            let Some(index) = self.free_send_buffers.pop() else {
+                return Ok(());
+            };
+            let Some(outgoing) = self.outbox.pop_front() else {
+                return Ok(());
+            };
+            let wr_id = WorkRequest::SendBounce { peer, index }.id();
+            self.send_completes[index as usize] = outgoing.eager_op;
+            let header = outgoing.header;
+            // What follows the header in the bounce buffer (a copied payload), and the user's
+            // buffer as the SEND's second element when it goes zero-copy.
+            let (copied, zero_copy): (&[u8], _) =
+                match outgoing.eager_op.and_then(|id| operations.get_mut(id)) {
+                    Some(Operation {
+                        buffer,
+                        state:
+                            State::Sending {
+                                registration: Some(registration),
+                            },
+                        ..
+                    }) => {
+                        // The length fits: it is below the rendezvous threshold.
+                        (
+                            &[],
+                            Some(registration.sge(buffer.ptr(), buffer.len() as u32)),
+                        )
+                    }
+                    Some(op) => {
+                        let (ptr, len) = (op.buffer.ptr().cast_const(), op.buffer.len());
+                        // SAFETY: an eager send's buffer holds `len` readable bytes (a borrowed
+                        // slice whose call is waiting, or an owned vector) and is not written
+                        // while the operation is in progress.
+                        (unsafe { std::slice::from_raw_parts(ptr, len) }, None)
+                    }
+                    None => (&[], None),
+                };
+            let posted = match (zero_copy, wire::zero_copy_imm(header.tag)) {
+                // No header: a message of whole pages takes no extra packet.
+                (Some(payload), Some(imm)) => self.qp.post_send_with_imm(wr_id, &[payload], imm),
+                _ => {
+                    let pool = &mut self.send_pool;
+                    let start = pool.offset(index);
+                    pool.region
+                        .write_at(start, &header.encode())
+                        .and_then(|()| pool.region.write_at(start + HEADER_LEN, copied))
+                        .and_then(|()| pool.region.sge(start, HEADER_LEN + copied.len()))
+                        .and_then(|header| match zero_copy {
+                            Some(payload) => self.qp.post_send(wr_id, &[header, payload]),
+                            None => self.qp.post_send(wr_id, &[header]),
+                        })
+                }
+            };
+            posted.map_err(|err| format!("posting a SEND failed: {err}"))?;
+        }
+    }
+
+    /// Sends what is queued and posts the READs whose turn it is ([`Connection::flush_outbox`],
+    /// [`Connection::pump_reads`]).
+    pub(crate) fn post_queued(
+        &mut self,
+        peer: usize,
+        operations: &mut Operations,
+    ) -> Result<(), String> {
+        self.flush_outbox(peer, operations)?;
+        self.pump_reads(operations)
+    }
+
+    /// Queues the READ of receive operation `op` behind the READs queued before it;
+    /// [`Connection::pump_reads`] posts it.
+    pub(crate) fn queue_read(&mut self, op: u64) {
+        self.read_backlog.push_back(op);
+    }
+
+    /// A READ posted by [`Connection::pump_reads`] completed.
+    pub(crate) fn read_done(&mut self) {
+        self.reads_in_flight -= 1;
+    }
+
+    /// Posts queued READs while fewer than [`MAX_READS`] are in flight.
+    pub(crate) fn pump_reads(&mut self, operations: &mut Operations) -> Result<(), String> {
+        while self.reads_in_flight < MAX_READS {
+            let Some(id) = self.read_backlog.pop_front() else {
+                return Ok(());
+            };
+            let Some(op) = operations.get_mut(id) else {
+                continue;
+            };
+            let ptr = op.buffer.ptr();
+            let State::Reading {
+                status,
+                registration,
+                remote_addr,
+                rkey,
+                ..
+            } = &op.state
+            else {
+                continue;
+            };
+            // `status.len` fits: the sender refuses longer messages.
+            let sge = registration.sge(ptr, status.len as u32);
+            let wr_id = WorkRequest::Read { op: id }.id();
+            self.qp
+                .post_read(wr_id, &[sge], *remote_addr, *rkey)
+                .map_err(|err| format!("posting an RDMA READ failed: {err}"))?;
+            self.reads_in_flight += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The connections of one rank to all others, and why the ones that were closed were.
+#[derive(Debug)]
+pub(crate) struct Peers {
+    me: usize,
+    /// By rank; `None` for this rank and for closed connections.
+    connections: Vec<Option<Connection>>,
+    /// Why the connection to a rank was closed.
+    failures: Vec<Option<String>>,
+}
+
+impl Peers {
+    /// Rank `me` with `connections` by rank (`None` for `me`).
+    pub(crate) fn new(me: usize, connections: Vec<Option<Connection>>) -> Self {
+        Self {
+            me,
+            failures: vec![None; connections.len()],
+            connections,
+        }
+    }
+
+    /// Number of ranks, this one included.
+    pub(crate) fn size(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// # Errors
+    /// [`Error::InvalidRank`] unless `rank` is a peer of this rank.
+    pub(crate) fn check_rank(&self, rank: usize) -> Result<()> {
+        if rank >= self.size() || rank == self.me {
+            return Err(self.invalid(rank));
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, rank: usize) -> Error {
+        Error::InvalidRank {
+            rank,
+            me: self.me,
+            size: self.size(),
+        }
+    }
+
+    /// The error of operations with `rank` once its connection was closed.
+    pub(crate) fn failure(&self, rank: usize) -> Option<Error> {
+        let reason = self.failures.get(rank)?.clone()?;
+        Some(Error::PeerFailed { rank, reason })
+    }
+
+    /// The open connection to `rank`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRank`], [`Error::PeerFailed`].
+    pub(crate) fn connection(&mut self, rank: usize) -> Result<&mut Connection> {
+        self.check_rank(rank)?;
+        if let Some(error) = self.failure(rank) {
+            return Err(error);
+        }
+        let invalid = self.invalid(rank);
+        self.connections[rank].as_mut().ok_or(invalid)
+    }
+
+    /// The connection to `peer`, if it is open.
+    pub(crate) fn get_mut(&mut self, peer: usize) -> Option<&mut Connection> {
+        self.connections.get_mut(peer)?.as_mut()
+    }
+
+    /// Closes the connection to `peer` for `reason`: destroys its queue pair. Returns whether it
+    /// was open.
+    pub(crate) fn close(&mut self, peer: usize, reason: &str) -> bool {
+        if self.connections[peer].take().is_none() {
+            return false;
+        }
+        self.failures[peer] = Some(reason.to_owned());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_other_ranks_below_the_size_are_peers() {
+        let mut peers = Peers::new(1, (0..3).map(|_| None).collect());
+        assert_eq!(peers.size(), 3);
+        assert!(peers.check_rank(0).is_ok());
+        assert!(peers.check_rank(2).is_ok());
+        for rank in [1, 3] {
+            assert!(matches!(
+                peers.check_rank(rank),
+                Err(Error::InvalidRank { me: 1, size: 3, .. })
+            ));
+        }
+        assert!(peers.failure(0).is_none());
+        assert!(peers.failure(7).is_none());
+        // Without a connection (and without a recorded failure), a peer cannot be reached.
+        assert!(!peers.close(0, "never open"));
+        assert!(peers.failure(0).is_none());
+        assert!(matches!(
+            peers.connection(0),
+            Err(Error::InvalidRank { rank: 0, .. })
+        ));
+    }
+}

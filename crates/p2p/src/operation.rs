@@ -1,0 +1,244 @@
+//! Operations: what a send or a receive holds while it is in progress, and their table by id.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::matching::Status;
+use crate::registrations::UserRegistration;
+
+/// A nonblocking operation started by [`Communicator::isend`] or [`Communicator::irecv`].
+///
+/// Complete it with [`Communicator::wait`]; a request that is dropped instead keeps its buffer
+/// until the communicator is dropped.
+///
+/// [`Communicator::isend`]: crate::Communicator::isend
+/// [`Communicator::irecv`]: crate::Communicator::irecv
+/// [`Communicator::wait`]: crate::Communicator::wait
+#[derive(Debug, PartialEq, Eq, Hash)]
+#[must_use = "a request holds its buffer until it is waited for"]
+pub struct Request {
+    pub(crate) id: u64,
+}
+
+/// The user's memory an operation sends from or receives into.
+#[derive(Debug)]
+pub(crate) enum UserBuffer {
+    /// Owned by the operation (nonblocking calls).
+    Owned(Vec<u8>),
+    /// Borrowed by a blocking call, which does not return while the device or the
+    /// communicator may still touch it (see `Communicator::finish_borrowed`).
+    Borrowed { ptr: *mut u8, len: usize },
+}
+
+impl UserBuffer {
+    pub(crate) fn ptr(&mut self) -> *mut u8 {
+        match self {
+            Self::Owned(vec) => vec.as_mut_ptr(),
+            Self::Borrowed { ptr, .. } => *ptr,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Owned(vec) => vec.len(),
+            Self::Borrowed { len, .. } => *len,
+        }
+    }
+}
+
+/// Where an operation is in its protocol.
+#[derive(Debug)]
+pub(crate) enum State {
+    /// A receive waiting in the matcher.
+    Unmatched,
+    /// An eager send waiting for the completion of its SEND. A zero-copy one holds the
+    /// registration its SEND reads the buffer through; a copied one has none.
+    Sending {
+        registration: Option<UserRegistration>,
+    },
+    /// A rendezvous send waiting for the receiver's FIN; the registration keeps the buffer
+    /// registered for the receiver's READ.
+    AwaitingFin {
+        _registration: UserRegistration,
+    },
+    /// A rendezvous receive reading (or about to read) the sender's buffer.
+    Reading {
+        status: Status,
+        registration: UserRegistration,
+        remote_addr: u64,
+        rkey: u32,
+        cookie: u64,
+    },
+    Done(Result<Status>),
+}
+
+/// A send or a receive.
+#[derive(Debug)]
+pub(crate) struct Operation {
+    /// The peer the operation is bound to: the destination of a send, the source of a matched
+    /// receive.
+    pub(crate) peer: Option<usize>,
+    pub(crate) tag: u32,
+    pub(crate) buffer: UserBuffer,
+    pub(crate) state: State,
+}
+
+impl Operation {
+    /// Completes this receive with eager message `status`: `fill` writes its `status.len`
+    /// bytes into the buffer, or, when they do not fit, the receive fails as truncated. If
+    /// `fill` fails, the receive stays as it was and the error is returned.
+    pub(crate) fn complete_eager<E>(
+        &mut self,
+        status: Status,
+        fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        self.peer = Some(status.source);
+        let capacity = self.buffer.len();
+        let result = if status.len > capacity {
+            Err(truncation(status, capacity))
+        } else {
+            // SAFETY: the buffer of a receive holds `capacity >= status.len` writable bytes (a
+            // borrowed `&mut [u8]` whose call is waiting, or an owned vector) that nothing else
+            // accesses while the operation is in progress.
+            fill(unsafe { std::slice::from_raw_parts_mut(self.buffer.ptr(), status.len) })?;
+            Ok(status)
+        };
+        self.state = State::Done(result);
+        Ok(())
+    }
+
+    /// Completes this send of rank `me`: the receiver has the message or is done reading it.
+    pub(crate) fn complete_send(&mut self, me: usize) {
+        self.state = State::Done(Ok(Status {
+            source: me,
+            tag: self.tag,
+            len: self.buffer.len(),
+        }));
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.state, State::Done(_))
+    }
+}
+
+/// The error of a receive whose message of `status` is longer than its `capacity`.
+pub(crate) fn truncation(status: Status, capacity: usize) -> Error {
+    Error::Truncated {
+        source_rank: status.source,
+        tag: status.tag,
+        len: status.len,
+        capacity,
+    }
+}
+
+/// The operations of a communicator, by id; an id is never reused.
+#[derive(Debug, Default)]
+pub(crate) struct Operations {
+    by_id: HashMap<u64, Operation>,
+    next_id: u64,
+}
+
+impl Operations {
+    /// Adds `operation`; returns its id.
+    pub(crate) fn insert(&mut self, operation: Operation) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_id.insert(id, operation);
+        id
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&Operation> {
+        self.by_id.get(&id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Operation> {
+        self.by_id.get_mut(&id)
+    }
+
+    pub(crate) fn remove(&mut self, id: u64) -> Option<Operation> {
+        self.by_id.remove(&id)
+    }
+
+    /// Ends operation `id` with `result`.
+    pub(crate) fn complete(&mut self, id: u64, result: Result<Status>) {
+        if let Some(operation) = self.by_id.get_mut(&id) {
+            operation.state = State::Done(result);
+        }
+    }
+
+    /// The operations bound to `peer` that are still in progress.
+    pub(crate) fn in_progress_with(&self, peer: usize) -> impl Iterator<Item = u64> + '_ {
+        self.by_id
+            .iter()
+            .filter(move |(_, op)| op.peer == Some(peer) && !op.is_done())
+            .map(|(&id, _)| id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receive(capacity: usize) -> Operation {
+        Operation {
+            peer: None,
+            tag: 0,
+            buffer: UserBuffer::Owned(vec![0; capacity]),
+            state: State::Unmatched,
+        }
+    }
+
+    #[test]
+    fn an_eager_message_fills_a_receive_or_truncates_it() {
+        let status = Status {
+            source: 1,
+            tag: 5,
+            len: 3,
+        };
+        let mut fits = receive(4);
+        let filled = fits.complete_eager(status, |out| {
+            out.copy_from_slice(b"abc");
+            Ok::<_, ()>(())
+        });
+        assert_eq!(filled, Ok(()));
+        assert_eq!(fits.peer, Some(1));
+        assert!(matches!(fits.state, State::Done(Ok(done)) if done == status));
+        assert!(matches!(&fits.buffer, UserBuffer::Owned(vec) if vec == b"abc\0"));
+
+        let mut short = receive(2);
+        let untouched = short.complete_eager(status, |_| Err(()));
+        assert_eq!(untouched, Ok(()), "a truncated receive does not fill");
+        assert!(matches!(
+            short.state,
+            State::Done(Err(Error::Truncated { capacity: 2, .. }))
+        ));
+
+        let mut failing = receive(4);
+        assert_eq!(failing.complete_eager(status, |_| Err("copy")), Err("copy"));
+        assert!(matches!(failing.state, State::Unmatched));
+    }
+
+    #[test]
+    fn only_unfinished_operations_of_the_peer_are_in_progress_with_it() {
+        let mut operations = Operations::default();
+        let mut bound = |peer, done| {
+            let mut op = receive(1);
+            op.peer = Some(peer);
+            if done {
+                op.complete_send(0);
+            }
+            operations.insert(op)
+        };
+        let (open, _, _) = (bound(1, false), bound(1, true), bound(2, false));
+        assert_eq!(operations.in_progress_with(1).collect::<Vec<_>>(), [open]);
+        let status = Status {
+            source: 1,
+            tag: 0,
+            len: 1,
+        };
+        operations.complete(open, Ok(status));
+        assert_eq!(operations.in_progress_with(1).count(), 0);
+        assert!(operations.remove(open).is_some());
+        assert!(operations.get(open).is_none());
+    }
+}

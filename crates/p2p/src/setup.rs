@@ -1,0 +1,174 @@
+//! Opening the device and connecting to every peer: completion queues, a queue pair with its
+//! bounce buffers per peer, the cache of user buffers, and the exchange of endpoints through
+//! rank 0.
+
+use std::sync::Arc;
+
+use verbs::{
+    AccessFlags, CompletionQueue, Context, Gid, GidType, Mtu, ProtectionDomain, QpConfig,
+    QpEndpoint, QueuePair,
+};
+
+use crate::bootstrap;
+use crate::connection::{
+    BouncePool, Connection, Peers, MAX_READS, RECV_BOUNCE_BUFFERS, SEND_BOUNCE_BUFFERS,
+};
+use crate::error::{Error, Result};
+use crate::launch::LaunchConfig;
+use crate::protocol::Thresholds;
+use crate::registrations::UserBufferCache;
+
+/// Port used on every device.
+const PORT: u8 = 1;
+
+/// What a rank has once it is connected to every peer.
+#[derive(Debug)]
+pub(crate) struct Connected {
+    pub(crate) peers: Peers,
+    pub(crate) cache: UserBufferCache,
+    pub(crate) send_cq: Arc<CompletionQueue>,
+    pub(crate) recv_cq: Arc<CompletionQueue>,
+    pub(crate) mtu: Mtu,
+}
+
+fn setup_error(device: &str, step: &'static str) -> impl FnOnce(verbs::Error) -> Error {
+    let device = device.to_owned();
+    move |source| Error::Setup {
+        device,
+        step,
+        source,
+    }
+}
+
+/// The first RoCE v2 GID of the port that carries an IPv4 address.
+fn roce_v2_ipv4_gid(ctx: &Context) -> Result<u8> {
+    let name = ctx.name();
+    let table = ctx
+        .gid_table(PORT)
+        .map_err(setup_error(name, "reading the GID table"))?;
+    table
+        .iter()
+        .find(|entry| {
+            entry.gid_type == Some(GidType::RoceV2) && entry.gid.to_ipv4_mapped().is_some()
+        })
+        .map(|entry| entry.index)
+        .ok_or_else(|| Error::NoRoceGid {
+            device: name.to_owned(),
+            port: PORT,
+        })
+}
+
+/// Opens the device of `config`, creates a queue pair per peer with bounce buffers sized for
+/// `thresholds`, makes the cache of user buffers with `cache` (given the protection domain and
+/// the path MTU), exchanges endpoints through rank 0, connects at the port's active MTU, posts
+/// the receives and waits until every rank is ready.
+pub(crate) fn connect(
+    config: &LaunchConfig,
+    thresholds: Thresholds,
+    cache: impl FnOnce(Arc<ProtectionDomain>, Mtu) -> Result<UserBufferCache>,
+) -> Result<Connected> {
+    let device = match &config.device {
+        Some(device) => device.clone(),
+        None => verbs::devices()
+            .map_err(setup_error("?", "listing devices"))?
+            .into_iter()
+            .next()
+            .map(|info| info.name)
+            .ok_or_else(|| Error::Setup {
+                device: "?".into(),
+                step: "finding a device",
+                source: verbs::Error::ListDevices {
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no RDMA device"),
+                },
+            })?,
+    };
+    let dev = device.as_str();
+    let ctx = Context::open(dev).map_err(setup_error(dev, "opening the device"))?;
+    let mtu = ctx
+        .query_port(PORT)
+        .map_err(setup_error(dev, "querying the port"))?
+        .active_mtu
+        .unwrap_or(Mtu::Mtu1024);
+    let gid_index = roce_v2_ipv4_gid(&ctx)?;
+    let pd = ProtectionDomain::new(&ctx).map_err(setup_error(dev, "allocating a PD"))?;
+    let peers = u32::try_from(config.size).unwrap_or(u32::MAX);
+    let send_cq = CompletionQueue::new(&ctx, (SEND_BOUNCE_BUFFERS * 2).saturating_mul(peers))
+        .map_err(setup_error(dev, "creating the send CQ"))?;
+    let recv_cq = CompletionQueue::new(&ctx, RECV_BOUNCE_BUFFERS.saturating_mul(peers))
+        .map_err(setup_error(dev, "creating the receive CQ"))?;
+    let cache = cache(Arc::clone(&pd), mtu)?;
+    let qp_config = QpConfig {
+        max_send_wr: SEND_BOUNCE_BUFFERS + MAX_READS as u32,
+        max_recv_wr: RECV_BOUNCE_BUFFERS,
+        // A zero-copy SEND gathers its header and the user's buffer.
+        max_send_sge: 2,
+        ..QpConfig::new(PORT, gid_index)
+    };
+    let mut connections = Vec::with_capacity(config.size);
+    for peer in 0..config.size {
+        if peer == config.rank {
+            connections.push(None);
+            continue;
+        }
+        let pool = |count: u32, buffer_len: usize, access| {
+            BouncePool::new(&pd, count, buffer_len, access)
+                .map_err(setup_error(dev, "registering bounce buffers"))
+        };
+        let qp = QueuePair::create_rc(&pd, &send_cq, &recv_cq, qp_config)
+            .map_err(setup_error(dev, "creating a queue pair"))?;
+        connections.push(Some(Connection::new(
+            qp,
+            pool(
+                RECV_BOUNCE_BUFFERS,
+                thresholds.recv_bounce_len(),
+                AccessFlags::LOCAL_WRITE,
+            )?,
+            pool(
+                SEND_BOUNCE_BUFFERS,
+                thresholds.send_bounce_len(),
+                AccessFlags::LOCAL_READ,
+            )?,
+        )));
+    }
+    let unused = QpEndpoint {
+        qpn: 0,
+        psn: 0,
+        gid: Gid::default(),
+        gid_index: 0,
+        lid: 0,
+    };
+    let mine: Vec<QpEndpoint> = connections
+        .iter()
+        .map(|connection| connection.as_ref().map_or(unused, Connection::endpoint))
+        .collect();
+    let (bootstrap, aimed_at_me) = bootstrap::exchange(config, &mine)?;
+    for (peer, connection) in connections.iter().enumerate() {
+        let Some(connection) = connection else {
+            continue;
+        };
+        connection
+            .connect(&aimed_at_me[peer], mtu)
+            .map_err(setup_error(dev, "connecting a queue pair"))?;
+        for index in 0..RECV_BOUNCE_BUFFERS {
+            connection
+                .post_receive(peer, index)
+                .map_err(setup_error(dev, "posting receives"))?;
+        }
+    }
+    bootstrap.barrier(&config.root_addr)?;
+    tracing::debug!(
+        rank = config.rank,
+        size = config.size,
+        device,
+        ?mtu,
+        policy = ?cache.policy(),
+        "p2p: communicator ready"
+    );
+    Ok(Connected {
+        peers: Peers::new(config.rank, connections),
+        cache,
+        send_cq,
+        recv_cq,
+        mtu,
+    })
+}

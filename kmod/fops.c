@@ -12,6 +12,7 @@
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <linux/uio.h>
 
 #include "regwatch_internal.h"
 
@@ -29,12 +30,20 @@ static int regwatch_open(struct inode *inode, struct file *file)
 
 	if (!current->mm)
 		return -EINVAL;
-	ctx = kzalloc(sizeof(*ctx), GFP_KERNEL_ACCOUNT);
+	ctx = kzalloc(sizeof(*ctx), REGWATCH_GFP);
 	if (!ctx)
 		return -ENOMEM;
+	ctx->user = regwatch_user_get();
+	if (!ctx->user) {
+		kfree(ctx);
+		return -ENOMEM;
+	}
 	regwatch_notifier_init_ops(&ctx->notifier_ops);
 	mmgrab(current->mm);
 	ctx->mm = current->mm;
+	ctx->mapping = file->f_mapping;
+	xa_init(&ctx->chunks);
+	xa_init(&ctx->status_pages);
 	ctx->strict = regwatch_strict_default();
 	mutex_init(&ctx->setup_lock);
 	spin_lock_init(&ctx->lock);
@@ -54,6 +63,7 @@ static int regwatch_release(struct inode *inode, struct file *file)
 
 	if (smp_load_acquire(&ctx->nslots))
 		regwatch_teardown(ctx);
+	regwatch_user_put(ctx->user);
 	mmdrop(ctx->mm);
 	mutex_destroy(&ctx->setup_lock);
 	kfree(ctx);
@@ -65,16 +75,17 @@ static long regwatch_ioctl_api(struct regwatch_ctx *ctx,
 			       struct regwatch_api __user *uarg)
 {
 	struct regwatch_api api;
+	bool enable_strict;
 
 	if (copy_from_user(&api, uarg, sizeof(api)))
 		return -EFAULT;
 	if (api.api != REGWATCH_API || api.features & ~REGWATCH_FEATURES ||
 	    memchr_inv(api.reserved, 0, sizeof(api.reserved)))
 		return -EINVAL;
-	if (api.features & REGWATCH_FEATURE_STRICT)
-		WRITE_ONCE(ctx->strict, true);
+	enable_strict = api.features & REGWATCH_FEATURE_STRICT;
 
-	api.features = READ_ONCE(ctx->strict) ? REGWATCH_FEATURE_STRICT : 0;
+	api.features = enable_strict || READ_ONCE(ctx->strict) ?
+		       REGWATCH_FEATURE_STRICT : 0;
 	api.supported_features = REGWATCH_FEATURES;
 	api.ioctls = BIT_ULL(_IOC_NR(REGWATCH_IOC_API)) |
 		     BIT_ULL(_IOC_NR(REGWATCH_IOC_SET_CAPACITY)) |
@@ -83,25 +94,31 @@ static long regwatch_ioctl_api(struct regwatch_ctx *ctx,
 	api.max_slots = regwatch_max_slots();
 	api.default_slots = regwatch_default_slots();
 	api.record_size = sizeof(struct regwatch_record);
-	return copy_to_user(uarg, &api, sizeof(api)) ? -EFAULT : 0;
+	api.max_user_watches = regwatch_max_user_watches();
+	api.user_watches = atomic_long_read(&ctx->user->watches);
+	/* the answer goes out first: a call that fails enables nothing */
+	if (copy_to_user(uarg, &api, sizeof(api)))
+		return -EFAULT;
+	if (enable_strict)
+		WRITE_ONCE(ctx->strict, true);
+	return 0;
 }
 
 static long regwatch_ioctl_set_capacity(struct regwatch_ctx *ctx,
 					struct regwatch_capacity __user *uarg)
 {
 	struct regwatch_capacity cap;
-	int ret;
 
 	if (copy_from_user(&cap, uarg, sizeof(cap)))
 		return -EFAULT;
 	if (!cap.slots || cap.slots > regwatch_max_slots() ||
 	    memchr_inv(cap.reserved, 0, sizeof(cap.reserved)))
 		return -EINVAL;
-	ret = regwatch_fix_capacity(ctx, cap.slots);
-	if (ret)
-		return ret;
-	cap.status_size = ctx->status_size;
-	return copy_to_user(uarg, &cap, sizeof(cap)) ? -EFAULT : 0;
+	/* the answer goes out first: a call that fails fixes nothing */
+	cap.status_size = REGWATCH_STATUS_SIZE(cap.slots, PAGE_SIZE);
+	if (copy_to_user(uarg, &cap, sizeof(cap)))
+		return -EFAULT;
+	return regwatch_fix_capacity(ctx, cap.slots);
 }
 
 static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
@@ -117,14 +134,17 @@ static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
 	if (w.flags & ~REGWATCH_WATCH_FLAGS ||
 	    memchr_inv(w.reserved, 0, sizeof(w.reserved)))
 		return -EINVAL;
+	/* the result must be deliverable before anything changes */
+	if (copy_to_user(uarg, &w, sizeof(w)))
+		return -EFAULT;
 	ret = regwatch_watch(ctx, w.start, w.length, w.cookie, &slot, &seq);
 	if (ret)
 		return ret;
 	w.slot = slot;
 	w.seq = seq;
 	if (copy_to_user(uarg, &w, sizeof(w))) {
-		/* the caller never learnt the slot: take the watch back */
-		regwatch_unwatch(ctx, slot, w.cookie);
+		/* made read-only meanwhile by another thread */
+		regwatch_watch_cancel(ctx, slot, w.cookie, seq);
 		return -EFAULT;
 	}
 	return 0;
@@ -164,27 +184,35 @@ static long regwatch_ioctl(struct file *file, unsigned int cmd,
 	}
 }
 
-static ssize_t regwatch_read(struct file *file, char __user *buf,
-			     size_t count, loff_t *ppos)
+/*
+ * read(), readv() and friends: whole records into the caller's buffers as
+ * one byte stream (a record may straddle two iovecs). Blocks only while
+ * nothing was copied, so a readv() of more room than there are records
+ * returns what is pending.
+ */
+static ssize_t regwatch_read_iter(struct kiocb *iocb, struct iov_iter *to)
 {
-	struct regwatch_ctx *ctx = file->private_data;
+	struct regwatch_ctx *ctx = iocb->ki_filp->private_data;
 	struct regwatch_record rec[REGWATCH_READ_BATCH];
+	bool nonblock = (iocb->ki_filp->f_flags & O_NONBLOCK) ||
+			(iocb->ki_flags & IOCB_NOWAIT);
 	size_t copied = 0;
 
 	if (!regwatch_caller_owns(ctx))
 		return -EIO;
-	if (count < sizeof(rec[0]))
+	if (iov_iter_count(to) < sizeof(rec[0]))
 		return -EINVAL;
-	while (count - copied >= sizeof(rec[0])) {
+	while (iov_iter_count(to) >= sizeof(rec[0])) {
 		unsigned int want = min_t(size_t, REGWATCH_READ_BATCH,
-					  (count - copied) / sizeof(rec[0]));
-		unsigned int got, left;
+					  iov_iter_count(to) / sizeof(rec[0]));
+		unsigned int got, done;
+		size_t bytes;
 		int ret;
 
 		if (!regwatch_has_pending(ctx)) {
 			if (copied)
 				break;
-			if (file->f_flags & O_NONBLOCK)
+			if (nonblock)
 				return -EAGAIN;
 			ret = wait_event_interruptible(ctx->read_wait,
 						       regwatch_has_pending(ctx));
@@ -198,16 +226,13 @@ static ssize_t regwatch_read(struct file *file, char __user *buf,
 		 * Records are copied out after ctx->lock is dropped: a fault
 		 * may sleep, and reclaim could enter our own callback.
 		 */
-		left = copy_to_user(buf + copied, rec, got * sizeof(rec[0]));
-		if (left) {
-			unsigned int done = (got * sizeof(rec[0]) - left) /
-					    sizeof(rec[0]);
-
+		bytes = copy_to_iter(rec, got * sizeof(rec[0]), to);
+		done = bytes / sizeof(rec[0]);
+		copied += done * sizeof(rec[0]);
+		if (done < got) {
 			regwatch_requeue_records(ctx, rec + done, got - done);
-			copied += done * sizeof(rec[0]);
 			return copied ? copied : -EFAULT;
 		}
-		copied += got * sizeof(rec[0]);
 	}
 	return copied;
 }
@@ -227,14 +252,19 @@ static __poll_t regwatch_poll(struct file *file, poll_table *wait)
 static int regwatch_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct regwatch_ctx *ctx = file->private_data;
+	u32 nslots;
 	int ret;
 
 	if (!regwatch_caller_owns(ctx))
 		return -EIO;
-	ret = regwatch_fix_capacity(ctx, 0);
-	if (ret)
-		return ret;
-	return regwatch_status_mmap(ctx, vma);
+	mutex_lock(&ctx->setup_lock);
+	/* checked against the capacity it will have before that is fixed */
+	nslots = ctx->nslots ? ctx->nslots : regwatch_default_slots();
+	ret = regwatch_status_mmap(ctx, vma, nslots);
+	if (!ret && !ctx->nslots)
+		ret = regwatch_fix_capacity_locked(ctx, nslots);
+	mutex_unlock(&ctx->setup_lock);
+	return ret;
 }
 
 const struct file_operations regwatch_fops = {
@@ -243,7 +273,7 @@ const struct file_operations regwatch_fops = {
 	.release = regwatch_release,
 	.unlocked_ioctl = regwatch_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
-	.read = regwatch_read,
+	.read_iter = regwatch_read_iter,
 	.poll = regwatch_poll,
 	.mmap = regwatch_mmap,
 	.llseek = noop_llseek,

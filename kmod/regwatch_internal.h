@@ -6,18 +6,31 @@
 #define _REGWATCH_INTERNAL_H
 
 #include <linux/atomic.h>
+#include <linux/gfp.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
 #include <linux/mutex.h>
 #include <linux/spinlock.h>
+#include <linux/uidgid.h>
 #include <linux/version.h>
 #include <linux/wait.h>
+#include <linux/xarray.h>
 #include <linux/regwatch.h>
 
 /* Slot indices are u32; this value terminates the free and dirty lists. */
 #define REGWATCH_NO_SLOT	U32_MAX
 /* Hard ceiling for the max_slots parameter (about 2 GiB of kernel memory). */
 #define REGWATCH_SLOTS_LIMIT	(1U << 24)
+/* Slots per chunk of slot storage; a chunk is allocated when first needed. */
+#define REGWATCH_CHUNK_SLOTS	512
+/* Kernel bytes one watch may cost (the design's budget), for the defaults. */
+#define REGWATCH_WATCH_COST	128
+/*
+ * Every allocation made for an fd: charged to the caller's memory cgroup,
+ * and failing with ENOMEM instead of invoking the OOM killer (the memcg's
+ * or the system's) or warning.
+ */
+#define REGWATCH_GFP	(GFP_KERNEL_ACCOUNT | __GFP_RETRY_MAYFAIL | __GFP_NOWARN)
 
 enum regwatch_slot_state {
 	REGWATCH_SLOT_FREE = 0,
@@ -37,25 +50,41 @@ enum regwatch_dirty_state {
 };
 
 /**
- * struct regwatch_slot - one watch, stored in a per-fd array indexed by slot
+ * struct regwatch_user - watches alive of one user over all its fds
+ * @node: entry in the module's table of users (main.c).
+ * @uid: the user (effective uid of the fds' openers).
+ * @fds: open fds counting against this user; protected by the table's lock.
+ * @watches: watches alive; never above max_user_watches by a charge.
+ */
+struct regwatch_user {
+	struct hlist_node node;
+	kuid_t uid;
+	unsigned int fds;
+	atomic_long_t watches;
+};
+
+/**
+ * struct regwatch_slot - one watch, stored in a chunk of the fd's slots
  * @notifier: interval notifier covering the page-rounded range.
  * @cookie: user cookie.
  * @next: dirty-list successor while PENDING, free-list successor while FREE.
  * @prev: dirty-list predecessor while PENDING.
+ * @index: slot number.
  * @state: enum regwatch_slot_state.
  * @dirty: enum regwatch_dirty_state.
  * @reason: enum regwatch_reason of the first event that dirtied it.
  *
  * Kept small on purpose: a million watches must cost at most 128 bytes
  * each. The owning ctx is found through @notifier.ops (which points into the
- * ctx) and the slot number by pointer arithmetic, so neither is stored.
- * All fields but @notifier are protected by regwatch_ctx.lock.
+ * ctx), so it is not stored. All fields but @notifier are protected by
+ * regwatch_ctx.lock.
  */
 struct regwatch_slot {
 	struct mmu_interval_notifier notifier;
 	u64 cookie;
 	u32 next;
 	u32 prev;
+	u32 index;
 	u8 state;
 	u8 dirty;
 	u8 reason;
@@ -67,17 +96,29 @@ struct regwatch_slot {
  *	which lets the callback recover the ctx with container_of().
  * @mm: address space the fd is bound to (mmgrab'ed: the struct stays, the
  *	address space may exit before the fd is closed).
+ * @user: the opener's per-user watch count.
+ * @mapping: the file's address space, in which the status area is mapped.
  * @strict: protection-only events dirty watches too.
- * @setup_lock: serialises fixing the capacity (which allocates).
- * @lock: protects the slot states, both lists, @next_seq, @high_water and
- *	every write to the status area. Taken in the invalidate callback, so
- *	nothing that sleeps, allocates or faults may happen under it.
- * @slots: array of @nslots watches (vmalloc, charged to the memcg).
- * @status: the status area mapped read-only into user space.
- * @status_size: bytes of @status, the exact mmap() length.
+ * @setup_lock: serialises fixing the capacity, growing @chunks and
+ *	@status_pages (which allocates), and mapping status pages on a fault
+ *	(so that a fault never maps a page that is about to be replaced).
+ * @lock: protects the slot states, both lists, @next_seq, @high_water,
+ *	@backed and every write to the status area. Taken in the invalidate
+ *	callback, so nothing that sleeps, allocates or faults may happen
+ *	under it.
+ * @chunks: chunk number -> array of REGWATCH_CHUNK_SLOTS slots (vmalloc,
+ *	charged to the memcg); chunks 0 .. @nchunks - 1 exist.
+ * @status_pages: page number -> page of the status area (vmalloc, charged);
+ *	pages 0 .. @status_npages - 1 exist. Page 0 (the header) exists once
+ *	the capacity is fixed.
+ * @status: page 0 of the status area.
+ * @status_size: bytes of the status area, the exact mmap() length.
+ * @nchunks: chunks allocated; written under @setup_lock.
+ * @status_npages: status pages allocated; written under @setup_lock.
  * @nslots: capacity; 0 until fixed, then published with release ordering
- *	after @slots and @status exist, never changed again.
- * @high_water: slots at and above this index were never used.
+ *	after @status exists, never changed again.
+ * @backed: slots below this index have storage and a status word.
+ * @high_water: slots at and above this index were never used (<= @backed).
  * @free_head: first slot of the free list (slots freed by unwatch).
  * @dirty_head: oldest PENDING slot.
  * @dirty_tail: newest PENDING slot.
@@ -87,13 +128,19 @@ struct regwatch_slot {
 struct regwatch_ctx {
 	struct mmu_interval_notifier_ops notifier_ops;
 	struct mm_struct *mm;
+	struct regwatch_user *user;
+	struct address_space *mapping;
 	bool strict;
 	struct mutex setup_lock;
 	spinlock_t lock;
-	struct regwatch_slot *slots;
+	struct xarray chunks;
+	struct xarray status_pages;
 	struct regwatch_status *status;
 	size_t status_size;
+	u32 nchunks;
+	u32 status_npages;
 	u32 nslots;
+	u32 backed;
 	u32 high_water;
 	u32 free_head;
 	u32 dirty_head;
@@ -107,9 +154,14 @@ extern atomic_long_t regwatch_live_watches;
 /* main.c */
 u32 regwatch_max_slots(void);
 u32 regwatch_default_slots(void);
+u32 regwatch_max_user_watches(void);
 bool regwatch_strict_default(void);
 void regwatch_fd_opened(void);
 void regwatch_fd_closed(void);
+struct regwatch_user *regwatch_user_get(void);
+void regwatch_user_put(struct regwatch_user *user);
+bool regwatch_user_charge(struct regwatch_user *user);
+void regwatch_user_uncharge(struct regwatch_user *user, long watches);
 
 /* fops.c */
 extern const struct file_operations regwatch_fops;
@@ -118,10 +170,13 @@ extern const struct file_operations regwatch_fops;
 void regwatch_notifier_init_ops(struct mmu_interval_notifier_ops *ops);
 
 /* watch.c */
+int regwatch_fix_capacity_locked(struct regwatch_ctx *ctx, u32 nslots);
 int regwatch_fix_capacity(struct regwatch_ctx *ctx, u32 nslots);
 int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 		   u64 cookie, u32 *slot_out, u64 *seq_out);
 int regwatch_unwatch(struct regwatch_ctx *ctx, u64 slot_nr, u64 cookie);
+void regwatch_watch_cancel(struct regwatch_ctx *ctx, u32 slot, u64 cookie,
+			   u64 seq);
 bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
 			 u8 reason);
 bool regwatch_has_pending(struct regwatch_ctx *ctx);
@@ -134,19 +189,18 @@ void regwatch_requeue_records(struct regwatch_ctx *ctx,
 void regwatch_teardown(struct regwatch_ctx *ctx);
 
 /* status.c */
+int regwatch_status_init(void);
+void regwatch_status_exit(void);
 int regwatch_status_alloc(struct regwatch_ctx *ctx, u32 nslots);
+int regwatch_status_grow(struct regwatch_ctx *ctx);
+u32 regwatch_status_slots(struct regwatch_ctx *ctx);
 void regwatch_status_free(struct regwatch_ctx *ctx);
-int regwatch_status_mmap(struct regwatch_ctx *ctx, struct vm_area_struct *vma);
+int regwatch_status_mmap(struct regwatch_ctx *ctx, struct vm_area_struct *vma,
+			 u32 nslots);
 u64 regwatch_status_seq(struct regwatch_ctx *ctx, u32 slot);
 void regwatch_status_set_seq(struct regwatch_ctx *ctx, u32 slot, u64 seq);
 void regwatch_status_dirtied(struct regwatch_ctx *ctx, u32 slot);
 void regwatch_status_count(struct regwatch_ctx *ctx, u64 *counter, s64 delta);
-
-static inline u32 regwatch_slot_index(struct regwatch_ctx *ctx,
-				      struct regwatch_slot *slot)
-{
-	return slot - ctx->slots;
-}
 
 /* Bookworm's 6.1 predates the vm_flags_*() accessors (6.3). */
 static inline void regwatch_vm_flags_mod(struct vm_area_struct *vma,

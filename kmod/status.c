@@ -4,44 +4,137 @@
  *
  * Layout (struct regwatch_status, then one u64 seq word per slot) is fixed
  * by include/uapi/linux/regwatch.h. Only the kernel writes it, always under
- * ctx->lock; user space reads it with acquire loads.
+ * ctx->lock; user space reads it with acquire loads. The header page exists
+ * once the capacity is fixed; each further page when a slot whose word lies
+ * in it is first used, so memory follows the watches, not the capacity.
  */
+#include <linux/gfp.h>
 #include <linux/mm.h>
 #include <linux/vmalloc.h>
 
 #include "regwatch_internal.h"
 
-static u64 *regwatch_seq_words(struct regwatch_ctx *ctx)
+/*
+ * Mapped in place of status pages not allocated yet: their slots were never
+ * used, so every word there reads 0 (slot not in use). Never written.
+ */
+static struct page *regwatch_zero_page;
+
+/**
+ * regwatch_status_init() - allocate the module's page of zeros
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int regwatch_status_init(void)
 {
-	return REGWATCH_STATUS_SEQ(ctx->status);
+	regwatch_zero_page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	return regwatch_zero_page ? 0 : -ENOMEM;
 }
 
 /**
- * regwatch_status_alloc() - allocate and initialise the status area
+ * regwatch_status_exit() - free the module's page of zeros
+ */
+void regwatch_status_exit(void)
+{
+	__free_page(regwatch_zero_page);
+}
+
+static size_t regwatch_word_offset(u32 slot)
+{
+	return sizeof(struct regwatch_status) + (size_t)slot * sizeof(u64);
+}
+
+/* The slot's word; its status page exists (slot < ctx->backed). */
+static u64 *regwatch_word(struct regwatch_ctx *ctx, u32 slot)
+{
+	size_t offset = regwatch_word_offset(slot);
+	char *page = xa_load(&ctx->status_pages, offset >> PAGE_SHIFT);
+
+	return (u64 *)(page + offset_in_page(offset));
+}
+
+/* Adds a zeroed page at index ctx->status_npages; ctx->setup_lock held. */
+static int regwatch_status_add_page(struct regwatch_ctx *ctx)
+{
+	void *page;
+	int ret;
+
+	lockdep_assert_held(&ctx->setup_lock);
+	page = __vmalloc(PAGE_SIZE, REGWATCH_GFP | __GFP_ZERO);
+	if (!page)
+		return -ENOMEM;
+	ret = xa_err(xa_store(&ctx->status_pages, ctx->status_npages, page,
+			      REGWATCH_GFP));
+	if (ret) {
+		vfree(page);
+		return ret;
+	}
+	ctx->status_npages++;
+	return 0;
+}
+
+/**
+ * regwatch_status_alloc() - allocate and initialise the header page
  * @ctx: the fd; called once, under ctx->setup_lock
- * @nslots: number of slot words
+ * @nslots: number of slot words the area will have
  *
- * vmalloc_user() cannot charge the caller's memory cgroup, so the area is
- * an accounted __vmalloc() whose pages regwatch_status_mmap() inserts one
- * by one.
+ * Only page 0 is allocated here; regwatch_status_grow() adds the others as
+ * slots are first used.
  *
  * Return: 0 or -ENOMEM.
  */
 int regwatch_status_alloc(struct regwatch_ctx *ctx, u32 nslots)
 {
-	size_t size = REGWATCH_STATUS_SIZE(nslots, PAGE_SIZE);
 	struct regwatch_status *status;
+	int ret;
 
-	lockdep_assert_held(&ctx->setup_lock);
-	status = __vmalloc(size, GFP_KERNEL_ACCOUNT | __GFP_ZERO);
-	if (!status)
-		return -ENOMEM;
+	ret = regwatch_status_add_page(ctx);
+	if (ret)
+		return ret;
+	status = xa_load(&ctx->status_pages, 0);
 	status->abi_version = REGWATCH_API;
 	status->header_size = sizeof(*status);
 	status->nslots = nslots;
 	ctx->status = status;
-	ctx->status_size = size;
+	ctx->status_size = REGWATCH_STATUS_SIZE(nslots, PAGE_SIZE);
 	return 0;
+}
+
+/**
+ * regwatch_status_grow() - add the next page of slot words
+ * @ctx: the fd, ctx->setup_lock held
+ *
+ * The page is published before any mapping of the area can fault it in;
+ * mappings that show the page of zeros at its place lose that PTE, so that
+ * their next access faults in the new page. Mapping happens under
+ * ctx->setup_lock too, so no fault can map the zeros after the zap.
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int regwatch_status_grow(struct regwatch_ctx *ctx)
+{
+	u32 index = ctx->status_npages;
+	int ret;
+
+	ret = regwatch_status_add_page(ctx);
+	if (ret)
+		return ret;
+	unmap_mapping_range(ctx->mapping, (loff_t)index << PAGE_SHIFT,
+			    PAGE_SIZE, 1);
+	return 0;
+}
+
+/**
+ * regwatch_status_slots() - slots whose words lie in allocated pages
+ * @ctx: the fd, ctx->setup_lock held
+ *
+ * Return: the number of such slots, counted from slot 0.
+ */
+u32 regwatch_status_slots(struct regwatch_ctx *ctx)
+{
+	lockdep_assert_held(&ctx->setup_lock);
+	return ((size_t)ctx->status_npages * PAGE_SIZE -
+		sizeof(struct regwatch_status)) / sizeof(u64);
 }
 
 /**
@@ -50,42 +143,73 @@ int regwatch_status_alloc(struct regwatch_ctx *ctx, u32 nslots)
  */
 void regwatch_status_free(struct regwatch_ctx *ctx)
 {
-	vfree(ctx->status);
+	unsigned long index;
+	void *page;
+
+	xa_for_each(&ctx->status_pages, index, page)
+		vfree(page);
+	xa_destroy(&ctx->status_pages);
 }
+
+/*
+ * Maps the page behind a fault: the status page if it exists, else the
+ * page of zeros. Under ctx->setup_lock, which regwatch_status_grow() holds
+ * while publishing a page, so the zeros are never mapped after the zap that
+ * removes them.
+ */
+static vm_fault_t regwatch_status_fault(struct vm_fault *vmf)
+{
+	struct regwatch_ctx *ctx = vmf->vma->vm_file->private_data;
+	unsigned long pfn;
+	vm_fault_t ret;
+	void *page;
+
+	mutex_lock(&ctx->setup_lock);
+	page = xa_load(&ctx->status_pages, vmf->pgoff);
+	pfn = page ? vmalloc_to_pfn(page) : page_to_pfn(regwatch_zero_page);
+	ret = vmf_insert_pfn(vmf->vma, vmf->address, pfn);
+	mutex_unlock(&ctx->setup_lock);
+	return ret;
+}
+
+static const struct vm_operations_struct regwatch_status_vm_ops = {
+	.fault = regwatch_status_fault,
+};
 
 /**
  * regwatch_status_mmap() - map the whole status area read-only
- * @ctx: the fd; capacity already fixed
+ * @ctx: the fd; ctx->setup_lock held
  * @vma: the new mapping; mmap_lock held for writing
+ * @nslots: the capacity, fixed already or to be fixed by the caller once
+ *	this succeeded
  *
- * Return: 0; -EINVAL for a non-zero offset, a length other than
- * ctx->status_size or a private mapping; -EPERM for a writable or executable
- * mapping; or an error of vm_insert_page().
+ * Checks the mapping before anything changes.
+ *
+ * Pages are mapped by the fault handler, as PFN mappings of a VM_IO area:
+ * madvise() refuses MADV_DONTNEED, MADV_FREE and friends on VM_PFNMAP
+ * (EINVAL) and MADV_DOFORK on VM_IO (EINVAL), so the area can neither be
+ * zapped nor be copied into a fork child (VM_DONTCOPY stays); get_user_pages
+ * and /proc/pid/mem cannot reach it either.
+ *
+ * Return: 0; -EINVAL for a non-zero offset, a length other than the area's
+ * or a private mapping; -EPERM for a writable or executable mapping.
  */
-int regwatch_status_mmap(struct regwatch_ctx *ctx, struct vm_area_struct *vma)
+int regwatch_status_mmap(struct regwatch_ctx *ctx, struct vm_area_struct *vma,
+			 u32 nslots)
 {
 	unsigned long size = vma->vm_end - vma->vm_start;
-	char *kaddr = (char *)ctx->status;
-	unsigned long addr;
-	int ret;
 
-	if (vma->vm_pgoff || size != ctx->status_size ||
+	lockdep_assert_held(&ctx->setup_lock);
+	if (vma->vm_pgoff || size != REGWATCH_STATUS_SIZE(nslots, PAGE_SIZE) ||
 	    !(vma->vm_flags & VM_SHARED))
 		return -EINVAL;
 	if (vma->vm_flags & (VM_WRITE | VM_EXEC))
 		return -EPERM;
-	/*
-	 * No mprotect() to writable, no growth by mremap, no copy into a fork
-	 * child (whose fd could not be used anyway), not in core dumps.
-	 */
-	regwatch_vm_flags_mod(vma, VM_DONTCOPY | VM_DONTEXPAND | VM_DONTDUMP,
+	/* also: no mprotect() to writable, no growth by mremap, no core dump */
+	regwatch_vm_flags_mod(vma, VM_IO | VM_PFNMAP | VM_DONTCOPY |
+			      VM_DONTEXPAND | VM_DONTDUMP,
 			      VM_MAYWRITE | VM_MAYEXEC);
-	for (addr = vma->vm_start; addr < vma->vm_end;
-	     addr += PAGE_SIZE, kaddr += PAGE_SIZE) {
-		ret = vm_insert_page(vma, addr, vmalloc_to_page(kaddr));
-		if (ret)
-			return ret;
-	}
+	vma->vm_ops = &regwatch_status_vm_ops;
 	return 0;
 }
 
@@ -99,7 +223,7 @@ int regwatch_status_mmap(struct regwatch_ctx *ctx, struct vm_area_struct *vma)
 u64 regwatch_status_seq(struct regwatch_ctx *ctx, u32 slot)
 {
 	lockdep_assert_held(&ctx->lock);
-	return regwatch_seq_words(ctx)[slot];
+	return *regwatch_word(ctx, slot);
 }
 
 /**
@@ -111,7 +235,7 @@ u64 regwatch_status_seq(struct regwatch_ctx *ctx, u32 slot)
 void regwatch_status_set_seq(struct regwatch_ctx *ctx, u32 slot, u64 seq)
 {
 	lockdep_assert_held(&ctx->lock);
-	smp_store_release(&regwatch_seq_words(ctx)[slot], seq);
+	smp_store_release(regwatch_word(ctx, slot), seq);
 }
 
 /**
@@ -126,7 +250,7 @@ void regwatch_status_set_seq(struct regwatch_ctx *ctx, u32 slot, u64 seq)
 void regwatch_status_dirtied(struct regwatch_ctx *ctx, u32 slot)
 {
 	struct regwatch_status *status = ctx->status;
-	u64 *word = &regwatch_seq_words(ctx)[slot];
+	u64 *word = regwatch_word(ctx, slot);
 
 	lockdep_assert_held(&ctx->lock);
 	WRITE_ONCE(*word, *word | REGWATCH_SEQ_DIRTY);

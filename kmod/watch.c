@@ -2,10 +2,13 @@
 /*
  * regwatch: the per-fd watch table, its free list and its dirty list.
  *
- * Watches live in one vmalloc'ed array indexed by slot. Both lists link
- * slots by u32 index through regwatch_slot.next/prev, which keeps a watch
- * at 112 bytes; a slot is on at most one list at a time (free list while
- * FREE, dirty list while PENDING).
+ * Watches live in chunks of REGWATCH_CHUNK_SLOTS slots, found by chunk
+ * number in an xarray. Chunks are allocated (with the status pages their
+ * words need) only when a slot in them is first used: an fd costs memory
+ * in proportion to the most watches it had at once, not to its capacity.
+ * Both lists link slots by u32 index through regwatch_slot.next/prev, which
+ * keeps a watch at 112 bytes; a slot is on at most one list at a time (free
+ * list while FREE, dirty list while PENDING).
  */
 #include <linux/overflow.h>
 #include <linux/poll.h>
@@ -14,9 +17,18 @@
 
 #include "regwatch_internal.h"
 
+/* Slot @idx, below ctx->backed. */
+static struct regwatch_slot *regwatch_slot(struct regwatch_ctx *ctx, u32 idx)
+{
+	struct regwatch_slot *chunk =
+		xa_load(&ctx->chunks, idx / REGWATCH_CHUNK_SLOTS);
+
+	return &chunk[idx % REGWATCH_CHUNK_SLOTS];
+}
+
 static void regwatch_dirty_link_tail(struct regwatch_ctx *ctx, u32 idx)
 {
-	struct regwatch_slot *slot = &ctx->slots[idx];
+	struct regwatch_slot *slot = regwatch_slot(ctx, idx);
 
 	lockdep_assert_held(&ctx->lock);
 	slot->next = REGWATCH_NO_SLOT;
@@ -24,13 +36,13 @@ static void regwatch_dirty_link_tail(struct regwatch_ctx *ctx, u32 idx)
 	if (ctx->dirty_tail == REGWATCH_NO_SLOT)
 		WRITE_ONCE(ctx->dirty_head, idx);
 	else
-		ctx->slots[ctx->dirty_tail].next = idx;
+		regwatch_slot(ctx, ctx->dirty_tail)->next = idx;
 	ctx->dirty_tail = idx;
 }
 
 static void regwatch_dirty_link_head(struct regwatch_ctx *ctx, u32 idx)
 {
-	struct regwatch_slot *slot = &ctx->slots[idx];
+	struct regwatch_slot *slot = regwatch_slot(ctx, idx);
 
 	lockdep_assert_held(&ctx->lock);
 	slot->prev = REGWATCH_NO_SLOT;
@@ -38,42 +50,47 @@ static void regwatch_dirty_link_head(struct regwatch_ctx *ctx, u32 idx)
 	if (ctx->dirty_head == REGWATCH_NO_SLOT)
 		ctx->dirty_tail = idx;
 	else
-		ctx->slots[ctx->dirty_head].prev = idx;
+		regwatch_slot(ctx, ctx->dirty_head)->prev = idx;
 	WRITE_ONCE(ctx->dirty_head, idx);
 }
 
 static void regwatch_dirty_unlink(struct regwatch_ctx *ctx, u32 idx)
 {
-	struct regwatch_slot *slot = &ctx->slots[idx];
+	struct regwatch_slot *slot = regwatch_slot(ctx, idx);
 
 	lockdep_assert_held(&ctx->lock);
 	if (slot->prev == REGWATCH_NO_SLOT)
 		WRITE_ONCE(ctx->dirty_head, slot->next);
 	else
-		ctx->slots[slot->prev].next = slot->next;
+		regwatch_slot(ctx, slot->prev)->next = slot->next;
 	if (slot->next == REGWATCH_NO_SLOT)
 		ctx->dirty_tail = slot->prev;
 	else
-		ctx->slots[slot->next].prev = slot->prev;
+		regwatch_slot(ctx, slot->next)->prev = slot->prev;
 }
 
+/*
+ * A free slot with storage, or REGWATCH_NO_SLOT: then every slot is in use
+ * if ctx->high_water reached the capacity, else slot ctx->high_water needs
+ * regwatch_grow() first.
+ */
 static u32 regwatch_alloc_slot(struct regwatch_ctx *ctx)
 {
 	u32 idx = ctx->free_head;
 
 	lockdep_assert_held(&ctx->lock);
 	if (idx != REGWATCH_NO_SLOT) {
-		ctx->free_head = ctx->slots[idx].next;
+		ctx->free_head = regwatch_slot(ctx, idx)->next;
 		return idx;
 	}
-	if (ctx->high_water < ctx->nslots)
+	if (ctx->high_water < ctx->backed)
 		return ctx->high_water++;
 	return REGWATCH_NO_SLOT;
 }
 
 static void regwatch_free_slot(struct regwatch_ctx *ctx, u32 idx)
 {
-	struct regwatch_slot *slot = &ctx->slots[idx];
+	struct regwatch_slot *slot = regwatch_slot(ctx, idx);
 
 	lockdep_assert_held(&ctx->lock);
 	slot->state = REGWATCH_SLOT_FREE;
@@ -83,49 +100,133 @@ static void regwatch_free_slot(struct regwatch_ctx *ctx, u32 idx)
 }
 
 /**
- * regwatch_fix_capacity() - allocate the watch table and status area once
- * @ctx: the fd
+ * regwatch_fix_capacity_locked() - fix the capacity once
+ * @ctx: the fd, ctx->setup_lock held
  * @nslots: capacity asked for by REGWATCH_IOC_SET_CAPACITY (already checked
  *	against regwatch_max_slots()), or 0 to fix the default if no capacity
  *	was fixed yet (first watch, first mmap)
  *
+ * Allocates the header page of the status area only; slot storage and the
+ * other status pages come with the first use of their slots.
+ *
  * Return: 0; -EBUSY if @nslots is not 0 and the capacity was already fixed;
  * -ENOMEM.
  */
+int regwatch_fix_capacity_locked(struct regwatch_ctx *ctx, u32 nslots)
+{
+	u32 wanted = nslots ? nslots : regwatch_default_slots();
+	int ret;
+
+	lockdep_assert_held(&ctx->setup_lock);
+	if (ctx->nslots)
+		return nslots ? -EBUSY : 0;
+	ret = regwatch_status_alloc(ctx, wanted);
+	if (ret)
+		return ret;
+	/* pairs with the acquire loads of nslots before the status is used */
+	smp_store_release(&ctx->nslots, wanted);
+	return 0;
+}
+
+/**
+ * regwatch_fix_capacity() - fix the capacity once, taking ctx->setup_lock
+ * @ctx: the fd
+ * @nslots: as for regwatch_fix_capacity_locked()
+ *
+ * Return: as regwatch_fix_capacity_locked().
+ */
 int regwatch_fix_capacity(struct regwatch_ctx *ctx, u32 nslots)
 {
-	struct regwatch_slot *slots;
-	u32 wanted = nslots ? nslots : regwatch_default_slots();
-	int ret = 0;
+	int ret;
 
 	if (!nslots && smp_load_acquire(&ctx->nslots))
 		return 0;
+	mutex_lock(&ctx->setup_lock);
+	ret = regwatch_fix_capacity_locked(ctx, nslots);
+	mutex_unlock(&ctx->setup_lock);
+	return ret;
+}
+
+/* Adds the next chunk of slots; ctx->setup_lock held. */
+static int regwatch_add_chunk(struct regwatch_ctx *ctx)
+{
+	struct regwatch_slot *chunk;
+	int ret;
+
+	lockdep_assert_held(&ctx->setup_lock);
+	chunk = __vmalloc(array_size(REGWATCH_CHUNK_SLOTS, sizeof(*chunk)),
+			  REGWATCH_GFP | __GFP_ZERO);
+	if (!chunk)
+		return -ENOMEM;
+	ret = xa_err(xa_store(&ctx->chunks, ctx->nchunks, chunk, REGWATCH_GFP));
+	if (ret) {
+		vfree(chunk);
+		return ret;
+	}
+	ctx->nchunks++;
+	return 0;
+}
+
+/*
+ * Gives slot @idx storage and a status word, unless that happened already.
+ * Slots are backed in order, so @idx is the first slot without.
+ */
+static int regwatch_grow(struct regwatch_ctx *ctx, u32 idx)
+{
+	u32 backed;
+	int ret = 0;
 
 	mutex_lock(&ctx->setup_lock);
-	if (ctx->nslots) {
-		ret = nslots ? -EBUSY : 0;
+	if (READ_ONCE(ctx->backed) > idx)
 		goto out_unlock;
+	if (ctx->nchunks * REGWATCH_CHUNK_SLOTS <= idx) {
+		ret = regwatch_add_chunk(ctx);
+		if (ret)
+			goto out_unlock;
 	}
-	slots = __vmalloc(array_size(wanted, sizeof(*slots)),
-			  GFP_KERNEL_ACCOUNT | __GFP_ZERO);
-	if (!slots) {
-		ret = -ENOMEM;
-		goto out_unlock;
+	if (regwatch_status_slots(ctx) <= idx) {
+		ret = regwatch_status_grow(ctx);
+		if (ret)
+			goto out_unlock;
 	}
-	ret = regwatch_status_alloc(ctx, wanted);
-	if (ret)
-		goto err_free_slots;
-	ctx->slots = slots;
-	/* pairs with the acquire loads of nslots before slots/status are used */
-	smp_store_release(&ctx->nslots, wanted);
-	mutex_unlock(&ctx->setup_lock);
-	return 0;
-
-err_free_slots:
-	vfree(slots);
+	backed = min3(ctx->nchunks * REGWATCH_CHUNK_SLOTS,
+		      regwatch_status_slots(ctx), ctx->nslots);
+	spin_lock(&ctx->lock);
+	ctx->backed = backed;
+	spin_unlock(&ctx->lock);
 out_unlock:
 	mutex_unlock(&ctx->setup_lock);
 	return ret;
+}
+
+/* A free slot with storage: its index, REGWATCH_NO_SLOT with -ENOSPC/-ENOMEM. */
+static u32 regwatch_reserve_slot(struct regwatch_ctx *ctx, int *err)
+{
+	for (;;) {
+		u32 idx, next;
+
+		spin_lock(&ctx->lock);
+		idx = regwatch_alloc_slot(ctx);
+		next = ctx->high_water;
+		spin_unlock(&ctx->lock);
+		if (idx != REGWATCH_NO_SLOT)
+			return idx;
+		if (next >= ctx->nslots) {
+			*err = -ENOSPC;
+			return REGWATCH_NO_SLOT;
+		}
+		*err = regwatch_grow(ctx, next);
+		if (*err)
+			return REGWATCH_NO_SLOT;
+	}
+}
+
+/* A failed watch gives its seq back unless a later watch took one. */
+static void regwatch_give_back_seq(struct regwatch_ctx *ctx, u64 seq)
+{
+	lockdep_assert_held(&ctx->lock);
+	if (ctx->next_seq == seq + 2)
+		ctx->next_seq = seq;
 }
 
 /**
@@ -137,8 +238,8 @@ out_unlock:
  * @slot_out: slot of the new watch
  * @seq_out: seq of the new watch
  *
- * Return: 0, -EINVAL for a bad range, -ENOSPC if all slots are in use,
- * -ENOMEM. Nothing changed on error.
+ * Return: 0, -EINVAL for a bad range, -ENOSPC if all slots are in use or
+ * the user has max_user_watches watches, -ENOMEM. Nothing changed on error.
  */
 int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 		   u64 cookie, u32 *slot_out, u64 *seq_out)
@@ -158,17 +259,18 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 	ret = regwatch_fix_capacity(ctx, 0);
 	if (ret)
 		return ret;
+	if (!regwatch_user_charge(ctx->user))
+		return -ENOSPC;
+	idx = regwatch_reserve_slot(ctx, &ret);
+	if (idx == REGWATCH_NO_SLOT)
+		goto err_uncharge;
 
 	spin_lock(&ctx->lock);
-	idx = regwatch_alloc_slot(ctx);
-	if (idx == REGWATCH_NO_SLOT) {
-		spin_unlock(&ctx->lock);
-		return -ENOSPC;
-	}
-	slot = &ctx->slots[idx];
+	slot = regwatch_slot(ctx, idx);
 	slot->state = REGWATCH_SLOT_INSERTING;
 	slot->dirty = REGWATCH_CLEAN;
 	slot->cookie = cookie;
+	slot->index = idx;
 	seq = ctx->next_seq;
 	ctx->next_seq += 2;
 	regwatch_status_set_seq(ctx, idx, seq);
@@ -177,7 +279,7 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 	ret = mmu_interval_notifier_insert(&slot->notifier, ctx->mm, first,
 					   end - first, &ctx->notifier_ops);
 	if (ret)
-		goto err_free_slot;
+		goto err_release_slot;
 	/*
 	 * An invalidation of this range that started before the insert does
 	 * not call us. Wait for it to end, so that pages the caller looks up
@@ -195,37 +297,33 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 	*seq_out = seq;
 	return 0;
 
-err_free_slot:
+err_release_slot:
 	spin_lock(&ctx->lock);
 	regwatch_status_set_seq(ctx, idx, 0);
+	regwatch_give_back_seq(ctx, seq);
 	regwatch_free_slot(ctx, idx);
 	spin_unlock(&ctx->lock);
+err_uncharge:
+	regwatch_user_uncharge(ctx->user, 1);
 	return ret;
 }
 
-/**
- * regwatch_unwatch() - stop watching and free the slot
- * @ctx: the fd; the caller runs in ctx->mm
- * @slot_nr: slot returned by regwatch_watch()
- * @cookie: cookie given to regwatch_watch()
- *
- * Once this returns, no record of the watch can be read and its notifier is
- * gone; the slot may be reused.
- *
- * Return: 0, or -EINVAL if @slot_nr holds no live watch with @cookie.
- */
-int regwatch_unwatch(struct regwatch_ctx *ctx, u64 slot_nr, u64 cookie)
+/* Unwatches if @slot_nr holds a live watch with @cookie (and @seq unless 0). */
+static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
+				u64 cookie, u64 seq)
 {
 	struct regwatch_slot *slot;
 	u32 idx;
 
-	if (slot_nr >= smp_load_acquire(&ctx->nslots))
-		return -EINVAL;
-	idx = slot_nr;
-	slot = &ctx->slots[idx];
-
 	spin_lock(&ctx->lock);
-	if (slot->state != REGWATCH_SLOT_LIVE || slot->cookie != cookie) {
+	if (slot_nr >= ctx->high_water) {
+		spin_unlock(&ctx->lock);
+		return -EINVAL;
+	}
+	idx = slot_nr;
+	slot = regwatch_slot(ctx, idx);
+	if (slot->state != REGWATCH_SLOT_LIVE || slot->cookie != cookie ||
+	    (seq && (regwatch_status_seq(ctx, idx) & ~REGWATCH_SEQ_DIRTY) != seq)) {
 		spin_unlock(&ctx->lock);
 		return -EINVAL;
 	}
@@ -245,8 +343,50 @@ int regwatch_unwatch(struct regwatch_ctx *ctx, u64 slot_nr, u64 cookie)
 	spin_lock(&ctx->lock);
 	regwatch_free_slot(ctx, idx);
 	spin_unlock(&ctx->lock);
+	regwatch_user_uncharge(ctx->user, 1);
 	atomic_long_dec(&regwatch_live_watches);
 	return 0;
+}
+
+/**
+ * regwatch_unwatch() - stop watching and free the slot
+ * @ctx: the fd; the caller runs in ctx->mm
+ * @slot_nr: slot returned by regwatch_watch()
+ * @cookie: cookie given to regwatch_watch()
+ *
+ * Once this returns, no record of the watch can be read and its notifier is
+ * gone; the slot may be reused.
+ *
+ * Return: 0, or -EINVAL if @slot_nr holds no live watch with @cookie.
+ */
+int regwatch_unwatch(struct regwatch_ctx *ctx, u64 slot_nr, u64 cookie)
+{
+	return regwatch_unwatch_seq(ctx, slot_nr, cookie, 0);
+}
+
+/**
+ * regwatch_watch_cancel() - take back a watch its caller never learnt of
+ * @ctx: the fd
+ * @slot: slot returned by regwatch_watch()
+ * @cookie: cookie given to regwatch_watch()
+ * @seq: seq returned by regwatch_watch()
+ *
+ * For a watch ioctl that could not copy its result out: unwatches and also
+ * undoes the counting, so that the failed call leaves the totals as they
+ * were and the seq is given back if no later watch took one. Another
+ * thread that guessed the slot may have unwatched it first: that unwatch
+ * stands, counted.
+ */
+void regwatch_watch_cancel(struct regwatch_ctx *ctx, u32 slot, u64 cookie,
+			   u64 seq)
+{
+	if (regwatch_unwatch_seq(ctx, slot, cookie, seq))
+		return;
+	spin_lock(&ctx->lock);
+	regwatch_status_count(ctx, &ctx->status->total_watched, -1);
+	regwatch_status_count(ctx, &ctx->status->total_unwatched, -1);
+	regwatch_give_back_seq(ctx, seq);
+	spin_unlock(&ctx->lock);
 }
 
 /**
@@ -264,7 +404,7 @@ int regwatch_unwatch(struct regwatch_ctx *ctx, u64 slot_nr, u64 cookie)
 bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
 			 u8 reason)
 {
-	u32 idx = regwatch_slot_index(ctx, slot);
+	u32 idx = slot->index;
 
 	lockdep_assert_held(&ctx->lock);
 	if (slot->dirty != REGWATCH_CLEAN ||
@@ -310,7 +450,7 @@ unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
 	spin_lock(&ctx->lock);
 	while (count < max && ctx->dirty_head != REGWATCH_NO_SLOT) {
 		u32 idx = ctx->dirty_head;
-		struct regwatch_slot *slot = &ctx->slots[idx];
+		struct regwatch_slot *slot = regwatch_slot(ctx, idx);
 
 		regwatch_dirty_unlink(ctx, idx);
 		slot->dirty = REGWATCH_REPORTED;
@@ -349,7 +489,7 @@ void regwatch_requeue_records(struct regwatch_ctx *ctx,
 	spin_lock(&ctx->lock);
 	while (count--) {
 		u32 idx = rec[count].slot;
-		struct regwatch_slot *slot = &ctx->slots[idx];
+		struct regwatch_slot *slot = regwatch_slot(ctx, idx);
 
 		if (slot->dirty != REGWATCH_REPORTED ||
 		    regwatch_status_seq(ctx, idx) !=
@@ -378,11 +518,13 @@ void regwatch_requeue_records(struct regwatch_ctx *ctx,
  */
 void regwatch_teardown(struct regwatch_ctx *ctx)
 {
+	struct regwatch_slot *chunk;
+	unsigned long index;
 	long removed = 0;
 	u32 idx;
 
 	for (idx = 0; idx < ctx->high_water; idx++) {
-		struct regwatch_slot *slot = &ctx->slots[idx];
+		struct regwatch_slot *slot = regwatch_slot(ctx, idx);
 
 		if (slot->state == REGWATCH_SLOT_FREE)
 			continue;
@@ -391,7 +533,10 @@ void regwatch_teardown(struct regwatch_ctx *ctx)
 		removed++;
 		cond_resched();
 	}
+	regwatch_user_uncharge(ctx->user, removed);
 	atomic_long_sub(removed, &regwatch_live_watches);
-	vfree(ctx->slots);
+	xa_for_each(&ctx->chunks, index, chunk)
+		vfree(chunk);
+	xa_destroy(&ctx->chunks);
 	regwatch_status_free(ctx);
 }

@@ -112,6 +112,7 @@ TEST(munmap_with_unrelated_watches)
 
 	before = munmap_ns(iters);
 	fd = rw_open(0);
+	rw_allow_user_watches(watches);
 	rw_set_capacity(fd, watches);
 	reserved = mmap(NULL, watches * page, PROT_NONE,
 			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

@@ -36,6 +36,7 @@ TEST(api_handshake)
 	EXPECT_EQ(api.max_slots, rw_module_counter("max_slots"));
 	EXPECT_EQ(api.default_slots, rw_module_counter("default_slots"));
 	EXPECT_EQ(api.features, module_strict() ? REGWATCH_FEATURE_STRICT : 0);
+	EXPECT_EQ(api.max_user_watches, rw_module_counter("max_user_watches"));
 	/* callable again */
 	ASSERT_EQ(ioctl(fd, REGWATCH_IOC_API, &api), 0);
 	close(fd);
@@ -56,7 +57,7 @@ TEST(api_bad_input)
 	api.features = REGWATCH_FEATURE_STRICT | (1ULL << 5);
 	ASSERT_ERRNO(ioctl(fd, REGWATCH_IOC_API, &api), EINVAL);
 	api.features = 0;
-	api.reserved[8] = 1;
+	api.reserved[6] = 1;
 	ASSERT_ERRNO(ioctl(fd, REGWATCH_IOC_API, &api), EINVAL);
 	ASSERT_ERRNO(ioctl(fd, REGWATCH_IOC_API, (void *)16), EFAULT);
 	ASSERT_ERRNO(ioctl(fd, _IO(REGWATCH_IOC_MAGIC, 0x42)), ENOTTY);

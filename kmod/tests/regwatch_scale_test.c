@@ -50,6 +50,7 @@ TEST(million_watches)
 	fd = rw_open(O_NONBLOCK);
 	if ((uint64_t)rw_module_counter("max_slots") < n)
 		SKIP(, "max_slots below %llu", (unsigned long long)n);
+	rw_allow_user_watches(n);
 	watches0 = rw_module_counter("live_watches");
 	area = mmap(NULL, n * page, PROT_NONE,
 		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -125,6 +126,7 @@ TEST(million_watches_freed_by_close)
 	fd = rw_open(0);
 	if ((uint64_t)rw_module_counter("max_slots") < n)
 		SKIP(, "max_slots below %llu", (unsigned long long)n);
+	rw_allow_user_watches(n);
 	watches0 = rw_module_counter("live_watches");
 	area = mmap(NULL, n * page, PROT_NONE,
 		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

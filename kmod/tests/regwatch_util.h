@@ -158,6 +158,29 @@ static inline long rw_module_counter(const char *name)
 	return val;
 }
 
+/* Set a writable module parameter (root only); returns its old value. */
+static inline long rw_set_module_param(const char *name, long value)
+{
+	long old = rw_module_counter(name);
+	char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/module/regwatch/parameters/%s", name);
+	f = fopen(path, "w");
+	if (!f || fprintf(f, "%ld\n", value) < 0 || fclose(f)) {
+		TH_LOG("%s: cannot write %ld: %s", path, value, strerror(errno));
+		th_fail(true);
+	}
+	return old;
+}
+
+/* Let this (root) test have at least @watches watches alive. */
+static inline void rw_allow_user_watches(long watches)
+{
+	if (rw_module_counter("max_user_watches") < watches)
+		rw_set_module_param("max_user_watches", watches);
+}
+
 /* Wait up to 5 s for a module counter to reach a value (deferred fput). */
 static inline long rw_wait_counter(const char *name, long want)
 {

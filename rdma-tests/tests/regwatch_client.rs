@@ -713,3 +713,75 @@ fn eight_threads_racing_watch_unwatch_munmap_see_every_outcome() {
         outcomes.iter().map(|o| o.unwatched_first.len()).sum::<usize>()
     );
 }
+
+/// The module parameter `max_user_watches`, set for one test and restored on drop.
+struct UserWatchLimit {
+    old: String,
+}
+
+impl UserWatchLimit {
+    const PATH: &'static str = "/sys/module/regwatch/parameters/max_user_watches";
+
+    fn set(limit: u64) -> Self {
+        let old = std::fs::read_to_string(Self::PATH).expect("reading max_user_watches");
+        std::fs::write(Self::PATH, limit.to_string()).expect("writing max_user_watches (root)");
+        Self { old }
+    }
+}
+
+impl Drop for UserWatchLimit {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::write(Self::PATH, self.old.trim()) {
+            eprintln!("restoring max_user_watches: {err}");
+        }
+    }
+}
+
+#[test]
+fn the_user_watch_limit_is_enospc_and_reported() {
+    let Some(monitor) = open(Monitor::builder().capacity(16)) else {
+        return;
+    };
+    let before = monitor.user_watches().expect("user_watches");
+    assert_eq!(before.limit, monitor.api_info().max_user_watches);
+    let addr = map_pages(1);
+    let first = watch(&monitor, addr, page(), 1);
+    assert_eq!(
+        monitor.user_watches().expect("user_watches").alive,
+        before.alive + 1
+    );
+    if !in_vm() {
+        println!("not in the VM: leaving max_user_watches alone");
+        unwatch(&monitor, first, 1);
+        unmap(addr, page());
+        return;
+    }
+    let limit = UserWatchLimit::set(before.alive + 2);
+    let second = watch(&monitor, addr, page(), 2);
+    assert_errno(
+        monitor.watch(addr, page(), 3),
+        |e| matches!(e, Error::Watch { .. }),
+        libc::ENOSPC,
+        "a watch beyond max_user_watches",
+    );
+    let at_limit = monitor.user_watches().expect("user_watches");
+    assert_eq!(
+        (at_limit.alive, at_limit.limit),
+        (before.alive + 2, before.alive + 2)
+    );
+    assert_eq!(
+        monitor.totals().watched,
+        2,
+        "the refused watch changed nothing"
+    );
+    unwatch(&monitor, second, 2);
+    let third = watch(&monitor, addr, page(), 3);
+    drop(limit);
+    unwatch(&monitor, third, 3);
+    unwatch(&monitor, first, 1);
+    assert_eq!(
+        monitor.user_watches().expect("user_watches").alive,
+        before.alive
+    );
+    unmap(addr, page());
+}

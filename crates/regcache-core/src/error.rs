@@ -24,7 +24,8 @@ pub enum Error {
         source: io::Error,
     },
     /// The invalidation source could not watch the range (regwatch: `ENOSPC` when every slot
-    /// is taken, also after the cache evicted its idle registrations to free some).
+    /// is taken or the user reached the module's `max_user_watches`, also after the cache
+    /// evicted its idle registrations to free some; `ENOMEM` when the memory cgroup is full).
     #[error("watching {len} bytes at {addr:#x} failed")]
     Watch {
         /// Start of the range.

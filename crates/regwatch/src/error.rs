@@ -21,8 +21,11 @@ pub enum Error {
     /// `open("/dev/regwatch")` failed for another reason.
     #[error("cannot open /dev/regwatch")]
     Open(#[source] io::Error),
-    /// The `REGWATCH_IOC_API` handshake failed, or the module speaks another
-    /// ABI (then the source has kind `InvalidData`).
+    /// The `REGWATCH_IOC_API` call (the handshake, or
+    /// [`Monitor::user_watches`]) failed, or the module speaks another ABI
+    /// (then the source has kind `InvalidData`).
+    ///
+    /// [`Monitor::user_watches`]: crate::Monitor::user_watches
     #[error("regwatch API handshake failed")]
     Handshake(#[source] io::Error),
     /// `REGWATCH_IOC_SET_CAPACITY` refused `slots`.
@@ -44,7 +47,12 @@ pub enum Error {
         start: usize,
         /// Length of the range in bytes.
         len: usize,
-        /// `EINVAL` (bad range), `ENOSPC` (every slot in use), `ENOMEM`, ...
+        /// `EINVAL` (bad range); `ENOSPC`: every slot of the monitor is in
+        /// use, or the user reached the module's `max_user_watches` over all
+        /// its monitors ([`Monitor::user_watches`] tells which); `ENOMEM`
+        /// (the memory cgroup is full); ...
+        ///
+        /// [`Monitor::user_watches`]: crate::Monitor::user_watches
         source: io::Error,
     },
     /// `REGWATCH_IOC_UNWATCH` refused the watch.

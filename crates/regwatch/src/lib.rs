@@ -49,4 +49,4 @@ mod sys;
 mod uapi;
 
 pub use error::{Error, Result};
-pub use monitor::{ApiInfo, Builder, Monitor, Reason, Record, Totals, Watch};
+pub use monitor::{ApiInfo, Builder, Monitor, Reason, Record, Totals, UserWatches, Watch};

@@ -123,6 +123,19 @@ pub struct ApiInfo {
     pub max_slots: u64,
     /// Capacity used when [`Builder::capacity`] is not given.
     pub default_slots: u64,
+    /// Watches one user may have alive over all its monitors (the module
+    /// parameter `max_user_watches`) when the handshake ran.
+    pub max_user_watches: u64,
+}
+
+/// Watches of the user a monitor counts against (its opener's effective
+/// uid), over all that user's monitors in every process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserWatches {
+    /// Watches alive now.
+    pub alive: u64,
+    /// The module's `max_user_watches`: a watch beyond it fails with `ENOSPC`.
+    pub limit: u64,
 }
 
 /// Running totals of the status area. Each is loaded on its own (acquire),
@@ -210,6 +223,20 @@ fn handshake(fd: BorrowedFd<'_>, strict: bool) -> io::Result<ApiInfo> {
         ..Default::default()
     };
     sys::ioctl(fd, &mut api)?;
+    check_abi(&api)?;
+    let strict_on = api.features & u64::from(uapi::REGWATCH_FEATURE_STRICT) != 0;
+    if strict && !strict_on {
+        return Err(invalid_data("module did not enable strict mode"));
+    }
+    Ok(ApiInfo {
+        strict: strict_on,
+        max_slots: api.max_slots,
+        default_slots: api.default_slots,
+        max_user_watches: api.max_user_watches,
+    })
+}
+
+fn check_abi(api: &regwatch_api) -> io::Result<()> {
     if api.api != uapi::API || api.record_size != size_of::<regwatch_record>() as u64 {
         return Err(invalid_data(format!(
             "module speaks API {} with {}-byte records, this crate API {} with {}-byte records",
@@ -219,15 +246,7 @@ fn handshake(fd: BorrowedFd<'_>, strict: bool) -> io::Result<ApiInfo> {
             size_of::<regwatch_record>()
         )));
     }
-    let strict_on = api.features & u64::from(uapi::REGWATCH_FEATURE_STRICT) != 0;
-    if strict && !strict_on {
-        return Err(invalid_data("module did not enable strict mode"));
-    }
-    Ok(ApiInfo {
-        strict: strict_on,
-        max_slots: api.max_slots,
-        default_slots: api.default_slots,
-    })
+    Ok(())
 }
 
 fn invalid_data(message: impl Into<String>) -> io::Error {
@@ -324,6 +343,28 @@ impl Monitor {
         self.status.nslots()
     }
 
+    /// The watches of this monitor's user and their limit, asked of the
+    /// kernel now (one `REGWATCH_IOC_API` call): tells which limit an
+    /// `ENOSPC` from [`Monitor::watch`] met. Other monitors and processes of
+    /// the user may change the count at any time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Handshake`]: `EIO` in a fork child.
+    pub fn user_watches(&self) -> Result<UserWatches> {
+        let mut api = regwatch_api {
+            api: uapi::API,
+            ..Default::default()
+        };
+        sys::ioctl(self.fd.as_fd(), &mut api)
+            .and_then(|()| check_abi(&api))
+            .map_err(Error::Handshake)?;
+        Ok(UserWatches {
+            alive: api.user_watches,
+            limit: api.max_user_watches,
+        })
+    }
+
     /// Starts watching the pages behind `[start, start + len)` (rounded out
     /// to whole pages). [`Monitor::drain`] will report `cookie` once the
     /// first time they change; unwatching needs it too.
@@ -336,7 +377,10 @@ impl Monitor {
     ///
     /// [`Error::Watch`] with `EINVAL` for a zero `len`, a range that
     /// overflows or ends beyond the user address space; `ENOSPC` when every
-    /// slot is in use; `ENOMEM`; `EIO` in a fork child. Nothing changed then.
+    /// slot is in use or the user has `max_user_watches` watches alive over
+    /// all its monitors (see [`Monitor::user_watches`]); `ENOMEM` when the
+    /// kernel memory for more slots cannot be charged to the caller's memory
+    /// cgroup; `EIO` in a fork child. Nothing changed then.
     pub fn watch(&self, start: usize, len: usize, cookie: u64) -> Result<Watch> {
         let mut arg = regwatch_watch {
             // Lossless: lib.rs admits 64-bit targets only.

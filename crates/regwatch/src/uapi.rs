@@ -212,5 +212,7 @@ mod tests {
         assert_eq!(offset_of!(regwatch_api, features), 8);
         assert_eq!(offset_of!(regwatch_api, max_slots), 32);
         assert_eq!(offset_of!(regwatch_api, record_size), 48);
+        assert_eq!(offset_of!(regwatch_api, max_user_watches), 56);
+        assert_eq!(offset_of!(regwatch_api, user_watches), 64);
     }
 }

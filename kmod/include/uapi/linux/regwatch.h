@@ -23,8 +23,28 @@
  * fails with EIO (poll: EPOLLERR) and changes nothing. close() from anywhere
  * is fine and removes every watch.
  *
- * Errors common to all ioctls: EFAULT (bad argument pointer), EIO (other mm),
- * ENOTTY (unknown ioctl), EINVAL (a reserved field is not zero).
+ * Errors common to all ioctls: EFAULT (bad argument pointer, also one that
+ * is readable but not writable), EIO (other mm), ENOTTY (unknown ioctl),
+ * EINVAL (a reserved field is not zero).
+ *
+ * Every call that fails leaves the fd exactly as it was: capacity, features,
+ * slots, seq numbers and the status area's counters. (Only events that
+ * really happened meanwhile change the status area.)
+ *
+ * Memory: every allocation is charged to the caller's memory cgroup and
+ * fails with ENOMEM, never by invoking the OOM killer. An fd costs a small
+ * constant (about 5 KiB: the header page of the status area) once its
+ * capacity is fixed, plus about 122 bytes per slot up to the most slots it
+ * had in use at once: slot storage and status pages are allocated as slots
+ * are first used (in chunks of 512 slots and one page), not for the
+ * capacity.
+ *
+ * Per-user limit: the watches alive over all fds opened by one user
+ * (effective uid at open) are limited by the module parameter
+ * max_user_watches (default: 1% of RAM at 128 bytes per watch, at least
+ * 65536), like inotify's max_user_watches; REGWATCH_IOC_WATCH beyond it
+ * fails with ENOSPC. REGWATCH_IOC_API reports the limit and the user's
+ * count.
  */
 #ifndef _UAPI_LINUX_REGWATCH_H
 #define _UAPI_LINUX_REGWATCH_H
@@ -61,9 +81,15 @@
  * @default_slots: (out) capacity used if none was set before the first
  *	watch or mmap.
  * @record_size: (out) sizeof(struct regwatch_record) of this module.
+ * @max_user_watches: (in) ignored; (out) the module parameter
+ *	max_user_watches: watches one user may have alive over all its fds.
+ * @user_watches: (in) ignored; (out) watches alive now over all fds of the
+ *	user this fd counts against (its opener's effective uid).
  * @reserved: (in) must be zero; (out) zero.
  *
- * May be called any number of times, also after watches exist.
+ * May be called any number of times, also after watches exist. Features
+ * are enabled only once the answer was written back (a read-only argument:
+ * EFAULT, nothing enabled).
  */
 struct regwatch_api {
 	__u64 api;
@@ -73,7 +99,9 @@ struct regwatch_api {
 	__u64 max_slots;
 	__u64 default_slots;
 	__u64 record_size;
-	__u64 reserved[9];
+	__u64 max_user_watches;
+	__u64 user_watches;
+	__u64 reserved[7];
 };
 
 /**
@@ -82,10 +110,11 @@ struct regwatch_api {
  * @status_size: (out) exact length mmap() of the status area needs.
  * @reserved: (in) must be zero.
  *
- * Allowed once, and only before the first watch and before the first mmap
- * (either of which fixes the capacity at default_slots): EBUSY otherwise.
- * ENOMEM if the memory cannot be charged to the caller's memory cgroup.
- * Kernel memory per slot is fixed at this point (about 120 bytes/slot).
+ * Allowed once, and only before the first watch and before the first
+ * successful mmap (either of which fixes the capacity at default_slots):
+ * EBUSY otherwise. ENOMEM if the header page cannot be charged to the
+ * caller's memory cgroup. The capacity is a bound, not an allocation: slots
+ * cost memory only once used (see the top of this header).
  */
 struct regwatch_capacity {
 	__u64 slots;
@@ -105,8 +134,11 @@ struct regwatch_capacity {
  * @reserved: (in) must be zero.
  *
  * EINVAL: zero length, start + length overflows, range beyond the user
- * address space, unknown flags. ENOSPC: every slot is in use. ENOMEM.
- * On any error nothing changed.
+ * address space, unknown flags. ENOSPC: every slot is in use, or the user
+ * has max_user_watches watches alive (compare user_watches of
+ * REGWATCH_IOC_API). ENOMEM: storage for a new chunk of slots or status
+ * page could not be charged. EFAULT also when the argument is not writable
+ * (checked before anything changes). On any error nothing changed.
  */
 struct regwatch_watch {
 	__u64 start;
@@ -165,8 +197,13 @@ enum regwatch_reason {
  *
  * read() returns whole records only, each dirty watch exactly once.
  * EINVAL if the buffer is smaller than one record; EAGAIN under O_NONBLOCK
- * when nothing is pending, otherwise it blocks; EFAULT if nothing could be
- * copied (records not copied stay pending). poll()/epoll: EPOLLIN when a
+ * (or RWF_NOWAIT) when nothing is pending, otherwise it blocks until one
+ * is; EFAULT if nothing could be copied (records not copied stay pending).
+ * readv()/preadv2() work the same way on the iovecs taken as one buffer:
+ * records are written back to back and may straddle two iovecs, the total
+ * length is what counts (at least one record), and the call blocks only
+ * while nothing was copied (it returns what is pending, never waits to
+ * fill the remaining iovecs). poll()/epoll: EPOLLIN when a
  * record is pending. A read() in one thread that overlaps an UNWATCH of the
  * same watch in another may still return that watch's record: drop records
  * of watches already gone, matching on {slot, seq} or on a cookie never
@@ -200,9 +237,16 @@ struct regwatch_record {
  *
  * mmap() rules: offset 0, length exactly REGWATCH_STATUS_SIZE(nslots, page),
  * PROT_READ and MAP_SHARED: EINVAL for another offset, length or MAP_PRIVATE,
- * EPERM for PROT_WRITE/PROT_EXEC; a later mprotect() to them fails with the
- * kernel's own EACCES (the mapping lacks VM_MAYWRITE and VM_MAYEXEC). The
- * mapping is not inherited across fork (a child gets no mapping there).
+ * EPERM for PROT_WRITE/PROT_EXEC (a refused mmap fixes no capacity; without
+ * a capacity, nslots is default_slots); a later mprotect() to them fails
+ * with the kernel's own EACCES (the mapping lacks VM_MAYWRITE and
+ * VM_MAYEXEC). The mapping is not inherited across fork (a child gets no
+ * mapping there) and cannot be made so: madvise(MADV_DOFORK) fails with
+ * EINVAL (it is a VM_IO mapping). It cannot be emptied either:
+ * madvise(MADV_DONTNEED, MADV_FREE, MADV_COLD, MADV_PAGEOUT) fails with
+ * EINVAL (VM_PFNMAP), so every read of it works for as long as it is
+ * mapped. Pages of slots never used read as zeros; /proc/pid/mem and
+ * process_vm_readv() cannot read it.
  *
  * Slot word values (64-bit, read with an acquire load):
  *   seq (even)          the watch created with seq is valid;

@@ -37,8 +37,8 @@ pub enum Error {
         /// The verbs error.
         source: verbs::Error,
     },
-    /// The device has no RoCE v2 GID carrying an IPv4 address to send from.
-    #[error("{device} port {port} has no RoCE v2 GID with an IPv4 address")]
+    /// The device's port has an empty GID table: nothing to send from.
+    #[error("{device} port {port} has no GID to send from")]
     NoRoceGid {
         /// RDMA device name.
         device: String,

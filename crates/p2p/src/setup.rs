@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use verbs::{
-    AccessFlags, CompletionQueue, Context, Gid, GidType, Mtu, ProtectionDomain, QpConfig,
-    QpEndpoint, QueuePair,
+    AccessFlags, CompletionQueue, Context, Gid, Mtu, ProtectionDomain, QpConfig, QpEndpoint,
+    QueuePair, FIRST_PORT as PORT,
 };
 
 use crate::bootstrap;
@@ -17,9 +17,6 @@ use crate::error::{Error, Result};
 use crate::launch::LaunchConfig;
 use crate::protocol::Thresholds;
 use crate::registrations::UserBufferCache;
-
-/// Port used on every device.
-const PORT: u8 = 1;
 
 /// What a rank has once it is connected to every peer.
 #[derive(Debug)]
@@ -40,17 +37,12 @@ fn setup_error(device: &str, step: &'static str) -> impl FnOnce(verbs::Error) ->
     }
 }
 
-/// The first RoCE v2 GID of the port that carries an IPv4 address.
-fn roce_v2_ipv4_gid(ctx: &Context) -> Result<u8> {
+/// The GID a queue pair sends from: the port's RoCE v2 entry over IPv4 where there is one
+/// (see [`Context::roce_v2_gid`] for the fallbacks).
+fn roce_v2_gid(ctx: &Context) -> Result<u8> {
     let name = ctx.name();
-    let table = ctx
-        .gid_table(PORT)
-        .map_err(setup_error(name, "reading the GID table"))?;
-    table
-        .iter()
-        .find(|entry| {
-            entry.gid_type == Some(GidType::RoceV2) && entry.gid.to_ipv4_mapped().is_some()
-        })
+    ctx.roce_v2_gid(PORT, None)
+        .map_err(setup_error(name, "reading the GID table"))?
         .map(|entry| entry.index)
         .ok_or_else(|| Error::NoRoceGid {
             device: name.to_owned(),
@@ -89,7 +81,7 @@ pub(crate) fn connect(
         .map_err(setup_error(dev, "querying the port"))?
         .active_mtu
         .unwrap_or(Mtu::Mtu1024);
-    let gid_index = roce_v2_ipv4_gid(&ctx)?;
+    let gid_index = roce_v2_gid(&ctx)?;
     let pd = ProtectionDomain::new(&ctx).map_err(setup_error(dev, "allocating a PD"))?;
     let peers = u32::try_from(config.size).unwrap_or(u32::MAX);
     let send_cq = CompletionQueue::new(&ctx, (SEND_BOUNCE_BUFFERS * 2).saturating_mul(peers))

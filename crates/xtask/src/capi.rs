@@ -3,9 +3,9 @@
 //! DIR; the VM suite installs it the same way into its stage in the rootfs and builds the C
 //! tests and the example there with gcc-14 against the installed copy, through pkg-config only.
 
-use crate::guest::Stage;
 use crate::rootfs::Rootfs;
 use crate::sh::{self, cmd};
+use crate::stage::Stage;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};

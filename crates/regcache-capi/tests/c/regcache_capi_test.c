@@ -236,13 +236,13 @@ TEST(naive_cache_sends_stale_bytes)
 	static const size_t sizes[] = { 4 * KIB, MIB };
 	struct naive_entry naive[2];
 	struct rig_link link;
-	struct target t;
+	struct target target;
 	struct rig rig;
 	int n = 0;
 
 	open_rig(&rig);
 	ASSERT_EQ(rig_link_open(&rig, &link), 0);
-	target_open(&rig, &t, MIB);
+	target_open(&rig, &target, MIB);
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
 		size_t len = sizes[i];
 		uint8_t *buf = rig_map(NULL, len);
@@ -252,18 +252,18 @@ TEST(naive_cache_sends_stale_bytes)
 		memset(buf, OLD, len);
 		mr = naive_lookup(naive, &n, rig.pd, buf, len);
 		ASSERT_NE(mr, NULL);
-		ASSERT_EQ(send_and_count(&link, &t, buf, mr->lkey, len, OLD), len);
+		ASSERT_EQ(send_and_count(&link, &target, buf, mr->lkey, len, OLD), len);
 		ASSERT_EQ(munmap(buf, len), 0);
 		ASSERT_EQ(rig_map(buf, len), buf);
 		memset(buf, NEW, len);
 		mr = naive_lookup(naive, &n, rig.pd, buf, len);
-		ASSERT_EQ(send_and_count(&link, &t, buf, mr->lkey, len, OLD), len);
+		ASSERT_EQ(send_and_count(&link, &target, buf, mr->lkey, len, OLD), len);
 		printf("# naive cache, %zu bytes: all %zu bytes delivered are stale\n", len, len);
 		munmap(buf, len);
 	}
 	for (int i = 0; i < n; i++)
 		ASSERT_EQ(ibv_dereg_mr(naive[i].mr), 0);
-	target_close(&t);
+	target_close(&target);
 	rig_link_close(&link);
 	ASSERT_EQ(rig_close(&rig), 0);
 }

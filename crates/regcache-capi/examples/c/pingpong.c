@@ -2,8 +2,8 @@
 /*
  * Ping-pong over two RC queue pairs on one RDMA device (loopback), every buffer registered
  * through libregcache right before use and released after its completion, as an MPI library
- * would. Every few rounds the messages move to freshly allocated memory, which may sit at the
- * addresses of the old: the cache notices and never sends stale pages.
+ * would. Every ten rounds the buffers are unmapped and mapped again: the kernel usually hands
+ * back the same addresses with new pages, which the cache notices (no stale pages are sent).
  *
  *   cc pingpong.c $(pkg-config --cflags --libs regcache) -o pingpong
  *   ./pingpong [device] [rounds]        (default rxe0, 100)
@@ -11,11 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include <regcache.h>
 
-#define MSG (256 * 1024) /* above malloc's mmap threshold: freeing unmaps */
+#define MSG (256 * 1024)
 
 static struct ibv_cq *cq;
 static struct regcache *cache;
@@ -132,12 +133,14 @@ int main(int argc, char **argv)
 	connect_qp(b, a->qp_num, gid, gid_index);
 
 	for (int round = 0; round < rounds; round++) {
-		if (round % 10 == 0) { /* new memory, maybe at the old addresses */
-			free(ping);
-			free(pong);
-			ping = malloc(MSG);
-			pong = malloc(MSG);
-			CHECK(ping && pong, "malloc");
+		if (round % 10 == 0) { /* new pages, likely at the old addresses */
+			if (ping) {
+				munmap(ping, MSG);
+				munmap(pong, MSG);
+			}
+			ping = mmap(NULL, MSG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			pong = mmap(NULL, MSG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			CHECK(ping != MAP_FAILED && pong != MAP_FAILED, "mmap");
 		}
 		memset(ping, 'a' + round % 26, MSG);
 		transfer(a, ping, b, pong); /* ping: a -> b */
@@ -154,8 +157,8 @@ int main(int argc, char **argv)
 	       "%llu hits, %llu misses, %llu invalidations\n", rounds, MSG, name,
 	       regcache_mode(cache), regcache_policy(cache), (unsigned long long)st.hits,
 	       (unsigned long long)st.misses, (unsigned long long)st.invalidations);
-	free(ping);
-	free(pong);
+	munmap(ping, MSG);
+	munmap(pong, MSG);
 	ibv_destroy_qp(a);
 	ibv_destroy_qp(b);
 	ibv_destroy_cq(cq);

@@ -11,16 +11,19 @@ use rdma_sys::{
 };
 
 use crate::attr::{DeviceAttrs, PortAttr};
-use crate::device::DeviceList;
+use crate::device::{device_name, DeviceList};
 use crate::error::{last_os_error, note_drop_result, returned_os_error, Error, Result};
 use crate::ext::verbs_op;
 use crate::gid::{choose_roce_v2, Gid, GidEntry, GidType};
 
-/// An open RDMA device (`struct ibv_context`), closed when the last `Arc` goes.
+/// An open RDMA device (`struct ibv_context`), closed when the last `Arc` goes unless it was
+/// borrowed from a caller ([`ProtectionDomain::from_borrowed`](crate::ProtectionDomain::from_borrowed)).
 #[derive(Debug)]
 pub struct Context {
     raw: NonNull<ibv_context>,
     name: String,
+    /// Whether `Drop` closes the device: false for a context a C caller opened and closes.
+    owned: bool,
 }
 
 // SAFETY: libibverbs documents all verbs objects as safe for multi-threaded
@@ -52,7 +55,25 @@ impl Context {
         Ok(Arc::new(Self {
             raw,
             name: name.to_owned(),
+            owned: true,
         }))
+    }
+
+    /// A context opened by someone else, which this crate uses but never closes.
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be an open context that stays open until the last `Arc` of the returned value
+    /// (and of every object made from it) is gone.
+    pub(crate) unsafe fn from_borrowed(raw: NonNull<ibv_context>) -> Arc<Self> {
+        // SAFETY: the caller guarantees an open context, whose `device` field libibverbs set
+        // when it opened it and which lives as long as the context.
+        let device = unsafe { (*raw.as_ptr()).device };
+        Arc::new(Self {
+            raw,
+            name: device_name(device),
+            owned: false,
+        })
     }
 
     /// The device name this context was opened with.
@@ -236,6 +257,9 @@ impl Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // SAFETY: the context was opened by `Context::open` and is closed exactly
         // once; every PD/CQ holds an `Arc<Context>`, so none outlives it.
         let ret = unsafe { ibv_close_device(self.as_ptr()) };

@@ -1,7 +1,8 @@
 //! What the guests run, built on the host and staged: the integration-test
-//! executables, `p2p-bench` and the module. [`stage_suite`] is the one list
+//! executables, `p2p-bench`, the module, and libregcache with its C tests. [`stage_suite`] is the one list
 //! of what a suite run stages.
 
+use crate::capi;
 use crate::kernels::Kernel;
 use crate::kmod;
 use crate::rootfs::Rootfs;
@@ -67,7 +68,8 @@ pub fn stage_p2p_bench(workspace: &Path, stage: &Stage) -> Result<()> {
 /// A fresh stage with everything the guest script's test, run, shell and
 /// demo modes use: the test executables, `p2p-bench` (whose short plan the
 /// suite runs as a test and the demo shows), the module for each kernel, its
-/// C tests and its DKMS install.
+/// C tests and its DKMS install, and libregcache installed in the stage with
+/// the C API's tests and example built against it.
 pub fn stage_suite(workspace: &Path, rootfs: &Rootfs, kernels: &[Kernel]) -> Result<Stage> {
     let binaries = build_test_binaries(workspace)?;
     let stage = Stage::fresh(rootfs)?;
@@ -77,5 +79,6 @@ pub fn stage_suite(workspace: &Path, rootfs: &Rootfs, kernels: &[Kernel]) -> Res
     stage_p2p_bench(workspace, &stage)?;
     // Optional: a workspace without kmod/ runs the suite without a module.
     kmod::stage_module(workspace, rootfs, &stage, kernels, kmod::With::TestsAndDkms)?;
+    capi::build_c_tests(workspace, rootfs, &stage)?;
     Ok(stage)
 }

@@ -21,6 +21,7 @@
 //!   staging directory), `vmdir` (the cache directory), `host` and `sh`.
 
 mod artefacts;
+mod capi;
 mod commands;
 mod host;
 mod kernel_log;
@@ -64,6 +65,17 @@ enum Top {
     /// The regwatch kernel module.
     #[command(subcommand)]
     Kmod(KmodCommand),
+    /// Build libregcache (release) and install the library, regcache.h and regcache.pc.
+    Install {
+        /// Installation prefix (absolute): files go to PREFIX/lib, PREFIX/include and
+        /// PREFIX/lib/pkgconfig.
+        #[arg(long)]
+        prefix: PathBuf,
+        /// Stage the files under DESTDIR/PREFIX instead, for packaging (regcache.pc still
+        /// names PREFIX).
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+    },
     /// Benchmarks; figures go to target/bench (p2p, regwatch) or criterion's
     /// output (hit-path), and by hand to benches/RESULTS.md.
     #[command(subcommand)]
@@ -147,6 +159,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Top::Vm(VmCommand::Run { kernel, command }) => vm::vm_run(&ctx, &kernel, &command),
         Top::Vm(VmCommand::Selftest) => vm::vm_selftest(&ctx),
         Top::Kmod(KmodCommand::Build) => check::kmod_build(&ctx),
+        Top::Install { prefix, destdir } => {
+            let prefix = std::path::absolute(&prefix)?;
+            capi::install(&ctx.workspace, &prefix, destdir.as_deref())
+        }
         Top::Bench(BenchCommand::Regwatch { kernel }) => bench::bench_regwatch(&ctx, &kernel),
         Top::Bench(BenchCommand::P2p { kernel }) => bench::bench_p2p(&ctx, &kernel),
         Top::Bench(BenchCommand::HitPath) => bench::bench_hit_path(&ctx),

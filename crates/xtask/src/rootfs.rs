@@ -14,8 +14,9 @@ const SUITES: &[&str] = &["trixie", "trixie-updates", "trixie-backports"];
 const MIRROR: &str = "http://deb.debian.org/debian";
 
 /// What every guest needs besides a kernel: the module toolchain (gcc-14 is
-/// trixie's, the kernels' compiler), rdma-core with perftest, dkms, and the
-/// tools the guest script uses.
+/// trixie's, the kernels' compiler), rdma-core with perftest, dkms, the tools
+/// the guest script uses, and what the C API's tests are built and checked
+/// with (verbs headers, pkg-config, valgrind).
 const GUEST_PACKAGES: &[&str] = &[
     "gcc-14",
     "make",
@@ -33,6 +34,9 @@ const GUEST_PACKAGES: &[&str] = &[
     "numactl",
     "libnuma-dev",
     "ca-certificates",
+    "libibverbs-dev",
+    "pkg-config",
+    "valgrind",
 ];
 
 /// Debian's kernel hook would build a dracut initramfs per kernel (a minute

@@ -5,22 +5,30 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use memmap2::MmapMut;
 use verbs::{
-    error_chain, AccessFlags, CompletionQueue, Mtu, OwnedMemoryRegion, ProtectionDomain, QpConfig,
-    QueuePair, Sge, FIRST_PORT,
+    AccessFlags, CompletionQueue, MemoryRegion, Mtu, ProtectionDomain, QpConfig, QueuePair, Sge,
 };
 
-use crate::{Node, Side, COMPLETION_TIMEOUT};
+use verbs::FIRST_PORT;
+
+use crate::{error_chain, Node, Side, COMPLETION_TIMEOUT};
+
+/// A peer's registered write target, cleared before every write so that bytes found in it
+/// were sent by that write.
+#[derive(Debug)]
+struct Target {
+    // Before `map`: deregistered before the memory is unmapped (fields drop in order).
+    mr: MemoryRegion,
+    map: MmapMut,
+}
 
 /// A QP in a given protection domain (the cache's), connected at path MTU 4096 to a QP on a
-/// peer device that owns a write target: the rig that RDMA WRITEs a cached registration's
-/// bytes to where a test can look at them.
+/// peer device that owns a write target.
 #[derive(Debug)]
 pub struct WriteRig {
     qp: QueuePair,
-    /// The peer's registered write target, cleared before every write so that bytes found in
-    /// it were sent by that write.
-    target: OwnedMemoryRegion,
+    target: Target,
     peer: Side,
 }
 
@@ -43,18 +51,29 @@ impl WriteRig {
         let qp = QueuePair::create_rc(pd, &cq, &cq, QpConfig::new(FIRST_PORT, gid.index))
             .unwrap_or_else(|e| fail("create QP", e));
         let peer = Side::open(to);
-        let target = OwnedMemoryRegion::anonymous(
-            &peer.pd,
-            target_len,
-            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
-        )
+        let mut map = MmapMut::map_anon(target_len).expect("anonymous mapping for the target");
+        // SAFETY: the mapping is owned by the target and outlives the region (field order).
+        // The device writes it only during `WriteRig::write`, which holds `&mut self`; Rust looks at
+        // it only through `WriteRig::landed` (`&self`), so never while a write is in flight.
+        let mr = unsafe {
+            MemoryRegion::register(
+                &peer.pd,
+                map.as_mut_ptr(),
+                target_len,
+                AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
+            )
+        }
         .unwrap_or_else(|e| fail("register the target", e));
         qp.connect(&peer.qp.endpoint(), Mtu::Mtu4096)
             .unwrap_or_else(|e| fail("connect the cache's QP", e));
         peer.qp
             .connect(&qp.endpoint(), Mtu::Mtu4096)
             .unwrap_or_else(|e| fail("connect the peer's QP", e));
-        Self { qp, target, peer }
+        Self {
+            qp,
+            target: Target { mr, map },
+            peer,
+        }
     }
 
     /// Clears the first `len` bytes of the target, RDMA WRITEs `len` bytes at `addr` (covered
@@ -68,16 +87,14 @@ impl WriteRig {
     ///
     /// When `len` exceeds the target or a work request's 4 GiB limit.
     pub fn write(&mut self, addr: usize, len: usize, lkey: u32) -> verbs::Result<()> {
-        self.target
-            .write_at(0, &vec![0; len])
-            .expect("the write fits the target");
+        self.target.map[..len].fill(0);
         let sge = Sge {
             addr: addr as u64,
             length: u32::try_from(len).expect("a work request carries less than 4 GiB"),
             lkey,
         };
         self.qp
-            .post_write(1, &[sge], self.target.mr().addr(), self.target.mr().rkey())?;
+            .post_write(1, &[sge], self.target.mr.addr(), self.target.mr.rkey())?;
         self.qp
             .send_cq()
             .wait_completion(COMPLETION_TIMEOUT)
@@ -85,17 +102,9 @@ impl WriteRig {
     }
 
     /// The first `len` bytes of the target: what the last write delivered.
-    ///
-    /// # Panics
-    ///
-    /// When `len` exceeds the target.
     #[must_use]
-    pub fn landed(&self, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0; len];
-        self.target
-            .read_at(0, &mut bytes)
-            .expect("the range fits the target");
-        bytes
+    pub fn landed(&self, len: usize) -> &[u8] {
+        &self.target.map[..len]
     }
 
     /// The peer's device.

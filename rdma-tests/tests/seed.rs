@@ -96,7 +96,7 @@ impl Rig {
             .write(ptr as usize, len, registration.lkey())
             .unwrap_or_else(|e| panic!("RDMA WRITE of {len} bytes: {}", error_chain(&e)));
         drop(registration);
-        (Tally::of(&self.link.landed(len), expected, stale), hit)
+        (Tally::of(self.link.landed(len), expected, stale), hit)
     }
 
     fn run(&mut self, change: Change, len: usize) -> Observed {

@@ -93,7 +93,7 @@ fn pinned_cache_never_sends_stale_bytes_while_buffers_change() {
                             .unwrap_or_else(|e| panic!("worker {i}: write: {}", error_chain(&e)));
                         drop(registration);
                         let tally =
-                            Tally::of(&link.landed(BUFFER), slot.byte, slot.byte.wrapping_sub(1));
+                            Tally::of(link.landed(BUFFER), slot.byte, slot.byte.wrapping_sub(1));
                         assert!(
                             tally.all_expected(),
                             "worker {i}: sent {tally:?} expecting byte {} (stale = previous byte)",

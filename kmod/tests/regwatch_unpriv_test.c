@@ -220,7 +220,9 @@ TEST(fd_memory_follows_watches_not_capacity)
  * In a 4 MiB memory cgroup the largest capacity, the watches until memory
  * runs out and a new fd's first watch get ENOMEM, and nothing is killed.
  * After the first ENOMEM the child touches no new memory of its own (its
- * stack is touched beforehand) until it closed the fds.
+ * stack and the status mappings are touched beforehand) until it closed
+ * the fds: a page fault at the limit would be an OOM kill, as for any
+ * process.
  */
 TEST(small_memcg_gets_enomem_not_oom_kill)
 {
@@ -246,6 +248,8 @@ TEST(small_memcg_gets_enomem_not_oom_kill)
 		rw_set_capacity(fd, max);
 		st = rw_map_status(fd, max);
 		st2 = rw_map_status(fd2, rw_module_counter("default_slots"));
+		/* their page tables now: a fault at the limit is an OOM kill */
+		ASSERT_EQ(st->total_watched + st2->total_watched, 0);
 		for (;;) {
 			if (rw_try_watch(fd, (void *)((watched + 1) << 20), 1,
 					 watched, &w))
@@ -335,6 +339,8 @@ TEST(user_limit_gives_enospc)
 		w = rw_watch(fd1, p, 1, 60);
 		EXPECT_EQ(w.slot, 60);
 		EXPECT_EQ(w.seq, 2 * 61);
+		/* the mapping holds the file: the watches go with both */
+		ASSERT_EQ(munmap(st2, REGWATCH_STATUS_SIZE(limit, rw_page())), 0);
 		close(fd2);
 		ASSERT_EQ(ioctl(fd1, REGWATCH_IOC_API, &api), 0);
 		EXPECT_EQ(api.user_watches, 61);

@@ -3,8 +3,9 @@
 //! The module maps the status area "do not copy on fork" (`VM_DONTCOPY`), so
 //! a fork child's copy of a [`Monitor`](crate::Monitor) points at an address
 //! the child does not have mapped, where the child may later map something
-//! else. (Kernel 7.3 refuses `MADV_DOFORK` on the area; 6.12 accepts it, and a
-//! child may then have a copy that no fd of its own backs.) Loading from it,
+//! else. (The module makes the area `VM_IO`, so `MADV_DOFORK` fails with
+//! `EINVAL` on every kernel and the area never reaches a child; modules
+//! before that accepted it on 6.12.) Loading from it,
 //! or unmapping it on drop, would be unsound. A `pthread_atfork()` child
 //! handler counts forks; a status area remembers the count it was mapped at
 //! and, once the count moved, neither loads from nor unmaps its address.

@@ -91,7 +91,8 @@ struct regcache_config {
   uint32_t mode;
   /**
    * Path MTU in bytes at which the ODP self-test runs: the smallest path MTU of the QPs that
-   * will use the registrations; 256, 512, 1024, 2048 or 4096 (`REGCACHE_ODP_PROBE_MTU`).
+   * will use the registrations; 256, 512, 1024, 2048 or 4096 (`REGCACHE_ODP_PROBE_MTU`), or 0
+   * (the default) for the active MTU of the device's first port.
    */
   uint32_t odp_probe_mtu;
   /**

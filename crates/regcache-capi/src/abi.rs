@@ -44,7 +44,8 @@ pub struct Config {
     /// One of `REGCACHE_MODE_*` (`REGCACHE_MODE`).
     pub mode: u32,
     /// Path MTU in bytes at which the ODP self-test runs: the smallest path MTU of the QPs that
-    /// will use the registrations; 256, 512, 1024, 2048 or 4096 (`REGCACHE_ODP_PROBE_MTU`).
+    /// will use the registrations; 256, 512, 1024, 2048 or 4096 (`REGCACHE_ODP_PROBE_MTU`), or 0
+    /// (the default) for the active MTU of the device's first port.
     pub odp_probe_mtu: u32,
     /// Live registrations above which idle ones are deregistered (`REGCACHE_MAX_REGIONS`).
     pub max_regions: u64,

@@ -6,8 +6,10 @@ use std::ffi::CStr;
 use std::ptr::NonNull;
 
 use rdma_sys::ibv_pd;
-use regcache_core::{Access, Config as CoreConfig, Limits, Mode, OdpSupport, Policy, RdmaCache};
-use verbs::ProtectionDomain;
+use regcache_rust::{
+    Access, Config as CoreConfig, Limits, Mode, OdpSupport, Policy, RdmaCache, SetupError,
+};
+use verbs::{Mtu, ProtectionDomain, FIRST_PORT};
 
 use crate::abi::{
     Config, Region, Stats, REGCACHE_MODE_AUTO, REGCACHE_MODE_ODP, REGCACHE_MODE_OFF,
@@ -17,7 +19,7 @@ use crate::abi::{
 use crate::failure::Failure;
 
 /// A registration held for a C handle.
-pub(crate) type Held = regcache_core::RdmaRegistration;
+pub(crate) type Held = regcache_rust::RdmaRegistration;
 
 /// The modes C names by number, in `REGCACHE_MODE_*` order, with their names.
 const MODES: [(u32, Mode, &CStr); 4] = [
@@ -36,7 +38,7 @@ pub(crate) fn default_config() -> Config {
         .map_or(REGCACHE_MODE_AUTO, |(number, _, _)| *number);
     Config {
         mode,
-        odp_probe_mtu: defaults.odp_probe_mtu,
+        odp_probe_mtu: defaults.odp_probe_mtu.map_or(0, Mtu::bytes),
         max_regions: defaults.limits.max_regions as u64,
         max_bytes: defaults.limits.max_bytes as u64,
         max_merge_bytes: defaults.limits.max_merge_bytes as u64,
@@ -50,19 +52,21 @@ fn core_config(config: &Config) -> Result<CoreConfig, Failure> {
         .find(|(number, _, _)| *number == config.mode)
         .map(|(_, mode, _)| *mode)
         .ok_or_else(|| Failure::invalid(format!("unknown mode {}", config.mode)))?;
-    let mtu = config.odp_probe_mtu;
-    if !(mtu.is_power_of_two() && (256..=4096).contains(&mtu)) {
-        return Err(Failure::invalid(format!(
-            "odp_probe_mtu {mtu} is not a path MTU (256, 512, 1024, 2048 or 4096)"
-        )));
-    }
+    let odp_probe_mtu = match config.odp_probe_mtu {
+        0 => None,
+        bytes => Some(Mtu::try_from(bytes).map_err(|_| {
+            Failure::invalid(format!(
+                "odp_probe_mtu {bytes} is not 0 nor a path MTU (256, 512, 1024, 2048 or 4096)"
+            ))
+        })?),
+    };
     if config.reserved != [0; 4] {
         return Err(Failure::invalid("reserved fields must be zero"));
     }
     // `as usize` is lossless: libibverbs and regwatch exist for 64-bit Linux only.
     Ok(CoreConfig {
         mode,
-        odp_probe_mtu: mtu,
+        odp_probe_mtu,
         limits: Limits {
             max_regions: config.max_regions as usize,
             max_bytes: config.max_bytes as usize,
@@ -104,8 +108,16 @@ impl Backend {
             .iter()
             .find(|(_, mode, _)| *mode == config.mode)
             .map_or(c"?", |(_, _, name)| *name);
-        let cache = RdmaCache::new(pd, config).map_err(|err| match err {
-            regcache_core::Error::ModeUnavailable { .. } => {
+        // Without a probe MTU of its own, the self-test runs at the port's active MTU: the
+        // path MTU of the caller's QPs is not known here.
+        let path_mtu = pd
+            .context()
+            .query_port(FIRST_PORT)
+            .map_err(|err| Failure::from_chain(&err, libc::EIO))?
+            .active_mtu
+            .unwrap_or(Mtu::Mtu1024);
+        let cache = RdmaCache::new(pd, config, path_mtu).map_err(|err| match err {
+            SetupError::ModeUnavailable { .. } => {
                 Failure::new(libc::EOPNOTSUPP, err.to_string())
             }
             _ => Failure::from_chain(&err, libc::EIO),
@@ -132,8 +144,8 @@ impl Backend {
         let held =
             unsafe { self.cache.cached_reg(addr as *const u8, length, access) }.map_err(|err| {
                 let fallback = match err {
-                    regcache_core::Error::InvalidRange { .. } => libc::EINVAL,
-                    regcache_core::Error::Unstable { .. } => libc::EAGAIN,
+                    regcache_rust::Error::InvalidRange { .. } => libc::EINVAL,
+                    regcache_rust::Error::Unstable { .. } => libc::EAGAIN,
                     _ => libc::EIO,
                 };
                 Failure::from_chain(&err, fallback)
@@ -166,7 +178,7 @@ impl Backend {
             misses: stats.misses,
             merges: stats.merges,
             evictions: stats.evictions,
-            invalidations: stats.invalidations,
+            invalidations: stats.invalidated,
             registration_retries: stats.registration_retries,
             deregister_failures: stats.deregister_failures,
             unwatch_failures: stats.unwatch_failures,
@@ -174,7 +186,7 @@ impl Backend {
             regions_in_use: stats.regions_in_use,
             bytes_registered: stats.bytes_registered,
             handles: 0,
-            odp_self_test: match stats.odp_self_test {
+            odp_self_test: match self.cache.odp_self_test().map(|test| test.support) {
                 None => REGCACHE_ODP_NOT_RUN,
                 Some(OdpSupport::None) => REGCACHE_ODP_NONE,
                 Some(OdpSupport::DeviceReadsOnly) => REGCACHE_ODP_DEVICE_READS_ONLY,

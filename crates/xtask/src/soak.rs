@@ -1,0 +1,110 @@
+//! `cargo xtask soak`: the randomized soak of the registration cache (rdma-tests' `soak`
+//! program, `rdma_tests::soak`) in a guest per kernel, with regwatch loaded and Soft-RoCE up.
+
+use crate::guest::{self, Stage};
+use crate::kmod;
+use crate::suite::{self, cargo_executables, Context};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Time limit of one guest: the boot and set-up, plus a budget per operation far above what
+/// TCG needs (see benches/RESULTS.md for the measured rate), so that only a hang hits it.
+const BOOT_BUDGET: Duration = Duration::from_secs(15 * 60);
+const BUDGET_PER_OP: Duration = Duration::from_millis(60);
+
+/// What `cargo xtask soak` was asked for.
+#[derive(Debug)]
+pub struct SoakArgs {
+    /// Operations per mode.
+    pub ops: u64,
+    /// The seed as given (the soak program parses it); `None` picks one from the clock
+    /// (printed, the same on every kernel).
+    pub seed: Option<String>,
+    /// all, backports, lts or a release prefix.
+    pub kernel: String,
+}
+
+/// Builds `soak` (rdma-tests) with optimisations and returns its path.
+fn build_soak(ctx: &Context) -> Result<PathBuf> {
+    crate::sh::step("building soak (rdma-tests, release) on the host", || {
+        let built = cargo_executables(
+            ctx,
+            &[
+                "build",
+                "--release",
+                "--package",
+                "rdma-tests",
+                "--bin",
+                "soak",
+            ],
+            |message| message["target"]["name"] == "soak",
+        )?;
+        Ok(built[0].clone())
+    })
+}
+
+/// `soak`: boots each selected kernel and runs the soak with the same seed; fails when a
+/// guest fails (a wrong byte, a control without stale bytes, a kernel warning, a timeout).
+pub fn soak(ctx: &Context, args: &SoakArgs) -> Result<()> {
+    if !kmod::module_exists(&ctx.workspace) {
+        bail!("no kmod/Kbuild: the soak's pinned mode needs regwatch");
+    }
+    let seed = args.seed.clone().unwrap_or_else(|| {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH);
+        format!("{:#x}", now.map_or(1, |since| since.as_nanos() as u64))
+    });
+    if !seed.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("--seed {seed:?}: a decimal or 0x-hexadecimal number");
+    }
+    eprintln!(
+        "==> soak: seed {seed}, {} operations per mode (replay: cargo xtask soak --seed {seed} --ops {} --kernel {})",
+        args.ops, args.ops, args.kernel
+    );
+    let prepared = suite::prepare(ctx)?;
+    let kernels = prepared.kernels(&args.kernel)?;
+    let soak = build_soak(ctx)?;
+    let stage = Stage::fresh(&prepared.rootfs)?;
+    for kernel in &kernels {
+        kmod::build_in_rootfs(&ctx.workspace, &prepared.rootfs, &stage, kernel)?;
+    }
+    stage.add_executable(&soak, "vmbench")?;
+    let timeout = BOOT_BUDGET + BUDGET_PER_OP * u32::try_from(args.ops).unwrap_or(u32::MAX);
+    let command = format!(
+        "run {}/vmbench/soak --ops {} --seed {seed}",
+        stage.guest_dir, args.ops
+    );
+    let mut failed = Vec::new();
+    for kernel in &kernels {
+        let run = prepared
+            .guest()
+            .run(kernel, &stage.exec_line(kernel, &command), timeout)?;
+        let verdict = guest::judge(&run);
+        eprintln!(
+            "==> soak on {} ({:?}) in {} s: {}",
+            kernel.release,
+            prepared.accel,
+            run.elapsed.as_secs(),
+            if verdict.ok() { "PASS" } else { "FAIL" }
+        );
+        for line in run
+            .output
+            .iter()
+            .filter(|line| line.starts_with("soak:   "))
+        {
+            eprintln!("    {line}");
+        }
+        if !verdict.ok() {
+            eprintln!("    {}", verdict.summary());
+            failed.push(kernel.release.clone());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "the soak failed on {} (replay: cargo xtask soak --seed {seed} --ops {})",
+            failed.join(", "),
+            args.ops
+        );
+    }
+    Ok(())
+}

@@ -12,6 +12,7 @@ mod kmod;
 mod p2p_report;
 mod rootfs;
 mod sh;
+mod soak;
 mod suite;
 mod virtme;
 mod vmdir;
@@ -49,6 +50,19 @@ enum Top {
     /// output (hit-path), and by hand to benches/RESULTS.md.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The randomized soak of the cache (every mode, and the negative control) in a guest
+    /// per kernel; prints the seed, so that a failure replays with --seed.
+    Soak {
+        /// Operations per mode.
+        #[arg(long, default_value_t = 10_000)]
+        ops: u64,
+        /// Seed (decimal or 0x-hex); default: from the clock.
+        #[arg(long)]
+        seed: Option<String>,
+        /// all, backports, lts or a release prefix such as 6.12.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,5 +145,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         Top::Bench(BenchCommand::Regwatch { kernel }) => suite::bench_regwatch(&ctx, &kernel),
         Top::Bench(BenchCommand::P2p { kernel }) => suite::bench_p2p(&ctx, &kernel),
         Top::Bench(BenchCommand::HitPath) => suite::bench_hit_path(&ctx),
+        Top::Soak { ops, seed, kernel } => soak::soak(&ctx, &soak::SoakArgs { ops, seed, kernel }),
     }
 }

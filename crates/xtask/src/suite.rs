@@ -31,13 +31,13 @@ pub struct Context {
 #[derive(Debug)]
 pub struct Prepared {
     virtme: Virtme,
-    rootfs: Rootfs,
+    pub(crate) rootfs: Rootfs,
     kernels: Vec<Kernel>,
-    accel: Accel,
+    pub(crate) accel: Accel,
 }
 
 impl Prepared {
-    fn guest(&self) -> Guest<'_> {
+    pub(crate) fn guest(&self) -> Guest<'_> {
         Guest {
             virtme: &self.virtme,
             rootfs: &self.rootfs,
@@ -47,7 +47,7 @@ impl Prepared {
         }
     }
 
-    fn kernels(&self, selector: &str) -> Result<Vec<Kernel>> {
+    pub(crate) fn kernels(&self, selector: &str) -> Result<Vec<Kernel>> {
         vmdir::select(self.kernels.clone(), selector)
     }
 }
@@ -82,7 +82,7 @@ pub fn prepare(ctx: &Context) -> Result<Prepared> {
 
 /// Runs a cargo build with `args` and returns the executables it reports
 /// for which `wanted` holds (given the compiler-artifact message).
-fn cargo_executables(
+pub(crate) fn cargo_executables(
     ctx: &Context,
     args: &[&str],
     wanted: impl Fn(&serde_json::Value) -> bool,

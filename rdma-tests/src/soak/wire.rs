@@ -144,7 +144,7 @@ impl Exec<'_> {
         access: Access,
         place: &Place<'_>,
     ) -> RdmaRegistration {
-        for _ in 1..REGISTRATION_ATTEMPTS {
+        for _ in 0..REGISTRATION_ATTEMPTS {
             // SAFETY: slots are reached only through raw pointers (their models are separate
             // buffers); the device writes a slot only during `receive`, which reads the slot
             // after the completion, and no thread but the slot's owner touches it.

@@ -6,7 +6,7 @@ use rdma_tests::require_devices;
 use rdma_tests::soak::{self, CacheMode, Options};
 
 const SEED: u64 = 0x5eed_0013;
-const OPS: u64 = 2_000;
+const OPS: u64 = 1_000;
 
 #[test]
 fn every_mode_sends_and_receives_the_current_bytes_and_the_control_does_not() {

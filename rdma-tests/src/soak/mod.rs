@@ -16,6 +16,7 @@
 //! naming the seed and the operation; the control must get some wrong, or the soak proves
 //! nothing. Threads make the interleaving, not the operations, vary between runs.
 
+mod crew;
 mod memory;
 mod wire;
 mod zone;
@@ -28,6 +29,7 @@ use regcache::{Config, Limits, Mode, Policy, RdmaCache};
 
 use crate::rig::AnonMap;
 use crate::{error_chain, in_vm, splitmix64};
+use crew::Crew;
 use memory::{Slot, PAGE};
 use wire::{Exec, Tally, Wire};
 use zone::{Op, Zone};
@@ -300,39 +302,60 @@ fn run_mode(mode: CacheMode, cache: &RdmaCache, wire: &Mutex<Wire>, options: Opt
             options.ops
         ),
     };
-    let (mut main, mut workers) = layout(&mut Rng::new(options.seed));
-    let private: Vec<usize> = (0..main.slots.len())
-        .filter(|&i| main.slots[i].is_private())
-        .collect();
-    let total =
-        |main: &Zone, workers: &[Zone]| main.done + workers.iter().map(|z| z.done).sum::<u64>();
-    let mut last_progress = Instant::now();
-    while total(&main, &workers) < options.ops {
-        let draw = main.rng.below(1000);
-        if draw < FORK_PER_MILLE {
-            let i = private[main.rng.below(private.len() as u64) as usize];
-            main.fork_op(&exec, i);
-        } else if draw < FORK_PER_MILLE + THREADS_PER_MILLE {
-            main.begin(Op::Threads, usize::MAX);
-            burst(&exec, &mut workers);
-        } else {
-            main.step(&exec);
+    std::thread::scope(|scope| {
+        let crew = Crew::start(scope, &exec, WORKERS);
+        let (mut main, workers) = layout(&mut Rng::new(options.seed));
+        crew.hand_out(workers);
+        let private: Vec<usize> = (0..main.slots.len())
+            .filter(|&i| main.slots[i].is_private())
+            .collect();
+        let mut worker_ops = 0;
+        let mut last_progress = Instant::now();
+        while main.done + worker_ops < options.ops {
+            let draw = main.rng.below(1000);
+            if draw < FORK_PER_MILLE {
+                let i = private[main.rng.below(private.len() as u64) as usize];
+                main.fork_op(&exec, i);
+            } else if draw < FORK_PER_MILLE + THREADS_PER_MILLE {
+                main.begin(Op::Threads, usize::MAX);
+                crew.burst(BURST);
+                worker_ops += WORKERS as u64 * BURST;
+            } else {
+                main.step(&exec);
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                let done = main.done + worker_ops;
+                println!(
+                    "soak: {}: {done}/{} ops, {} transfers verified, {} stale bytes, {:.0} ops/s",
+                    mode.name(),
+                    options.ops,
+                    tally.transfers.load(Relaxed),
+                    tally.stale_bytes.load(Relaxed),
+                    done as f64 / started.elapsed().as_secs_f64()
+                );
+            }
         }
-        if last_progress.elapsed() >= PROGRESS_EVERY {
-            last_progress = Instant::now();
-            println!(
-                "soak: {}: {}/{} ops, {} transfers verified, {} stale bytes, {:.0} ops/s",
-                mode.name(),
-                total(&main, &workers),
-                options.ops,
-                tally.transfers.load(Relaxed),
-                tally.stale_bytes.load(Relaxed),
-                total(&main, &workers) as f64 / started.elapsed().as_secs_f64()
-            );
+        let workers = crew.finish();
+        report_counts(mode, &main, &workers);
+        println!("soak: {}: cache: {:?}", mode.name(), cache.stats());
+        let ops = main.done + worker_ops;
+        drop((main, workers));
+        Figures {
+            ops,
+            transfers: tally.transfers.load(Relaxed),
+            stale_bytes: tally.stale_bytes.load(Relaxed),
+            stale_transfers: tally.stale_transfers.load(Relaxed),
+            unstable: tally.unstable.load(Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
         }
-    }
+    })
+}
+
+/// Prints how many of each operation the zones did.
+fn report_counts(mode: CacheMode, main: &Zone, workers: &[Zone]) {
     let mut counts = main.counts;
-    for worker in &workers {
+    for worker in workers {
         for (sum, count) in counts.iter_mut().zip(worker.counts) {
             *sum += count;
         }
@@ -343,28 +366,4 @@ fn run_mode(mode: CacheMode, cache: &RdmaCache, wire: &Mutex<Wire>, options: Opt
         .map(|(op, count)| format!("{} {count}", op.name()))
         .collect();
     println!("soak: {}: operations: {}", mode.name(), by_op.join(", "));
-    println!("soak: {}: cache: {:?}", mode.name(), cache.stats());
-    let ops = total(&main, &workers);
-    drop((main, workers));
-    Figures {
-        ops,
-        transfers: tally.transfers.load(Relaxed),
-        stale_bytes: tally.stale_bytes.load(Relaxed),
-        stale_transfers: tally.stale_transfers.load(Relaxed),
-        unstable: tally.unstable.load(Relaxed),
-        seconds: started.elapsed().as_secs_f64(),
-    }
-}
-
-/// Every worker zone does [`BURST`] operations at once, through the same cache and wire.
-fn burst(exec: &Exec<'_>, workers: &mut [Zone]) {
-    std::thread::scope(|scope| {
-        for zone in workers.iter_mut() {
-            scope.spawn(move || {
-                for _ in 0..BURST {
-                    zone.step(exec);
-                }
-            });
-        }
-    });
 }

@@ -7,6 +7,7 @@
 //! `REGCACHE_EXPECT_RXE1` (`1` or `0`).
 
 pub mod rig;
+pub mod soak;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -184,7 +185,7 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn splitmix64(x: u64) -> u64 {
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

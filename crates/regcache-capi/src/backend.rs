@@ -117,9 +117,7 @@ impl Backend {
             .active_mtu
             .unwrap_or(Mtu::Mtu1024);
         let cache = RdmaCache::new(pd, config, path_mtu).map_err(|err| match err {
-            SetupError::ModeUnavailable { .. } => {
-                Failure::new(libc::EOPNOTSUPP, err.to_string())
-            }
+            SetupError::ModeUnavailable { .. } => Failure::new(libc::EOPNOTSUPP, err.to_string()),
             _ => Failure::from_chain(&err, libc::EIO),
         })?;
         Ok(Self { cache, mode })

@@ -52,17 +52,36 @@ fn build_test_binaries(workspace: &Path) -> Result<Vec<PathBuf>> {
     )
 }
 
+/// Builds executable `name` of `package` with optimisations and stages it in
+/// `vmbench/`, where the guest script finds the benchmarks and the soak.
+fn stage_release_executable(
+    workspace: &Path,
+    stage: &Stage,
+    package: &str,
+    name: &str,
+) -> Result<()> {
+    let exe = sh::step(
+        &format!("building {name} ({package}, release) on the host"),
+        || {
+            let built = cargo_executables(
+                workspace,
+                &["build", "--release", "--package", package, "--bin", name],
+                |message| message["target"]["name"] == name,
+            )?;
+            Ok(built[0].clone())
+        },
+    )?;
+    stage.add_executable(&exe, "vmbench")
+}
+
 /// Builds `p2p-bench` (benches/vm) with optimisations and stages it.
 pub fn stage_p2p_bench(workspace: &Path, stage: &Stage) -> Result<()> {
-    let exe = sh::step("building p2p-bench (release) on the host", || {
-        let built = cargo_executables(
-            workspace,
-            &["build", "--release", "--package", "regcache-vm-bench"],
-            |message| message["target"]["name"] == "p2p-bench",
-        )?;
-        Ok(built[0].clone())
-    })?;
-    stage.add_executable(&exe, "vmbench")
+    stage_release_executable(workspace, stage, "regcache-vm-bench", "p2p-bench")
+}
+
+/// Builds the randomized soak (rdma-tests' `soak`) with optimisations and stages it.
+pub fn stage_soak(workspace: &Path, stage: &Stage) -> Result<()> {
+    stage_release_executable(workspace, stage, "rdma-tests", "soak")
 }
 
 /// A fresh stage with everything the guest script's test, run, shell and

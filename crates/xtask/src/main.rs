@@ -37,7 +37,7 @@ mod vmdir;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{bench, check, demo, vm};
+use commands::{bench, check, demo, soak, vm};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -80,6 +80,19 @@ enum Top {
     /// output (hit-path), and by hand to benches/RESULTS.md.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The randomized soak of the cache (every mode, and the negative control) in a guest
+    /// per kernel; prints the seed, so that a failure replays with --seed.
+    Soak {
+        /// Operations per mode.
+        #[arg(long, default_value_t = 10_000)]
+        ops: u64,
+        /// Seed (decimal or 0x-hex); default: from the clock.
+        #[arg(long)]
+        seed: Option<String>,
+        /// all, backports, lts or a release prefix such as 6.12.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,5 +179,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         Top::Bench(BenchCommand::Regwatch { kernel }) => bench::bench_regwatch(&ctx, &kernel),
         Top::Bench(BenchCommand::P2p { kernel }) => bench::bench_p2p(&ctx, &kernel),
         Top::Bench(BenchCommand::HitPath) => bench::bench_hit_path(&ctx),
+        Top::Soak { ops, seed, kernel } => soak::soak(&ctx, &soak::SoakArgs { ops, seed, kernel }),
     }
 }

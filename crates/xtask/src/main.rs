@@ -11,6 +11,7 @@ mod host;
 mod kmod;
 mod p2p_report;
 mod rootfs;
+mod rxe_fix;
 mod sh;
 mod suite;
 mod virtme;
@@ -93,6 +94,12 @@ enum VmCommand {
     },
     /// Prove the harness reports a failing command and a kernel warning.
     Selftest,
+    /// TEMP: build the patched rdma_rxe (kernel-patches/rxe) and run the
+    /// reproducer on the stock and the patched module in one boot.
+    RxeFix {
+        #[arg(long, default_value = "backports")]
+        kernel: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +134,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Top::Vm(VmCommand::Shell { kernel }) => suite::vm_shell(&ctx, &kernel),
         Top::Vm(VmCommand::Run { kernel, command }) => suite::vm_run(&ctx, &kernel, &command),
         Top::Vm(VmCommand::Selftest) => suite::vm_selftest(&ctx),
+        Top::Vm(VmCommand::RxeFix { kernel }) => suite::vm_rxe_fix(&ctx, &kernel),
         Top::Kmod(KmodCommand::Build) => suite::kmod_build(&ctx),
         Top::Bench(BenchCommand::Regwatch { kernel }) => suite::bench_regwatch(&ctx, &kernel),
         Top::Bench(BenchCommand::P2p { kernel }) => suite::bench_p2p(&ctx, &kernel),

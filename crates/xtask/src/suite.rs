@@ -493,3 +493,49 @@ pub fn bench_hit_path(ctx: &Context) -> Result<()> {
         )
     })
 }
+
+/// TEMP wiring of `rxe_fix` (the lead redoes it on the new structure):
+/// `vm rxe-fix`, one boot per kernel with ODP: the reproducer on the stock
+/// rdma_rxe must fail, then on the patched one must pass.
+pub fn vm_rxe_fix(ctx: &Context, selector: &str) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernels: Vec<Kernel> = prepared
+        .kernels(selector)?
+        .into_iter()
+        .filter(Kernel::rxe_has_odp)
+        .collect();
+    if kernels.is_empty() {
+        bail!("--kernel {selector} selects no kernel whose rdma_rxe has ODP");
+    }
+    let stage = Stage::fresh(&prepared.rootfs)?;
+    crate::rxe_fix::build_reproducer(&ctx.workspace, &stage.dir.join("bin"))?;
+    let repro = format!("{}/bin/rxe_odp_repro", stage.guest_dir);
+    for kernel in &kernels {
+        let patched = crate::rxe_fix::build_patched(&ctx.workspace, &prepared.rootfs, kernel)?;
+        let script = format!(
+            "echo '== stock rdma_rxe'; {repro}; stock=$?; \
+             echo \"== stock: exit $stock\"; {swap} || exit 2; \
+             echo '== patched rdma_rxe'; {repro}; fixed=$?; \
+             echo \"== patched: exit $fixed\"; [ $stock -eq 1 ] && [ $fixed -eq 0 ]",
+            swap = patched.swap_command
+        );
+        let verdict = run_in_guest(
+            &prepared,
+            &stage,
+            kernel,
+            &format!("run sh -c {}", shell_quote(&script)),
+        )?;
+        if !verdict.ok() {
+            bail!(
+                "{}: the reproducer did not fail on the stock rdma_rxe and pass on the patched one: {}",
+                kernel.release,
+                verdict.summary()
+            );
+        }
+        eprintln!(
+            "    {}: the reproducer fails on the stock rdma_rxe and passes on the patched one",
+            kernel.release
+        );
+    }
+    Ok(())
+}

@@ -20,9 +20,11 @@ use std::path::{Path, PathBuf};
 const PATCH_DIR: &str = "kernel-patches/rxe";
 /// Where rxe lives in a kernel tree (the paths the patches name, after -p1).
 const RXE_SUBDIR: &str = "drivers/infiniband/sw/rxe";
-/// Guest paths: the pristine sources per Debian version, and the builds.
-const SOURCE_CACHE: &str = "/var/cache/regcache/rxe-source";
-const BUILD_CACHE: &str = "/var/cache/regcache/rxe-fix";
+/// Guest paths: the pristine sources per Debian version, and the builds
+/// with the swap script. Under /opt, which the guest sees from the rootfs
+/// (virtme-ng hides the rootfs's /var/cache).
+const SOURCE_CACHE: &str = "/opt/regcache-rxe/source";
+const BUILD_CACHE: &str = "/opt/regcache-rxe/build";
 const SWAP_SCRIPT: &str = include_str!("../guest/rxe-swap.sh");
 
 /// The rxe sources of one Debian kernel version, unpacked in the rootfs.
@@ -64,12 +66,17 @@ pub fn patch_files(workspace: &Path) -> Result<Vec<PathBuf>> {
     Ok(patches)
 }
 
-/// The first 16 hex digits of the SHA-256 of the patches' contents, in order.
+/// A key for the patches' changes: the first 16 hex digits of the SHA-256
+/// of their `git patch-id --verbatim` lines, in order. It covers the diffs
+/// (whitespace included) and not the commit messages, so rewording a
+/// message does not rebuild the module.
 fn patch_hash(patches: &[PathBuf]) -> Result<String> {
-    let digest = sh::output(cmd("sh", ["-c", "cat \"$@\" | sha256sum", "sh"]).args(patches))?;
+    let script = "cat \"$@\" | git patch-id --verbatim | sha256sum";
+    let digest = sh::output(cmd("sh", ["-c", script, "sh"]).args(patches))?;
     let hex = digest.split_whitespace().next().unwrap_or_default();
-    if hex.len() < 16 {
-        bail!("sha256sum printed `{digest}`");
+    // e3b0c442...: the SHA-256 of nothing, when git found no diff.
+    if hex.len() < 16 || hex.starts_with("e3b0c44298fc1c14") {
+        bail!("git patch-id found no diff in {patches:?}");
     }
     Ok(hex[..16].to_owned())
 }

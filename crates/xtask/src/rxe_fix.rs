@@ -245,3 +245,34 @@ pub fn build_reproducer(workspace: &Path, out: &Path) -> Result<PathBuf> {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The module's cache key follows the diffs and ignores the messages.
+    #[test]
+    fn patch_hash_covers_the_diff_and_not_the_message() -> Result<()> {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let patches = patch_files(&workspace)?;
+        let original = fs::read_to_string(&patches[0])?;
+        let dir = std::env::temp_dir().join(format!("rxe-fix-test-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        let write = |name: &str, text: &str| -> Result<Vec<PathBuf>> {
+            let path = dir.join(name);
+            fs::write(&path, text)?;
+            Ok(vec![path])
+        };
+        let reworded = original.replacen("two defects", "2 defects", 1);
+        let changed = original.replacen("+\t\taddr += bytes;", "+\t\taddr += bytes - 1;", 1);
+        assert_ne!(reworded, original, "the test's rewording found nothing");
+        assert_ne!(changed, original, "the test's code change found nothing");
+        let hash = patch_hash(&patches)?;
+        let same = patch_hash(&write("reworded.patch", &reworded)?)?;
+        let other = patch_hash(&write("changed.patch", &changed)?)?;
+        fs::remove_dir_all(&dir)?;
+        assert_eq!(hash, same);
+        assert_ne!(hash, other);
+        Ok(())
+    }
+}

@@ -29,6 +29,7 @@ mod kernels;
 mod kmod;
 mod p2p_report;
 mod rootfs;
+mod rxe_fix;
 mod sh;
 mod stage;
 mod verdict;
@@ -137,6 +138,12 @@ enum VmCommand {
     },
     /// Prove the harness reports a failing command and a kernel warning.
     Selftest,
+    /// Build the patched rdma_rxe (kernel-patches/rxe) and run its reproducer
+    /// on the stock and the patched module in one boot per kernel with rxe ODP.
+    RxeFix {
+        #[arg(long, default_value = "backports")]
+        kernel: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +178,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Top::Vm(VmCommand::Shell { kernel }) => vm::vm_shell(&ctx, &kernel),
         Top::Vm(VmCommand::Run { kernel, command }) => vm::vm_run(&ctx, &kernel, &command),
         Top::Vm(VmCommand::Selftest) => vm::vm_selftest(&ctx),
+        Top::Vm(VmCommand::RxeFix { kernel }) => vm::vm_rxe_fix(&ctx, &kernel),
         Top::Kmod(KmodCommand::Build) => check::kmod_build(&ctx),
         Top::Install { prefix, destdir } => {
             let prefix = std::path::absolute(&prefix)?;

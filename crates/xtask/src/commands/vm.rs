@@ -6,6 +6,7 @@ use crate::artefacts;
 use crate::host;
 use crate::kernels::{self, Kernel};
 use crate::rootfs::Rootfs;
+use crate::rxe_fix;
 use crate::stage::Stage;
 use crate::verdict::{self, Verdict};
 use crate::virtme::{self, Accel, Guest, Virtme};
@@ -190,5 +191,51 @@ pub fn vm_selftest(ctx: &Context) -> Result<()> {
         bail!("harness selftest: misjudged {}", wrong.join(", "));
     }
     eprintln!("    selftest: all 3 cases judged correctly");
+    Ok(())
+}
+
+/// `vm rxe-fix`: one boot per selected kernel whose rdma_rxe has ODP; the
+/// reproducer of `kernel-patches/rxe` must fail on the stock module, then
+/// pass on the patched one.
+pub fn vm_rxe_fix(ctx: &Context, selector: &str) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernels: Vec<Kernel> = prepared
+        .select_kernels(selector)?
+        .into_iter()
+        .filter(Kernel::rxe_has_odp)
+        .collect();
+    if kernels.is_empty() {
+        bail!("--kernel {selector} selects no kernel whose rdma_rxe has ODP");
+    }
+    let stage = Stage::fresh(&prepared.rootfs)?;
+    rxe_fix::build_reproducer(&ctx.workspace, &stage.dir.join("bin"))?;
+    let repro = format!("{}/bin/rxe_odp_repro", stage.guest_dir);
+    for kernel in &kernels {
+        let patched = rxe_fix::build_patched(&ctx.workspace, &prepared.rootfs, kernel)?;
+        let script = format!(
+            "echo '== stock rdma_rxe'; {repro}; stock=$?; \
+             echo \"== stock: exit $stock\"; {swap} || exit 2; \
+             echo '== patched rdma_rxe'; {repro}; fixed=$?; \
+             echo \"== patched: exit $fixed\"; [ $stock -eq 1 ] && [ $fixed -eq 0 ]",
+            swap = patched.swap_command
+        );
+        let verdict = run_command(
+            &prepared,
+            &stage,
+            kernel,
+            &format!("sh -c {}", shell_quote(&script)),
+        )?;
+        if !verdict.ok() {
+            bail!(
+                "{}: the reproducer did not fail on the stock rdma_rxe and pass on the patched one: {}",
+                kernel.release,
+                verdict.summary()
+            );
+        }
+        eprintln!(
+            "    {}: the reproducer fails on the stock rdma_rxe and passes on the patched one",
+            kernel.release
+        );
+    }
     Ok(())
 }

@@ -44,9 +44,11 @@ compile_error!("regwatch supports Linux on x86_64, aarch64, riscv64, loongarch64
 mod error;
 mod fork;
 mod monitor;
+mod record;
 mod status;
 mod sys;
 mod uapi;
 
 pub use error::{Error, Result};
-pub use monitor::{ApiInfo, Builder, Monitor, Reason, Record, Totals, UserWatches, Watch};
+pub use monitor::{ApiInfo, Builder, Monitor, Totals, UserWatches};
+pub use record::{Reason, Record, Watch};

@@ -1,16 +1,15 @@
 //! The soak's buffers and what it does to the address space under them.
 //!
-//! A [`Slot`] is a range at a fixed address backed by a private anonymous mapping
+//! A [`FixedBuffer`] is a range at a fixed address backed by a private anonymous mapping
 //! ([`AnonMap`]), by the top of the brk heap, or by an attached SysV shared-memory segment.
 //! Every change keeps the slot's address (or, for brk, says it moved), so the cache sees the
 //! same addresses with new pages behind them. The slot keeps a model of its bytes: what the
 //! process wrote last, which every transfer is checked against.
 
+pub(crate) use regcache::PAGE;
 use std::io;
 
 use crate::rig::AnonMap;
-
-pub(crate) const PAGE: usize = 4096;
 
 /// What backs a slot.
 #[derive(Debug)]
@@ -25,7 +24,7 @@ pub(crate) enum Backing {
 
 /// A buffer at a fixed address and the bytes it must hold.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub(crate) struct FixedBuffer {
     pub(crate) addr: usize,
     pub(crate) len: usize,
     pub(crate) backing: Backing,
@@ -39,7 +38,7 @@ fn check(what: &str, ret: libc::c_int) {
     assert_eq!(ret, 0, "{what}: {}", io::Error::last_os_error());
 }
 
-impl Slot {
+impl FixedBuffer {
     /// A private anonymous slot at `addr` (which must be free), zero-filled.
     pub(crate) fn anon(addr: usize, len: usize, parking: usize) -> Self {
         Self {
@@ -74,7 +73,7 @@ impl Slot {
         }
     }
 
-    /// Pages moved out of a slot (see [`Slot::move_away`]) and the bytes they hold, as a slot
+    /// Pages moved out of a slot (see [`FixedBuffer::move_away`]) and the bytes they hold, as a slot
     /// of their own (without parking) until dropped.
     pub(crate) fn parked(map: AnonMap, model: Vec<u8>) -> Self {
         Self {
@@ -200,7 +199,7 @@ impl Slot {
     }
 }
 
-impl Drop for Slot {
+impl Drop for FixedBuffer {
     fn drop(&mut self) {
         match self.backing {
             Backing::Anon(_) => {}

@@ -26,13 +26,14 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use regcache::{Config, Limits, Mode, Policy, RdmaCache};
+use verbs::Mtu;
 
 use crate::rig::AnonMap;
 use crate::{error_chain, in_vm, splitmix64};
 use crew::Crew;
-use memory::{Slot, PAGE};
+use memory::{FixedBuffer, PAGE};
 use wire::{Exec, Tally, Wire};
-use zone::{Op, Zone};
+use zone::{Action, Zone};
 
 /// Largest slot, in pages (a transfer never exceeds a slot).
 const MAX_SLOT_PAGES: u64 = 16;
@@ -96,14 +97,14 @@ impl CacheMode {
         let pd = std::sync::Arc::clone(wire.lock().unwrap_or_else(PoisonError::into_inner).pd());
         let config = |mode| Config {
             mode,
-            // The soak's QP runs at path MTU 4096.
-            odp_probe_mtu: 4096,
             ..Config::default()
         };
+        // The soak's QP runs at path MTU 4096, where the ODP self-test runs too.
+        let path_mtu = Mtu::Mtu4096;
         let opened = match self {
-            Self::Pinned => RdmaCache::new(pd, config(Mode::Pinned)),
-            Self::Odp => RdmaCache::new(pd, config(Mode::Odp)),
-            Self::Off => RdmaCache::new(pd, config(Mode::Off)),
+            Self::Pinned => RdmaCache::new(pd, config(Mode::Pinned), path_mtu),
+            Self::Odp => RdmaCache::new(pd, config(Mode::Odp), path_mtu),
+            Self::Off => RdmaCache::new(pd, config(Mode::Off), path_mtu),
             Self::Control => Ok(RdmaCache::trust_without_invalidation(pd, Limits::default())),
         };
         let cache = match opened {
@@ -265,18 +266,18 @@ fn layout(rng: &mut Rng) -> (Zone, Vec<Zone>) {
     let mut next = shm_addr + shm;
     let mut parking = next + anon_total;
     let mut anon = |len: usize| {
-        let slot = Slot::anon(next, len, parking);
+        let slot = FixedBuffer::anon(next, len, parking);
         next += len;
         parking += len;
         slot
     };
-    let mut main: Vec<Slot> = main_anon.iter().map(|&len| anon(len)).collect();
-    let worker_slots: Vec<Vec<Slot>> = workers
+    let mut main: Vec<FixedBuffer> = main_anon.iter().map(|&len| anon(len)).collect();
+    let worker_slots: Vec<Vec<FixedBuffer>> = workers
         .iter()
         .map(|lens| lens.iter().map(|&len| anon(len)).collect())
         .collect();
-    main.push(Slot::shm(shm_addr, shm));
-    main.push(Slot::brk(brk));
+    main.push(FixedBuffer::shm(shm_addr, shm));
+    main.push(FixedBuffer::brk(brk));
     let main = Zone::new("main".to_owned(), main, Rng::new(rng.next()));
     let workers = worker_slots
         .into_iter()
@@ -317,7 +318,7 @@ fn run_mode(mode: CacheMode, cache: &RdmaCache, wire: &Mutex<Wire>, options: Opt
                 let i = private[main.rng.below(private.len() as u64) as usize];
                 main.fork_op(&exec, i);
             } else if draw < FORK_PER_MILLE + THREADS_PER_MILLE {
-                main.begin(Op::Threads, usize::MAX);
+                main.begin(Action::Threads, usize::MAX);
                 crew.burst(BURST);
                 worker_ops += WORKERS as u64 * BURST;
             } else {
@@ -360,7 +361,7 @@ fn report_counts(mode: CacheMode, main: &Zone, workers: &[Zone]) {
             *sum += count;
         }
     }
-    let by_op: Vec<String> = Op::ALL
+    let by_op: Vec<String> = Action::ALL
         .iter()
         .zip(counts)
         .map(|(op, count)| format!("{} {count}", op.name()))

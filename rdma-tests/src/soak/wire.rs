@@ -8,7 +8,7 @@ use std::sync::{Mutex, PoisonError};
 use regcache::{Access, Error, RdmaCache, RdmaRegistration};
 use verbs::{AccessFlags, Mtu, OwnedMemoryRegion, Sge};
 
-use super::memory::Slot;
+use super::memory::FixedBuffer;
 use crate::{connected_pair, error_chain, Side, RXE0};
 
 /// The QP the cache's registrations are used on, and the peer's registered buffer that
@@ -138,7 +138,7 @@ const REGISTRATION_ATTEMPTS: u32 = 8;
 impl Exec<'_> {
     fn register(
         &self,
-        slot: &Slot,
+        slot: &FixedBuffer,
         offset: usize,
         len: usize,
         access: Access,
@@ -169,7 +169,7 @@ impl Exec<'_> {
 
     /// Checks that the slot's memory holds its model: a harness invariant, so that every
     /// difference a transfer shows is the transfer's.
-    fn check_model(&self, slot: &Slot, offset: usize, len: usize, place: &Place<'_>) {
+    fn check_model(&self, slot: &FixedBuffer, offset: usize, len: usize, place: &Place<'_>) {
         let memory = slot.read(offset, len);
         if let Some(diff) = Diff::of(&slot.model[offset..offset + len], &memory) {
             panic!(
@@ -194,7 +194,7 @@ impl Exec<'_> {
 
     /// `cached_reg` + RDMA WRITE of `len` bytes of the slot at `offset`; the peer must
     /// receive exactly the slot's model.
-    pub(crate) fn send(&self, slot: &Slot, offset: usize, len: usize, place: &Place<'_>) {
+    pub(crate) fn send(&self, slot: &FixedBuffer, offset: usize, len: usize, place: &Place<'_>) {
         self.check_model(slot, offset, len, place);
         let registration = self.register(slot, offset, len, Access::LOCAL_READ_ONLY, place);
         let landed = self
@@ -213,7 +213,13 @@ impl Exec<'_> {
 
     /// `cached_reg` + RDMA READ of `source` into the slot at `offset`; the slot's memory must
     /// then hold exactly `source`. The model takes what the memory holds.
-    pub(crate) fn receive(&self, slot: &mut Slot, offset: usize, source: &[u8], place: &Place<'_>) {
+    pub(crate) fn receive(
+        &self,
+        slot: &mut FixedBuffer,
+        offset: usize,
+        source: &[u8],
+        place: &Place<'_>,
+    ) {
         let len = source.len();
         self.check_model(slot, offset, len, place);
         let registration = self.register(slot, offset, len, Access::LOCAL_WRITE, place);

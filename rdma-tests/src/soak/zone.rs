@@ -3,14 +3,14 @@
 use std::collections::VecDeque;
 use std::io;
 
-use super::memory::{Backing, Slot, PAGE};
+use super::memory::{Backing, FixedBuffer, PAGE};
 use super::wire::{Exec, Place};
 use super::Rng;
 use crate::pattern;
 
 /// Everything a zone may do in one operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Op {
+pub(crate) enum Action {
     /// `cached_reg` + RDMA WRITE of part of a slot, after rewriting some of its bytes or not.
     Write,
     /// `cached_reg` + RDMA READ of fresh bytes into part of a slot.
@@ -38,7 +38,7 @@ pub(crate) enum Op {
     Threads,
 }
 
-impl Op {
+impl Action {
     pub(crate) const ALL: [Self; 12] = [
         Self::Write,
         Self::Read,
@@ -108,12 +108,12 @@ impl Op {
 #[derive(Debug)]
 pub(crate) struct Zone {
     pub(crate) name: String,
-    pub(crate) slots: Vec<Slot>,
+    pub(crate) slots: Vec<FixedBuffer>,
     pub(crate) rng: Rng,
     /// Operations done here so far.
     pub(crate) done: u64,
-    /// How many of each operation (indexed like [`Op::ALL`]).
-    pub(crate) counts: [u64; Op::ALL.len()],
+    /// How many of each operation (indexed like [`Action::ALL`]).
+    pub(crate) counts: [u64; Action::ALL.len()],
     /// The last operations, for failure messages.
     recent: VecDeque<String>,
 }
@@ -121,20 +121,20 @@ pub(crate) struct Zone {
 const RECENT: usize = 12;
 
 impl Zone {
-    pub(crate) fn new(name: String, slots: Vec<Slot>, rng: Rng) -> Self {
+    pub(crate) fn new(name: String, slots: Vec<FixedBuffer>, rng: Rng) -> Self {
         Self {
             name,
             slots,
             rng,
             done: 0,
-            counts: [0; Op::ALL.len()],
+            counts: [0; Action::ALL.len()],
             recent: VecDeque::new(),
         }
     }
 
     /// Records `op` on slot `slot` as begun and returns where it happens.
-    pub(crate) fn begin(&mut self, op: Op, slot: usize) -> u64 {
-        let index = Op::ALL.iter().position(|o| *o == op).expect("listed");
+    pub(crate) fn begin(&mut self, op: Action, slot: usize) -> u64 {
+        let index = Action::ALL.iter().position(|o| *o == op).expect("listed");
         self.counts[index] += 1;
         self.done += 1;
         if self.recent.len() == RECENT {
@@ -159,7 +159,7 @@ impl Zone {
     /// One operation on a slot drawn at random.
     pub(crate) fn step(&mut self, exec: &Exec<'_>) {
         let slot = self.rng.below(self.slots.len() as u64) as usize;
-        let menu = Op::menu(&self.slots[slot].backing);
+        let menu = Action::menu(&self.slots[slot].backing);
         let total: u64 = menu.iter().map(|(_, weight)| weight).sum();
         let mut pick = self.rng.below(total);
         let op = menu
@@ -174,10 +174,10 @@ impl Zone {
         self.apply(exec, op, slot);
     }
 
-    fn apply(&mut self, exec: &Exec<'_>, op: Op, i: usize) {
+    fn apply(&mut self, exec: &Exec<'_>, op: Action, i: usize) {
         let n = self.begin(op, i);
         match op {
-            Op::Write => {
+            Action::Write => {
                 if self.rng.below(3) == 0 {
                     // Plain stores: the pages stay, so a registration of them stays right.
                     self.rewrite(i, false);
@@ -185,7 +185,7 @@ impl Zone {
                 let (offset, len) = self.range(i);
                 exec.send(&self.slots[i], offset, len, &self.place(n, "write", i));
             }
-            Op::Read => {
+            Action::Read => {
                 let (offset, len) = self.range(i);
                 let source = pattern(len, self.rng.next());
                 let place = Place {
@@ -197,7 +197,7 @@ impl Zone {
                 };
                 exec.receive(&mut self.slots[i], offset, &source, &place);
             }
-            Op::Munmap | Op::Brk | Op::Shm => {
+            Action::Munmap | Action::Brk | Action::Shm => {
                 let kept = self.slots[i].unmap_and_map_again();
                 if !kept {
                     self.recent
@@ -205,15 +205,15 @@ impl Zone {
                 }
                 self.rewrite(i, false);
             }
-            Op::MapFixed => {
+            Action::MapFixed => {
                 self.slots[i].map_fixed_over();
                 self.rewrite(i, false);
             }
-            Op::Mremap => {
+            Action::Mremap => {
                 let (moved, bytes) = self.slots[i].move_away();
                 // The moved pages at their new address: a registration of the parking range
                 // made before must not serve them unless it holds these very pages.
-                let parked = Slot::parked(moved, bytes);
+                let parked = FixedBuffer::parked(moved, bytes);
                 exec.send(
                     &parked,
                     0,
@@ -223,16 +223,16 @@ impl Zone {
                 drop(parked);
                 self.rewrite(i, false);
             }
-            Op::DontNeed => {
+            Action::DontNeed => {
                 self.slots[i].advise(libc::MADV_DONTNEED);
                 self.rewrite(i, false);
             }
-            Op::Free => {
+            Action::Free => {
                 self.slots[i].advise(libc::MADV_FREE);
                 // Freed pages hold old bytes or zeros until written: write them all.
                 self.rewrite(i, true);
             }
-            Op::Mprotect => {
+            Action::Mprotect => {
                 self.slots[i].protect(libc::PROT_READ);
                 let (offset, len) = self.range(i);
                 exec.send(
@@ -245,7 +245,7 @@ impl Zone {
                 self.slots[i].protect(libc::PROT_READ | libc::PROT_WRITE);
                 self.rewrite(i, false);
             }
-            Op::Fork | Op::Threads => unreachable!("the driver draws forks and bursts"),
+            Action::Fork | Action::Threads => unreachable!("the driver draws forks and bursts"),
         }
     }
 
@@ -274,10 +274,10 @@ impl Zone {
         }
     }
 
-    /// [`Op::Fork`] on slot `i`, which must be private memory. Call only while no other
+    /// [`Action::Fork`] on slot `i`, which must be private memory. Call only while no other
     /// thread of the soak runs.
     pub(crate) fn fork_op(&mut self, exec: &Exec<'_>, i: usize) {
-        let n = self.begin(Op::Fork, i);
+        let n = self.begin(Action::Fork, i);
         self.fork(exec, i, n);
     }
 
@@ -318,7 +318,7 @@ impl Zone {
 
 /// The fork child: checks that its copy of the slot holds the parent's bytes, writes
 /// `bytes` over it, checks they stuck, and exits 0 (3 or 4 on a failed check).
-fn child_writes(slot: &Slot, bytes: &[u8]) -> ! {
+fn child_writes(slot: &FixedBuffer, bytes: &[u8]) -> ! {
     // SAFETY: the child's copy of the slot is mapped and nothing else runs in the child;
     // the slice lives only until the write below, which goes through a raw pointer.
     let copy = unsafe { std::slice::from_raw_parts(slot.ptr(), slot.len) };

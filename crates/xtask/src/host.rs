@@ -3,12 +3,12 @@
 use crate::sh::{self, cmd};
 use anyhow::{bail, Result};
 
-/// Debian bookworm packages the host needs: the verbs headers for `rdma-sys`
-/// (and libclang for its bindgen), QEMU and mmdebstrap for the guest,
-/// modprobe and busybox for virtme-ng's initramfs, the 6.1 kernel headers for
-/// the module's build matrix, UCX for the reference benchmark, and gnuplot
+/// Debian bookworm packages the host needs (docker/Dockerfile installs them
+/// too): the verbs headers for `rdma-sys` (and libclang for its bindgen),
+/// QEMU and mmdebstrap for the guest, modprobe and busybox for virtme-ng's
+/// initramfs, the 6.1 kernel headers for the module's build matrix, UCX for the reference benchmark, and gnuplot
 /// for the latency plots.
-const HOST_PACKAGES: &[&str] = &[
+pub const HOST_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
     "libibverbs-dev",
@@ -37,9 +37,9 @@ pub fn require_root(why: &str) -> Result<()> {
     Ok(())
 }
 
-fn missing_packages() -> Result<Vec<&'static str>> {
+fn missing_packages(packages: &[&'static str]) -> Result<Vec<&'static str>> {
     let mut missing = Vec::new();
-    for package in HOST_PACKAGES {
+    for package in packages {
         let status = cmd("dpkg-query", ["-W", "-f=${Status}", package])
             .stdin(std::process::Stdio::null())
             .output()?;
@@ -53,9 +53,14 @@ fn missing_packages() -> Result<Vec<&'static str>> {
 /// Installs the host packages that are not installed yet (bookworm's own
 /// suites only: the host's apt sources are never touched).
 pub fn install_packages() -> Result<()> {
-    let missing = missing_packages()?;
+    install(HOST_PACKAGES)
+}
+
+/// Installs those of `packages` that are not installed yet, with apt.
+pub fn install(packages: &[&'static str]) -> Result<()> {
+    let missing = missing_packages(packages)?;
     if missing.is_empty() {
-        eprintln!("    host packages: all {} present", HOST_PACKAGES.len());
+        eprintln!("    host packages: all {} present", packages.len());
         return Ok(());
     }
     if !is_root() {

@@ -38,7 +38,7 @@ mod vmdir;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{bench, check, demo, soak, vm};
+use commands::{bench, check, demo, docker, soak, vm};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -76,6 +76,13 @@ enum Top {
         /// names PREFIX).
         #[arg(long)]
         destdir: Option<PathBuf>,
+    },
+    /// Build the development image (docker/Dockerfile; its base with
+    /// mmdebstrap when missing) with docker or podman and run a command in
+    /// it, privileged, with the workspace at /src (default: cargo xtask test).
+    Docker {
+        #[arg(trailing_var_arg = true)]
+        command: Vec<String>,
     },
     /// Benchmarks; figures go to target/bench (p2p, regwatch) or criterion's
     /// output (hit-path), and by hand to benches/RESULTS.md.
@@ -187,6 +194,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Top::Bench(BenchCommand::Regwatch { kernel }) => bench::bench_regwatch(&ctx, &kernel),
         Top::Bench(BenchCommand::P2p { kernel }) => bench::bench_p2p(&ctx, &kernel),
         Top::Bench(BenchCommand::HitPath) => bench::bench_hit_path(&ctx),
+        Top::Docker { command } => docker::docker(&ctx, &command),
         Top::Soak { ops, seed, kernel } => soak::soak(&ctx, &soak::SoakArgs { ops, seed, kernel }),
     }
 }

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod check;
 pub mod demo;
+pub mod docker;
 pub mod soak;
 pub mod vm;
 

@@ -53,6 +53,25 @@ pub fn stage_module(
     Ok(true)
 }
 
+/// [`stage_module`] for a command that cannot run without the module: a
+/// workspace without `kmod/` is an error saying what needed it.
+pub fn stage_required_module(
+    workspace: &Path,
+    rootfs: &Rootfs,
+    stage: &Stage,
+    kernels: &[Kernel],
+    with: With,
+    needed_by: &str,
+) -> Result<()> {
+    if !stage_module(workspace, rootfs, stage, kernels, with)? {
+        bail!(
+            "no kmod/Kbuild in {}: {needed_by} needs the regwatch module",
+            workspace.display()
+        );
+    }
+    Ok(())
+}
+
 /// Copies `kmod/` to `dest` (fresh), so builds never litter the source tree.
 fn copy_sources(workspace: &Path, dest: &Path) -> Result<()> {
     if dest.exists() {

@@ -18,19 +18,14 @@ pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernels = prepared.select_kernels(selector)?;
     let stage = Stage::fresh(&prepared.rootfs)?;
-    let staged = kmod::stage_module(
+    kmod::stage_required_module(
         &ctx.workspace,
         &prepared.rootfs,
         &stage,
         &kernels,
         kmod::With::Benches,
+        "the regwatch benchmark",
     )?;
-    if !staged {
-        bail!(
-            "no kmod/Kbuild in {}: nothing to benchmark",
-            ctx.workspace.display()
-        );
-    }
     let out_dir = ctx.workspace.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     for kernel in &kernels {

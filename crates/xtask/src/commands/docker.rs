@@ -10,10 +10,10 @@
 //! first run downloads no Debian packages.
 
 use super::Context;
+use crate::host;
 use crate::rootfs::Rootfs;
 use crate::sh::{self, cmd};
 use crate::vmdir::VmDir;
-use crate::host;
 use anyhow::{Context as _, Result};
 use std::fs;
 use std::path::{Path, PathBuf};

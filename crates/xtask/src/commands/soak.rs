@@ -44,16 +44,14 @@ pub fn soak(ctx: &Context, args: &SoakArgs) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernels = prepared.select_kernels(&args.kernel)?;
     let stage = Stage::fresh(&prepared.rootfs)?;
-    let staged = kmod::stage_module(
+    kmod::stage_required_module(
         &ctx.workspace,
         &prepared.rootfs,
         &stage,
         &kernels,
         kmod::With::Nothing,
+        "the soak's pinned mode",
     )?;
-    if !staged {
-        bail!("no kmod/Kbuild: the soak's pinned mode needs regwatch");
-    }
     artefacts::stage_soak(&ctx.workspace, &stage)?;
     let timeout = BOOT_BUDGET + BUDGET_PER_OP * u32::try_from(args.ops).unwrap_or(u32::MAX);
     let command = format!(

@@ -12,17 +12,6 @@
 
 #define ALL_IOCTLS ((1ULL << 0) | (1ULL << 1) | (1ULL << 2) | (1ULL << 3))
 
-static bool module_strict(void)
-{
-	FILE *f = fopen("/sys/module/regwatch/parameters/strict", "r");
-	int c;
-
-	ASSERT_TRUE(f != NULL);
-	c = fgetc(f);
-	fclose(f);
-	return c == 'Y';
-}
-
 TEST(api_handshake)
 {
 	int fd = rw_open(0);
@@ -35,7 +24,7 @@ TEST(api_handshake)
 	EXPECT_EQ(api.record_size, sizeof(struct regwatch_record));
 	EXPECT_EQ(api.max_slots, rw_module_counter("max_slots"));
 	EXPECT_EQ(api.default_slots, rw_module_counter("default_slots"));
-	EXPECT_EQ(api.features, module_strict() ? REGWATCH_FEATURE_STRICT : 0);
+	EXPECT_EQ(api.features, rw_module_strict() ? REGWATCH_FEATURE_STRICT : 0);
 	EXPECT_EQ(api.max_user_watches, rw_module_counter("max_user_watches"));
 	/* callable again */
 	ASSERT_EQ(ioctl(fd, REGWATCH_IOC_API, &api), 0);
@@ -66,7 +55,7 @@ TEST(api_bad_input)
 	memset(&api, 0, sizeof(api));
 	api.api = REGWATCH_API;
 	ASSERT_EQ(ioctl(fd, REGWATCH_IOC_API, &api), 0);
-	EXPECT_EQ(api.features, module_strict() ? REGWATCH_FEATURE_STRICT : 0);
+	EXPECT_EQ(api.features, rw_module_strict() ? REGWATCH_FEATURE_STRICT : 0);
 	close(fd);
 }
 

@@ -23,17 +23,6 @@ static void rw_make_read_only(void *p)
 	ASSERT_EQ(mprotect(p, rw_page(), PROT_READ), 0);
 }
 
-static bool module_strict(void)
-{
-	FILE *f = fopen("/sys/module/regwatch/parameters/strict", "r");
-	int c;
-
-	ASSERT_TRUE(f != NULL);
-	c = fgetc(f);
-	fclose(f);
-	return c == 'Y';
-}
-
 TEST(watch_with_read_only_argument_changes_nothing)
 {
 	int fd = rw_open(O_NONBLOCK);
@@ -85,7 +74,7 @@ TEST(api_with_read_only_argument_enables_nothing)
 	struct regwatch_api *api = rw_page_buffer();
 	struct regwatch_api plain = { .api = REGWATCH_API };
 
-	if (module_strict())
+	if (rw_module_strict())
 		SKIP(close(fd), "module parameter strict=1 forces strict mode");
 	api->api = REGWATCH_API;
 	api->features = REGWATCH_FEATURE_STRICT;

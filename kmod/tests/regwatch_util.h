@@ -137,6 +137,18 @@ static inline int rw_drain(int fd, struct regwatch_record *rec, int max)
 	}
 }
 
+/* Whether the module parameter strict=1 forces strict mode on every fd. */
+static inline bool rw_module_strict(void)
+{
+	FILE *f = fopen("/sys/module/regwatch/parameters/strict", "r");
+	int c;
+
+	ASSERT_TRUE(f != NULL);
+	c = fgetc(f);
+	fclose(f);
+	return c == 'Y';
+}
+
 /* A module-wide counter from /sys/module/regwatch/parameters/. */
 static inline long rw_module_counter(const char *name)
 {

@@ -1,5 +1,7 @@
 //! The cache: a lock-free lookup over an immutable index, and a locked path that changes it.
 
+mod miss;
+
 use std::sync::atomic::{
     AtomicPtr, AtomicU64,
     Ordering::{Acquire, Relaxed, Release, SeqCst},
@@ -25,42 +27,6 @@ pub const PAGE: usize = 4096;
 const REGISTER_ATTEMPTS: u32 = 4;
 
 type Snapshot<R, I> = Index<Arc<Entry<R, I>>>;
-
-/// What a miss finds around the requested range.
-struct Survey {
-    /// Starts of neighbours whose pages changed: they leave the index.
-    stale: Vec<usize>,
-    /// Valid neighbours (overlapping or adjacent).
-    neighbours: usize,
-    /// The request widened to its valid neighbours, with all their rights.
-    union: (usize, usize, Access),
-}
-
-impl Survey {
-    fn of<R: Registrar, I: InvalidationSource>(
-        index: &Snapshot<R, I>,
-        start: usize,
-        end: usize,
-        access: Access,
-    ) -> Self {
-        let mut survey = Self {
-            stale: Vec::new(),
-            neighbours: 0,
-            union: (start, end, access),
-        };
-        for span in index.touching(start, end) {
-            if span.item.is_valid() {
-                survey.neighbours += 1;
-                survey.union.0 = survey.union.0.min(span.start);
-                survey.union.1 = survey.union.1.max(span.end);
-                survey.union.2 = survey.union.2 | span.item.access.without(Access::ON_DEMAND);
-            } else {
-                survey.stale.push(span.start);
-            }
-        }
-        survey
-    }
-}
 
 /// What only the locked path touches.
 struct State<R: Registrar, I: InvalidationSource> {
@@ -122,8 +88,10 @@ struct State<R: Registrar, I: InvalidationSource> {
 ///
 /// # Why a hit is never stale
 ///
-/// An entry is watched before it is registered and checked after, so its watch turns invalid
-/// after any change of its pages since before the registration started. A hit checks the watch
+/// An entry is watched before it is registered and checked after, and once more under the
+/// lock after the last drain before it is indexed (`register_missing`, which registers without
+/// the lock, argues why that leaves no window), so its watch turns invalid after any change of
+/// its pages since before the registration started. A hit checks the watch
 /// after loading the entry, with acquire ordering (trait contract), so a change that
 /// happened-before the `cached_reg` call is seen and the request goes to the locked path. The
 /// entry is cloned while the index holding it is protected, or upgraded from the thread's last
@@ -258,9 +226,10 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
     }
 
     /// The state lock: it serialises every change of the index (misses, invalidations,
-    /// evictions, [`Cache::stats`]); hits never take it. Held, at most, across calls of the
-    /// registrar and the invalidation source, never across a call back into this cache (see
-    /// `register_missing` for why a miss may register under it).
+    /// evictions, [`Cache::stats`]); hits never take it, and registrations and watches are
+    /// made without it (`register_missing`). Held across the invalidation source's `generation`
+    /// and `drain`, and across the deregistration and unwatch of entries whose last reference
+    /// an edit of the index drops; never across a call back into this cache.
     fn lock(&self) -> MutexGuard<'_, State<R, I>> {
         // Every update of `State` is a single push or assignment, so a panic elsewhere under the
         // lock (in a registrar, say) cannot leave it half-changed.
@@ -305,92 +274,6 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
                 self.register_missing(start, end, access)
             }
             result => result,
-        }
-    }
-
-    /// Registers `[start, end)` (widened to pages, maybe merged with its neighbours) and
-    /// publishes it, unless a registration made meanwhile already serves it.
-    ///
-    /// # The lock is held across the registration
-    ///
-    /// Misses are serialised: the watch and `ibv_reg_mr` (hundreds of microseconds for large
-    /// ranges) run under the state lock, so concurrent misses wait for each other while hits go
-    /// on without it. That is on purpose, and safe because nothing the registrar or the source
-    /// waits for needs this lock: regwatch's invalidations are written by the kernel's MMU
-    /// notifier into a status page this path only reads (no user-space monitor thread, unlike
-    /// libfabric's userfaultfd monitor, which must never wait for the cache lock), and an
-    /// munmap during the registration shows in the watch, checked after it (`register`). It
-    /// also keeps the index disjoint without a re-check: no other miss can insert an
-    /// overlapping registration in between. If miss concurrency ever matters, register outside
-    /// the lock and re-check under it, as libfabric's `util_mr_cache_create` does.
-    fn register_missing(
-        &self,
-        start: usize,
-        end: usize,
-        access: Access,
-    ) -> Result<Registration<R, I>> {
-        if !self.policy.caches() {
-            return Ok(Registration::new(Arc::new(
-                self.register(start, end, access)?,
-            )));
-        }
-        let mut state = self.lock();
-        self.process_invalidations(&mut state)?;
-        let version = self.version.load(Acquire);
-        let found = self.lookup(&state.current, version, start, end);
-        if let Some(hit) = found.and_then(|entry| self.usable(entry, access)) {
-            return Ok(hit);
-        }
-        let aligned_start = start - start % PAGE;
-        let aligned_end = end
-            .checked_next_multiple_of(PAGE)
-            .ok_or(Error::InvalidRange {
-                addr: start,
-                len: end - start,
-            })?;
-
-        let current = Arc::clone(&state.current);
-        let survey = Survey::of(&current, aligned_start, aligned_end, access);
-        Counters::add(
-            &self.backend.counters.invalidated,
-            survey.stale.len() as u64,
-        );
-        let registered = match self.register_merged(&survey) {
-            Some(entry) => Ok(entry),
-            None => self.register(aligned_start, aligned_end, access),
-        };
-        match registered {
-            Ok(entry) => {
-                let entry = Arc::new(entry);
-                self.insert(&mut state, current, survey.stale, &entry);
-                self.evict_over_limits(&mut state);
-                Ok(Registration::new(entry))
-            }
-            Err(err) => {
-                drop(current);
-                self.remove(&mut state, &survey.stale);
-                Err(err)
-            }
-        }
-    }
-
-    /// Registers the union of the request and its valid neighbours when there are any and the
-    /// union stays within the merge limit; `None` when not, or when that registration fails
-    /// (the request alone may still succeed, e.g. with rights a neighbour's pages refuse).
-    fn register_merged(&self, survey: &Survey) -> Option<Entry<R, I>> {
-        let (start, end, access) = survey.union;
-        if survey.neighbours == 0 || end - start > self.limits.max_merge_bytes {
-            return None;
-        }
-        match self.register(start, end, access) {
-            Ok(entry) => {
-                Counters::add(&self.backend.counters.merges, 1);
-                Some(entry)
-            }
-            Err(err) => {
-                tracing::debug!(%err, "regcache: merge failed, registering the request alone");
-                None
-            }
         }
     }
 
@@ -544,8 +427,8 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
 
 impl<R: Registrar, I: InvalidationSource> std::fmt::Debug for Cache<R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Not under the lock: the registrar, which runs under it (`register_missing`), may print
-        // the cache.
+        // Not under the lock: the registrar's deregistration, which may run under it (`lock`),
+        // may print the cache.
         // SAFETY: as in `cached_reg`.
         let cached = unsafe { hazard::protect(&self.index) }.map(|index| index.len());
         f.debug_struct("Cache")

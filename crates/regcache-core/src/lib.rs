@@ -6,8 +6,11 @@
 //! replaced since it was registered:
 //!
 //! - each pinned registration is watched (through an [`InvalidationSource`], regwatch in
-//!   production) *before* it is registered, and the watch is checked again after: a change during
-//!   registration throws the registration away and retries;
+//!   production) *before* it is registered, and the watch is checked again after, and again
+//!   under the lock before it enters the index (registrations are made outside the lock, so
+//!   concurrent misses overlap): a change in between throws the registration away and retries;
+//! - a miss that finds, once it has registered, that another thread published a registration
+//!   serving the same request meanwhile uses that one and deregisters its own;
 //! - a hit is a cached registration covering `[ptr, ptr + len)`, with at least the requested
 //!   rights, whose watch is still valid;
 //! - overlapping and adjacent requests merge into one registration, up to
@@ -24,7 +27,8 @@
 //!
 //! # Modules
 //!
-//! - `cache`: [`Cache`], the lock-free hit path and the locked miss path;
+//! - `cache`: [`Cache`], the lock-free hit path and the miss path (locked, except while it
+//!   registers);
 //! - `index`: the immutable sorted index of disjoint spans a hit searches;
 //! - `hazard`: hazard pointers that keep a replaced index alive while a hit reads it, and the
 //!   list of retired indexes;

@@ -22,6 +22,9 @@ pub struct Stats {
     pub invalidated: u64,
     /// Registrations thrown away because the pages changed while they were being registered.
     pub registration_retries: u64,
+    /// Registrations thrown away because, while they were being made outside the lock, another
+    /// thread published one that serves the same request.
+    pub duplicate_registrations: u64,
     /// Deregistrations the registrar reported as failed.
     pub deregister_failures: u64,
     /// Unwatches the invalidation source reported as failed.
@@ -82,6 +85,7 @@ pub(crate) struct Counters {
     pub(crate) evictions: AtomicU64,
     pub(crate) invalidated: AtomicU64,
     pub(crate) registration_retries: AtomicU64,
+    pub(crate) duplicate_registrations: AtomicU64,
     pub(crate) deregister_failures: AtomicU64,
     pub(crate) unwatch_failures: AtomicU64,
     pub(crate) regions: AtomicU64,
@@ -119,6 +123,7 @@ impl Counters {
             evictions: self.evictions.load(Relaxed),
             invalidated: self.invalidated.load(Relaxed),
             registration_retries: self.registration_retries.load(Relaxed),
+            duplicate_registrations: self.duplicate_registrations.load(Relaxed),
             deregister_failures: self.deregister_failures.load(Relaxed),
             unwatch_failures: self.unwatch_failures.load(Relaxed),
             regions,

@@ -11,6 +11,7 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use crate::access::Access;
 use crate::cache::Cache;
@@ -56,6 +57,7 @@ struct World {
     regions: HashMap<u32, RegionRecord>,
     next_lkey: u32,
     registrations: u64,
+    deregistrations: u64,
     drains: u64,
     double_deregistrations: u64,
     fail_deregistrations: bool,
@@ -69,6 +71,8 @@ struct Inner {
     generation: AtomicU64,
     /// Runs inside `register`, after the pages were pinned and without the lock held.
     on_register: Mutex<Option<RegisterHook>>,
+    /// How long each registration sleeps, in nanoseconds, after pinning and without a lock.
+    registration_delay: AtomicU64,
 }
 
 /// A simulated address space; clones share it.
@@ -107,6 +111,7 @@ impl FakeMemory {
                 words: (0..watch_slots).map(|_| AtomicU64::new(FREE)).collect(),
                 generation: AtomicU64::new(0),
                 on_register: Mutex::new(None),
+                registration_delay: AtomicU64::new(0),
             }),
         }
     }
@@ -237,6 +242,11 @@ impl FakeMemory {
         self.world().drains
     }
 
+    /// Deregistrations so far, of live regions or not.
+    pub fn deregistrations(&self) -> u64 {
+        self.world().deregistrations
+    }
+
     /// Deregistrations of regions that were not live (must stay 0).
     pub fn double_deregistrations(&self) -> u64 {
         self.world().double_deregistrations
@@ -255,6 +265,16 @@ impl FakeMemory {
     /// Makes later registrations longer than `max` fail with `ENOMEM`, as `RLIMIT_MEMLOCK` would.
     pub fn limit_registration_bytes(&self, max: Option<usize>) {
         self.world().max_registration_bytes = max;
+    }
+
+    /// Makes each later registration sleep for `delay` after pinning its pages, holding no
+    /// lock: the time `ibv_reg_mr` spends in the kernel and the device, off the caller's CPU, so
+    /// that concurrent registrations overlap.
+    pub fn delay_registrations(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.inner
+            .registration_delay
+            .store(nanos, Ordering::Relaxed);
     }
 
     /// Runs `hook(addr, len)` inside each later registration, after its pages were pinned:
@@ -317,6 +337,10 @@ impl Registrar for FakeRegistrar {
             );
             lkey
         };
+        let delay = self.memory.inner.registration_delay.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_nanos(delay));
+        }
         let mut hook = self
             .memory
             .inner
@@ -331,6 +355,7 @@ impl Registrar for FakeRegistrar {
 
     fn deregister(&self, region: FakeRegion) -> io::Result<()> {
         let mut world = self.memory.world();
+        world.deregistrations += 1;
         if world.regions.remove(&region.lkey).is_none() {
             world.double_deregistrations += 1;
         }

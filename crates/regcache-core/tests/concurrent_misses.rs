@@ -1,0 +1,150 @@
+//! Misses register outside the cache's lock: concurrent misses on the same or overlapping
+//! ranges keep one registration, leak none, and a change that lands between a registration and
+//! its re-check under the lock is never indexed nor handed out.
+
+use std::io;
+use std::sync::{Barrier, Mutex, PoisonError};
+use std::time::Duration;
+
+use regcache_core::testing::{FakeInvalidation, FakeMemory, FakeWatch, PAGE};
+use regcache_core::{Access, Cache, InvalidationSource, Limits, Policy};
+
+const BASE: usize = 0x40_0000;
+const RW: Access = Access::LOCAL_WRITE;
+/// Requests of one round lie within this many pages; rounds are a page apart, so they never
+/// merge with each other.
+const ROUND_PAGES: usize = 5;
+
+fn ptr(addr: usize) -> *const u8 {
+    std::ptr::without_provenance(addr)
+}
+
+/// The two requests `(first page, pages)` of round `round`: the same range, overlapping
+/// ranges, or one covering the other.
+fn requests(round: usize) -> [(usize, usize); 2] {
+    match round % 3 {
+        0 => [(1, 2), (1, 2)],
+        1 => [(0, 2), (1, 2)],
+        _ => [(0, 4), (1, 1)],
+    }
+}
+
+/// Two threads miss at once (a barrier, then registrations that sleep, so both are inside the
+/// registrar together) on the ranges of `requests`, round after round. Each gets a current
+/// registration covering its request; once their handles drop, exactly one registration per
+/// round is left (the duplicate or the replaced one was deregistered); when the cache is
+/// dropped, every registration made was deregistered exactly once and every watch removed.
+#[test]
+fn racing_misses_keep_one_registration_and_leak_none() {
+    const ROUNDS: usize = 30;
+    let memory = FakeMemory::new(256);
+    memory.map(BASE, ROUNDS * (ROUND_PAGES + 1) * PAGE);
+    memory.delay_registrations(Duration::from_millis(2));
+    let cache = memory.cache(Policy::Pinned, Limits::default());
+    let barrier = Barrier::new(2);
+    for round in 0..ROUNDS {
+        let round_base = BASE + round * (ROUND_PAGES + 1) * PAGE;
+        std::thread::scope(|scope| {
+            for (first, pages) in requests(round) {
+                let (memory, cache, barrier) = (&memory, &cache, &barrier);
+                scope.spawn(move || {
+                    let (addr, len) = (round_base + first * PAGE, pages * PAGE);
+                    barrier.wait();
+                    let registration = cache.cached_reg(ptr(addr), len, RW).unwrap();
+                    assert!(registration.addr() <= addr);
+                    assert!(registration.addr() + registration.length() >= addr + len);
+                    assert!(memory.is_current(registration.lkey(), addr, len));
+                });
+            }
+        });
+        assert_eq!(
+            memory.live().0,
+            round + 1,
+            "round {round}: one registration kept per round"
+        );
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.regions, ROUNDS as u64);
+    assert!(
+        stats.duplicate_registrations > 0,
+        "no two misses raced: the test exercised nothing ({stats:?})"
+    );
+    drop(cache);
+    assert_eq!(memory.live(), (0, 0), "leaked registrations");
+    assert_eq!(memory.double_deregistrations(), 0);
+    assert_eq!(memory.deregistrations(), memory.registrations());
+    assert_eq!(memory.active_watches(), 0);
+}
+
+/// The fake invalidation source, which runs `after_check` once, right after the next
+/// [`InvalidationSource::is_valid`] has read the watch.
+struct ChangesAfterCheck {
+    source: FakeInvalidation,
+    after_check: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl InvalidationSource for ChangesAfterCheck {
+    type Watch = FakeWatch;
+
+    fn watch(&self, addr: usize, len: usize, cookie: u64) -> io::Result<FakeWatch> {
+        self.source.watch(addr, len, cookie)
+    }
+
+    fn is_valid(&self, watch: &FakeWatch) -> bool {
+        let valid = self.source.is_valid(watch);
+        let after_check = self
+            .after_check
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(after_check) = after_check {
+            after_check();
+        }
+        valid
+    }
+
+    fn unwatch(&self, watch: FakeWatch) -> io::Result<()> {
+        self.source.unwatch(watch)
+    }
+
+    fn generation(&self) -> u64 {
+        self.source.generation()
+    }
+
+    fn drain(&self, on_invalidated: &mut dyn FnMut(u64)) -> io::Result<()> {
+        self.source.drain(on_invalidated)
+    }
+}
+
+/// The pages change after the registration's own check (made without the lock) and before
+/// it is indexed; the re-check under the lock, after the drain that consumes the change's
+/// report (which finds nothing indexed to remove), throws it away and registers again.
+/// Without that re-check the stale registration would be returned and stay indexed with its
+/// report already drained.
+#[test]
+fn a_change_before_the_registration_is_indexed_is_retried() {
+    let memory = FakeMemory::new(16);
+    memory.map(BASE, 4 * PAGE);
+    let changer = memory.clone();
+    let source = ChangesAfterCheck {
+        source: memory.invalidation(),
+        after_check: Mutex::new(Some(Box::new(move || changer.map(BASE, PAGE)))),
+    };
+    let cache = Cache::new(
+        memory.registrar(),
+        source,
+        Policy::Pinned,
+        Limits::default(),
+    );
+    let registration = cache.cached_reg(ptr(BASE), PAGE, RW).unwrap();
+    assert!(memory.is_current(registration.lkey(), BASE, PAGE));
+    assert_eq!(cache.stats().registration_retries, 1);
+    assert_eq!(memory.registrations(), 2);
+    assert_eq!(memory.live().0, 1, "the stale registration was released");
+    let again = cache.cached_reg(ptr(BASE), PAGE, RW).unwrap();
+    assert_eq!(
+        again.lkey(),
+        registration.lkey(),
+        "the fresh one was indexed"
+    );
+}

@@ -3,7 +3,7 @@
 mod miss;
 
 use std::sync::atomic::{
-    AtomicPtr, AtomicU64,
+    AtomicU64,
     Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,6 +16,7 @@ use crate::index::{Index, Span};
 use crate::last_hit;
 use crate::policy::{Limits, Policy};
 use crate::stats::{Counters, Stats};
+use crate::sync::AtomicPtr;
 use crate::traits::{InvalidationSource, Registrar};
 
 /// The page size registrations are aligned to: every page holding a requested byte is mapped,

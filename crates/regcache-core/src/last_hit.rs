@@ -11,12 +11,17 @@
 
 use std::cell::Cell;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
-/// Source of index versions, shared by all caches, so that a version names one cache's index
-/// (and so one entry type) and a last hit never matches a cache its entry does not belong to.
-static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+use crate::sync::{atomic_static, const_thread_local, AtomicU64};
+
+atomic_static! {
+    /// Source of index versions, shared by all caches, so that a version names one cache's
+    /// index (and so one entry type) and a last hit never matches a cache its entry does not
+    /// belong to.
+    static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+}
 
 /// A version no cache has had yet.
 pub(crate) fn next_version() -> u64 {
@@ -78,15 +83,13 @@ impl Drop for LastHit {
     }
 }
 
-thread_local! {
-    static LAST_HIT: LastHit = const {
-        LastHit {
-            version: Cell::new(0),
-            start: Cell::new(0),
-            end: Cell::new(0),
-            entry: Cell::new(None),
-            candidate: Cell::new(0),
-        }
+const_thread_local! {
+    static LAST_HIT: LastHit = LastHit {
+        version: Cell::new(0),
+        start: Cell::new(0),
+        end: Cell::new(0),
+        entry: Cell::new(None),
+        candidate: Cell::new(0),
     };
 }
 
@@ -144,4 +147,105 @@ pub(crate) unsafe fn record<E: Send + Sync>(
             replaced.release();
         }
     });
+}
+
+/// Model checks (`cargo xtask loom`): a thread filling and using its last hit while another
+/// thread removes the entry from a one-entry "index" (a loom mutex, as the cache's lock and
+/// hazard pointer order it) and publishes a new version, as a writer of the cache does. Every
+/// interleaving of the index, the version and the threads' exits is explored (the entry's
+/// reference counts are std atomics, which loom runs but does not reorder).
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::atomic::{
+        AtomicU64,
+        Ordering::{Acquire, Release},
+    };
+    use loom::sync::Mutex;
+    use loom::thread;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An entry that counts its drops.
+    struct Entry {
+        drops: Arc<AtomicUsize>,
+    }
+
+    impl Drop for Entry {
+        fn drop(&mut self) {
+            self.drops.fetch_add(1, Relaxed);
+        }
+    }
+
+    struct Cache {
+        version: AtomicU64,
+        index: Mutex<Option<Arc<Entry>>>,
+    }
+
+    impl Cache {
+        /// A lookup as the cache's: the version first, then the last hit, else the index
+        /// (recorded as an index hit).
+        fn lookup(&self) -> Option<Arc<Entry>> {
+            let version = self.version.load(Acquire);
+            // SAFETY: this model records only `Entry` under its versions.
+            if let Some(hit) = unsafe { covering::<Entry>(version, 0, 1) } {
+                return Some(hit);
+            }
+            let entry = self.index.lock().expect("not poisoned").clone()?;
+            // SAFETY: as above.
+            unsafe { record(version, 0, 1, &entry) };
+            Some(entry)
+        }
+    }
+
+    /// The reader looks up three times (the second fills its last hit, the third may use it)
+    /// while the writer removes the entry from the index and publishes a new version: a hit
+    /// is the entry, never once the removal's version was read (the last hit's version check,
+    /// which the entry still being alive would not stop), and a miss only once the entry left
+    /// the index. When the reader has exited, the last hit holds no weak reference any more
+    /// (the thread-local's destructor gave it back) and the entry is dropped exactly once.
+    #[test]
+    fn loom_last_hit_never_outlives_its_version_nor_leaks() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let entry = Arc::new(Entry {
+                drops: Arc::clone(&drops),
+            });
+            let first = next_version();
+            let cache = Arc::new(Cache {
+                version: AtomicU64::new(first),
+                index: Mutex::new(Some(entry)),
+            });
+            let reader = {
+                let cache = Arc::clone(&cache);
+                thread::spawn(move || {
+                    for _ in 0..3 {
+                        let seen = cache.version.load(Acquire);
+                        match cache.lookup() {
+                            Some(hit) => {
+                                assert_eq!(hit.drops.load(Relaxed), 0);
+                                assert_eq!(seen, first, "a hit after the removal was published");
+                            }
+                            None => assert!(
+                                cache.index.lock().expect("not poisoned").is_none(),
+                                "a miss while the entry was indexed"
+                            ),
+                        }
+                    }
+                })
+            };
+            let removed = cache.index.lock().expect("not poisoned").take();
+            cache.version.store(next_version(), Release);
+            reader.join().expect("the reader panicked");
+            let removed = removed.expect("the entry was indexed");
+            assert_eq!(
+                Arc::weak_count(&removed),
+                0,
+                "the last hit kept a weak reference after its thread exited"
+            );
+            drop(removed);
+            assert_eq!(drops.load(Relaxed), 1, "the entry was dropped once");
+        });
+    }
 }

@@ -33,6 +33,7 @@
 //! - `hazard`: hazard pointers that keep a replaced index alive while a hit reads it, and the
 //!   list of retired indexes;
 //! - `last_hit`: the thread-local shortcut to this thread's last hit;
+//! - `sync`: std's atomics, or loom's when model-checking (`cfg(loom)`);
 //! - `entry`: one registration ([`Registration`] is its handle) and the back end every entry
 //!   of a cache shares;
 //! - `policy`: [`Policy`] (what a request does) and [`Limits`];
@@ -49,6 +50,7 @@ mod index;
 mod last_hit;
 mod policy;
 mod stats;
+mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod traits;

@@ -57,9 +57,12 @@ struct Cli {
 enum Top {
     /// The main job: boot the newest kernel and show what regcache does.
     Demo,
-    /// Everything: rustfmt, clippy, unit tests, the harness self-test, the
-    /// module's build matrix and the VM suite on every kernel under test.
+    /// Everything: rustfmt, clippy, unit tests, the loom models, the harness
+    /// self-test, the module's build matrix and the VM suite on every kernel under test.
     Test,
+    /// The loom model checks of regcache-core's lock-free core (hazard pointers, last
+    /// hit), built with `--cfg loom` in target/loom.
+    Loom,
     /// The Soft-RoCE VM harness.
     #[command(subcommand)]
     Vm(VmCommand),
@@ -180,6 +183,7 @@ fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Top::Demo => demo::demo(&ctx),
         Top::Test => check::test_everything(&ctx),
+        Top::Loom => check::loom(&ctx),
         Top::Vm(VmCommand::Setup) => vm::prepare(&ctx).map(drop),
         Top::Vm(VmCommand::Test { kernel }) => vm::vm_test(&ctx, &kernel),
         Top::Vm(VmCommand::Shell { kernel }) => vm::vm_shell(&ctx, &kernel),

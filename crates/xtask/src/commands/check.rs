@@ -27,6 +27,32 @@ pub fn kmod_build(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
+/// `loom`: regcache-core's model checks (the `loom` tests of `hazard.rs` and `last_hit.rs`),
+/// in release (loom explores thousands of interleavings per model) and in their own target
+/// directory, since `--cfg loom` changes every crate's flags and would rebuild the normal
+/// build's. One test at a time, so each model's result shows as it finishes.
+pub fn loom(ctx: &Context) -> Result<()> {
+    eprintln!("    with RUSTFLAGS=\"--cfg loom\" CARGO_TARGET_DIR=target/loom");
+    sh::run(
+        cmd(
+            "cargo",
+            [
+                "test",
+                "-p",
+                "regcache-core",
+                "--release",
+                "--lib",
+                "loom",
+                "--",
+                "--test-threads=1",
+            ],
+        )
+        .current_dir(&ctx.workspace)
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("CARGO_TARGET_DIR", ctx.workspace.join("target/loom")),
+    )
+}
+
 /// One named check of `cargo xtask test`.
 type Step<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 
@@ -51,6 +77,7 @@ pub fn test_everything(ctx: &Context) -> Result<()> {
             }),
         ),
         ("unit tests", Box::new(|| cargo(&["test", "--workspace"]))),
+        ("loom models", Box::new(|| loom(ctx))),
         ("VM harness selftest", Box::new(|| vm::vm_selftest(ctx))),
     ];
     if kmod::module_exists(&ctx.workspace) {

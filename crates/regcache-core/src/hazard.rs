@@ -293,6 +293,11 @@ mod loom_models {
 
     struct Value(UnsafeCell<u64>);
 
+    // SAFETY: readers only read the cell, and the writer writes it once, after `Retired` let
+    // go of the value; that every read is ordered before that write is what the models check
+    // (loom reports an unordered pair as a data race and fails).
+    unsafe impl Sync for Value {}
+
     /// Values `0..count`, the first current.
     fn values(count: usize) -> (Vec<Arc<Value>>, Arc<AtomicPtr<Value>>) {
         let values: Vec<_> = (0..count)

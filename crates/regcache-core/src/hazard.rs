@@ -276,9 +276,10 @@ mod tests {
     }
 }
 
-/// Model checks (`cargo xtask loom`): every interleaving of a reader protecting and reading
-/// the current value with a writer replacing it and retiring what it replaced, within loom's
-/// preemption bound. A value's contents are a loom cell that the reader reads through its
+/// Model checks (`cargo xtask loom`): every interleaving, with at most 3 preemptions (without
+/// a bound the second model runs for more than 5 minutes), of a reader protecting and reading
+/// the current value with a writer replacing it and retiring what it replaced. Weakening the
+/// reader's announcement from `SeqCst` to `Release` makes both models fail (tried). A value's contents are a loom cell that the reader reads through its
 /// guard and the writer overwrites ("frees") once [`Retired`] let go of it: loom reports a read
 /// not ordered before that write as a data race, and a read after it finds the mark. The
 /// values stay allocated (the test holds them), so a bug is reported, not undefined.

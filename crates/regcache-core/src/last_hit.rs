@@ -152,8 +152,9 @@ pub(crate) unsafe fn record<E: Send + Sync>(
 /// Model checks (`cargo xtask loom`): a thread filling and using its last hit while another
 /// thread removes the entry from a one-entry "index" (a loom mutex, as the cache's lock and
 /// hazard pointer order it) and publishes a new version, as a writer of the cache does. Every
-/// interleaving of the index, the version and the threads' exits is explored (the entry's
-/// reference counts are std atomics, which loom runs but does not reorder).
+/// interleaving of the index, the version and the threads' exits with at most 3 preemptions is
+/// explored (the entry's reference counts are std atomics, which loom runs but does not
+/// reorder).
 #[cfg(all(test, loom))]
 mod loom_models {
     use super::*;

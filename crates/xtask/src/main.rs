@@ -112,10 +112,15 @@ enum BenchCommand {
     },
     /// Latency and bandwidth, 8 B to 16 MiB, rxe0 to rxe1 in one boot: p2p
     /// with the cache (pinned, ODP), p2p always-registering, raw verbs and
-    /// perftest; a markdown table and log-log plots under target/bench.
+    /// perftest; then the first transfer of fresh buffers and munmap costs,
+    /// ODP against pinned; markdown tables and log-log plots under target/bench.
     P2p {
         #[arg(long, default_value = "backports")]
         kernel: String,
+        /// The guest's rdma_rxe: Debian's, or built with kernel-patches/rxe
+        /// (ODP's copy fixed) and swapped in after the Soft-RoCE set-up.
+        #[arg(long, value_enum, default_value_t = bench::Rxe::Stock)]
+        rxe: bench::Rxe,
     },
     /// The cache's hit and miss paths, natively with criterion, beside UCX's rcache.
     HitPath,
@@ -192,7 +197,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             capi::install(&ctx.workspace, &prefix, destdir.as_deref())
         }
         Top::Bench(BenchCommand::Regwatch { kernel }) => bench::bench_regwatch(&ctx, &kernel),
-        Top::Bench(BenchCommand::P2p { kernel }) => bench::bench_p2p(&ctx, &kernel),
+        Top::Bench(BenchCommand::P2p { kernel, rxe }) => bench::bench_p2p(&ctx, &kernel, rxe),
         Top::Bench(BenchCommand::HitPath) => bench::bench_hit_path(&ctx),
         Top::Docker { command } => docker::docker(&ctx, &command),
         Top::Soak { ops, seed, kernel } => soak::soak(&ctx, &soak::SoakArgs { ops, seed, kernel }),

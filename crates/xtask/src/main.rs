@@ -122,6 +122,15 @@ enum BenchCommand {
         #[arg(long, value_enum, default_value_t = bench::Rxe::Stock)]
         rxe: bench::Rxe,
     },
+    /// Only the last part of `bench p2p`, in a boot of its own: the first
+    /// transfer of fresh buffers (4 KiB to 16 MiB; pinned, ODP, ODP with
+    /// prefetch) and the munmap of a registered 1 MiB buffer per mode.
+    FirstTouch {
+        #[arg(long, default_value = "backports")]
+        kernel: String,
+        #[arg(long, value_enum, default_value_t = bench::Rxe::Stock)]
+        rxe: bench::Rxe,
+    },
     /// The cache's hit and miss paths, natively with criterion, beside UCX's rcache.
     HitPath,
 }
@@ -197,7 +206,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             capi::install(&ctx.workspace, &prefix, destdir.as_deref())
         }
         Top::Bench(BenchCommand::Regwatch { kernel }) => bench::bench_regwatch(&ctx, &kernel),
-        Top::Bench(BenchCommand::P2p { kernel, rxe }) => bench::bench_p2p(&ctx, &kernel, rxe),
+        Top::Bench(BenchCommand::P2p { kernel, rxe }) => {
+            bench::bench_p2p(&ctx, &kernel, rxe, bench::Plan::Everything)
+        }
+        Top::Bench(BenchCommand::FirstTouch { kernel, rxe }) => {
+            bench::bench_p2p(&ctx, &kernel, rxe, bench::Plan::FirstTouch)
+        }
         Top::Bench(BenchCommand::HitPath) => bench::bench_hit_path(&ctx),
         Top::Docker { command } => docker::docker(&ctx, &command),
         Top::Soak { ops, seed, kernel } => soak::soak(&ctx, &soak::SoakArgs { ops, seed, kernel }),

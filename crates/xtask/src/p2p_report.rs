@@ -198,14 +198,19 @@ impl Figures {
         out
     }
 
-    /// Why the p2p ODP variant was not measured, if it was not.
-    pub fn odp_not_measured(&self) -> Option<String> {
-        if let Some((_, why)) = self.skipped.iter().find(|(what, _)| what == CACHED_ODP) {
+    /// Why `what` (a p2p variant, or `first-touch-<registration>`) was not measured, if it
+    /// was not: its skip line, or the absence of its figures.
+    pub fn not_measured(&self, what: &str) -> Option<String> {
+        if let Some((_, why)) = self.skipped.iter().find(|(skipped, _)| skipped == what) {
             return Some(why.clone());
         }
-        self.series(LATENCY, CACHED_ODP)
+        let (metric, series) = match what.strip_prefix("first-touch-") {
+            Some(registration) => (FIRST_TRANSFER, registration),
+            None => (LATENCY, what),
+        };
+        self.series(metric, series)
             .is_none()
-            .then(|| format!("no {CACHED_ODP} figure"))
+            .then(|| format!("no {what} figure"))
     }
 
     /// The first-touch table: per size, each registration's time to the first transfer's
@@ -479,7 +484,7 @@ REGCACHE-BENCH-SKIP first-touch-odp-prefetch ibv_advise_mr answered EOPNOTSUPP
     fn odp_counts_as_measured_only_with_its_figures() {
         let skipped = Figures::parse(RUN.lines()).unwrap();
         assert_eq!(
-            skipped.odp_not_measured().as_deref(),
+            skipped.not_measured(CACHED_ODP).as_deref(),
             Some("the ODP self-test failed")
         );
         let measured = RUN.replace(
@@ -489,12 +494,20 @@ REGCACHE-BENCH-SKIP first-touch-odp-prefetch ibv_advise_mr answered EOPNOTSUPP
         );
         assert_ne!(measured, RUN, "the test's replacement found nothing");
         let figures = Figures::parse(measured.lines()).unwrap();
-        assert_eq!(figures.odp_not_measured(), None);
+        assert_eq!(figures.not_measured(CACHED_ODP), None);
         let silent = RUN.replace("REGCACHE-BENCH-SKIP p2p-cache-odp", "unrelated");
         let figures = Figures::parse(silent.lines()).unwrap();
         assert_eq!(
-            figures.odp_not_measured().as_deref(),
+            figures.not_measured(CACHED_ODP).as_deref(),
             Some("no p2p-cache-odp figure")
+        );
+        let first_touch = Figures::parse(FIRST_TOUCH.lines()).unwrap();
+        assert_eq!(first_touch.not_measured("first-touch-odp"), None);
+        assert_eq!(
+            first_touch
+                .not_measured("first-touch-odp-prefetch")
+                .as_deref(),
+            Some("ibv_advise_mr answered EOPNOTSUPP")
         );
     }
 

@@ -66,24 +66,46 @@ pub enum Rxe {
     Patched,
 }
 
-/// The guest script's mode that runs `p2p-bench` from the stage in
-/// `stage_dir`, after `swap` (the command that loads the patched rdma_rxe)
-/// when there is one: the guest set Soft-RoCE up before, and the swap keeps
-/// its links. The paths are the harness's own (no quote, space or `$`), so
-/// double quotes suffice.
-fn p2p_bench_mode(stage_dir: &str, swap: Option<&str>) -> String {
-    match swap {
-        None => "p2p-bench".to_owned(),
-        Some(swap) => format!("run sh -c \"{swap} && {stage_dir}/vmbench/p2p-bench\""),
+/// What `p2p-bench` measures in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// The p2p variants, perftest, then first-touch and munmap.
+    Everything,
+    /// Only first-touch and munmap (`p2p-bench first-touch`), minutes instead of the
+    /// p2p sweep's tens of minutes on a loaded TCG host.
+    FirstTouch,
+}
+
+impl Plan {
+    fn args(self) -> &'static str {
+        match self {
+            Self::Everything => "",
+            Self::FirstTouch => " first-touch",
+        }
     }
 }
 
-/// `bench p2p`: latency and bandwidth of p2p (cache pinned and ODP,
-/// always-register), raw verbs and perftest, then the first transfer of
-/// fresh buffers and the munmap costs, in one boot with the `rxe` module;
-/// writes `target/bench/p2p-<kernel>[-patched-rxe].md`, the figure lines, and
-/// the log-log plots. With the patched module the cache must run ODP.
-pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe) -> Result<()> {
+/// The guest script's mode that runs `p2p-bench` with `plan` from the stage
+/// in `stage_dir`, after `swap` (the command that loads the patched
+/// rdma_rxe) when there is one: the guest set Soft-RoCE up before, and the
+/// swap keeps its links. The paths are the harness's own (no quote, space or
+/// `$`), so double quotes suffice.
+fn p2p_bench_mode(stage_dir: &str, swap: Option<&str>, plan: Plan) -> String {
+    let args = plan.args();
+    match swap {
+        None => format!("p2p-bench{args}"),
+        Some(swap) => format!("run sh -c \"{swap} && {stage_dir}/vmbench/p2p-bench{args}\""),
+    }
+}
+
+/// `bench p2p` (`plan` everything) and `bench first-touch`: latency and
+/// bandwidth of p2p (cache pinned and ODP, always-register), raw verbs and
+/// perftest, then the first transfer of fresh buffers and the munmap costs,
+/// in one boot with the `rxe` module; writes
+/// `target/bench/p2p[-first-touch]-<kernel>[-patched-rxe].md`, the figure
+/// lines, and the log-log plots. With the patched module ODP must have been
+/// measured.
+pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe, plan: Plan) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernel = &prepared.select_kernels(selector)?[0];
     let swap = match rxe {
@@ -102,17 +124,21 @@ pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe) -> Result<()> {
         kmod::With::Nothing,
     )?;
     artefacts::stage_p2p_bench(&ctx.workspace, &stage)?;
-    let mode = p2p_bench_mode(&stage.guest_dir, swap.as_deref());
+    let mode = p2p_bench_mode(&stage.guest_dir, swap.as_deref(), plan);
     let run = prepared
         .guest()
         .run(kernel, &stage.exec_line(kernel, &mode), SUITE_TIMEOUT)?;
     let verdict = verdict::judge(&run);
     let out_dir = ctx.workspace.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
+    let (name, odp) = match plan {
+        Plan::Everything => ("p2p", "p2p-cache-odp"),
+        Plan::FirstTouch => ("p2p-first-touch", "first-touch-odp"),
+    };
     let (stem, module) = match rxe {
-        Rxe::Stock => (format!("p2p-{}", kernel.release), "Debian's rdma_rxe"),
+        Rxe::Stock => (format!("{name}-{}", kernel.release), "Debian's rdma_rxe"),
         Rxe::Patched => (
-            format!("p2p-{}-patched-rxe", kernel.release),
+            format!("{name}-{}-patched-rxe", kernel.release),
             "rdma_rxe with kernel-patches/rxe",
         ),
     };
@@ -139,7 +165,7 @@ pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe) -> Result<()> {
     }
     benchmark_run_passed(kernel, &verdict)?;
     if rxe == Rxe::Patched {
-        if let Some(why) = figures.odp_not_measured() {
+        if let Some(why) = figures.not_measured(odp) {
             bail!("the patched rdma_rxe ran, yet ODP was not measured: {why}");
         }
     }
@@ -175,10 +201,22 @@ mod tests {
 
     #[test]
     fn the_patched_module_is_swapped_in_before_the_benchmark() {
-        assert_eq!(p2p_bench_mode("/opt/s", None), "p2p-bench");
         assert_eq!(
-            p2p_bench_mode("/opt/s", Some("/opt/rxe-swap.sh /opt/rdma_rxe.ko")),
+            p2p_bench_mode("/opt/s", None, Plan::Everything),
+            "p2p-bench"
+        );
+        assert_eq!(
+            p2p_bench_mode("/opt/s", None, Plan::FirstTouch),
+            "p2p-bench first-touch"
+        );
+        let swap = Some("/opt/rxe-swap.sh /opt/rdma_rxe.ko");
+        assert_eq!(
+            p2p_bench_mode("/opt/s", swap, Plan::Everything),
             "run sh -c \"/opt/rxe-swap.sh /opt/rdma_rxe.ko && /opt/s/vmbench/p2p-bench\""
+        );
+        assert_eq!(
+            p2p_bench_mode("/opt/s", swap, Plan::FirstTouch),
+            "run sh -c \"/opt/rxe-swap.sh /opt/rdma_rxe.ko && /opt/s/vmbench/p2p-bench first-touch\""
         );
     }
 }

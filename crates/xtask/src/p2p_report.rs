@@ -298,13 +298,16 @@ impl Figures {
     /// tables, and the variants that were skipped.
     pub fn markdown(&self, title: &str) -> String {
         let mut out = format!("# {title}\n\n");
-        out.push_str("One-way latency (half a ping-pong; median), ratio to raw verbs:\n\n");
-        out.push_str(&self.table(LATENCY, "µs"));
-        out.push_str(
-            "\nStreaming bandwidth (windows of 8 messages; median), ratio to raw verbs:\n\n",
-        );
-        out.push_str(&self.table(BANDWIDTH, "MB/s"));
-        let _ = write!(out, "\n{}", self.verdict());
+        // `bench first-touch` runs no p2p sweep.
+        if self.values.contains_key(LATENCY) {
+            out.push_str("One-way latency (half a ping-pong; median), ratio to raw verbs:\n\n");
+            out.push_str(&self.table(LATENCY, "µs"));
+            out.push_str(
+                "\nStreaming bandwidth (windows of 8 messages; median), ratio to raw verbs:\n\n",
+            );
+            out.push_str(&self.table(BANDWIDTH, "MB/s"));
+            let _ = write!(out, "\n{}", self.verdict());
+        }
         for table in [self.first_touch_table(), self.munmap_table()] {
             if !table.is_empty() {
                 let _ = write!(out, "\n{table}");
@@ -471,6 +474,14 @@ REGCACHE-BENCH-SKIP first-touch-odp-prefetch ibv_advise_mr answered EOPNOTSUPP
         }
         assert!(!markdown.contains("advise_mr + WRITE"), "{markdown}");
         assert!(!markdown.contains("not watched"), "{markdown}");
+    }
+
+    #[test]
+    fn a_first_touch_run_has_no_p2p_tables() {
+        let markdown = Figures::parse(FIRST_TOUCH.lines()).unwrap().markdown("t");
+        assert!(markdown.contains("fresh buffer"), "{markdown}");
+        assert!(!markdown.contains("latency"), "{markdown}");
+        assert!(!markdown.contains("bound"), "{markdown}");
     }
 
     #[test]

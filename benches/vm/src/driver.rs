@@ -136,10 +136,11 @@ fn run_ranks(plan: Plan, places: &[Place; 2]) -> Result<()> {
     Ok(())
 }
 
-/// Every variant, then perftest's `ib_write_lat` and `ib_read_lat`, in this one boot.
+/// Every variant, then perftest's `ib_write_lat` and `ib_read_lat`, then (in the full plan)
+/// the first transfer of fresh buffers and the munmap costs, in this one boot.
 ///
 /// # Errors
-/// When a variant or a perftest run fails; the others still run first.
+/// When a variant, a perftest run or first-touch fails; the others still run first.
 pub fn run_everything(plan: Plan) -> Result<()> {
     let places = places()?;
     println!(
@@ -163,6 +164,14 @@ pub fn run_everything(plan: Plan) -> Result<()> {
         println!("p2p-bench: measuring {tool}");
         if let Err(error) = perftest::run(tool, plan, &places) {
             failures.push(format!("{tool}: {error:#}"));
+        }
+    }
+    // Not in the short plan: the suite and the demo run that on every kernel, and its
+    // tables are the p2p figures.
+    if !plan.is_quick() {
+        println!("p2p-bench: measuring first-touch and munmap");
+        if let Err(error) = crate::first_touch::run() {
+            failures.push(format!("first-touch: {error:#}"));
         }
     }
     if !failures.is_empty() {

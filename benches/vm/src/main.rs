@@ -2,8 +2,10 @@
 //! run inside the project's VM by `cargo xtask bench p2p` (and, with `--quick`, by the demo).
 //!
 //! ```text
-//! p2p-bench [--quick]          every variant, then perftest, between rxe0 and rxe1
+//! p2p-bench [--quick]          every variant, then perftest, between rxe0 and rxe1, then
+//!                              (without --quick) first-touch
 //! p2p-bench rank [--quick]     one rank; started by the line above
+//! p2p-bench first-touch        only the first transfer of fresh buffers and munmap costs
 //! ```
 //!
 //! Rank 0 runs on rxe0; rank 1 on rxe1 in network namespace `ns1` when the kernel provides it,
@@ -11,6 +13,8 @@
 //! [`plan::Figure`]); under an emulated CPU only ratios measured in one run mean anything.
 
 mod driver;
+mod first_touch;
+mod munmap_cost;
 mod perftest;
 mod plan;
 mod raw_verbs;
@@ -43,8 +47,9 @@ fn main() -> ExitCode {
     let result = match positional.as_slice() {
         [] => driver::run_everything(Plan::new(quick)),
         ["rank"] => rank(Plan::new(quick)),
+        ["first-touch"] if !quick => first_touch::run(),
         _ => Err(anyhow::anyhow!(
-            "usage: p2p-bench [--quick] | p2p-bench rank [--quick]"
+            "usage: p2p-bench [--quick] | p2p-bench rank [--quick] | p2p-bench first-touch"
         )),
     };
     match result {

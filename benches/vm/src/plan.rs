@@ -70,6 +70,15 @@ pub enum Metric {
     LatencyMicros,
     /// Median streaming bandwidth in MB/s (10^6 bytes per second).
     BandwidthMegabytes,
+    /// First-touch: median time in µs from registering a fresh buffer to the completion of
+    /// its first transfer (see `first_touch`).
+    FirstTransferMicros,
+    /// First-touch: median time in µs of the registration alone (with the prefetch, if any).
+    RegisterMicros,
+    /// First-touch: median time in µs of a second transfer of the same, registered buffer.
+    RegisteredTransferMicros,
+    /// Median time in µs of one munmap of a registered buffer (see `munmap_cost`).
+    MunmapMicros,
 }
 
 impl fmt::Display for Metric {
@@ -77,6 +86,10 @@ impl fmt::Display for Metric {
         f.write_str(match self {
             Self::LatencyMicros => "latency_us",
             Self::BandwidthMegabytes => "bandwidth_MBps",
+            Self::FirstTransferMicros => "first_transfer_us",
+            Self::RegisterMicros => "register_us",
+            Self::RegisteredTransferMicros => "registered_transfer_us",
+            Self::MunmapMicros => "munmap_us",
         })
     }
 }

@@ -113,23 +113,28 @@ pub fn sweep(exchanges: Vec<(Variant, &mut dyn Exchange)>, rank: usize, plan: Pl
         })
         .collect();
     for &bytes in plan.sizes() {
+        // Ping-pongs give the latency, windows the bandwidth.
         let series = [
-            (Metric::LatencyMicros, plan.round_trips(bytes)),
-            (Metric::BandwidthMegabytes, plan.windows(bytes)),
+            (Metric::LatencyMicros, plan.round_trips(bytes), true),
+            (Metric::BandwidthMegabytes, plan.windows(bytes), false),
         ];
-        for (metric, repetitions) in series {
-            interleaved(&mut contenders, repetitions, |exchange| match metric {
-                Metric::LatencyMicros => exchange.ping_pong(bytes),
-                Metric::BandwidthMegabytes => exchange.window(bytes),
+        for (metric, repetitions, ping_pong) in series {
+            interleaved(&mut contenders, repetitions, |exchange| {
+                if ping_pong {
+                    exchange.ping_pong(bytes)
+                } else {
+                    exchange.window(bytes)
+                }
             })
             .with_context(|| format!("{metric} of {bytes}-byte messages"))?;
             for contender in &mut contenders {
                 check_received(contender, bytes, &payload[..bytes])?;
                 let median = median(&mut contender.samples).context("no repetitions")?;
-                let value = match metric {
-                    Metric::LatencyMicros => median / 2.0,
+                let value = if ping_pong {
+                    median / 2.0
+                } else {
                     // bytes per µs are MB/s.
-                    Metric::BandwidthMegabytes => (WINDOW * bytes) as f64 / median,
+                    (WINDOW * bytes) as f64 / median
                 };
                 let what = contender.variant.to_string();
                 if rank == 0 {

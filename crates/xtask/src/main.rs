@@ -115,10 +115,24 @@ enum BenchCommand {
     },
     /// Latency and bandwidth, 8 B to 16 MiB, rxe0 to rxe1 in one boot: p2p
     /// with the cache (pinned, ODP), p2p always-registering, raw verbs and
-    /// perftest; a markdown table and log-log plots under target/bench.
+    /// perftest; then the first transfer of fresh buffers and munmap costs,
+    /// ODP against pinned; markdown tables and log-log plots under target/bench.
     P2p {
         #[arg(long, default_value = "backports")]
         kernel: String,
+        /// The guest's rdma_rxe: Debian's, or built with kernel-patches/rxe
+        /// (ODP's copy fixed) and swapped in after the Soft-RoCE set-up.
+        #[arg(long, value_enum, default_value_t = bench::Rxe::Stock)]
+        rxe: bench::Rxe,
+    },
+    /// Only the last part of `bench p2p`, in a boot of its own: the first
+    /// transfer of fresh buffers (4 KiB to 16 MiB; pinned, ODP, ODP with
+    /// prefetch) and the munmap of a registered 1 MiB buffer per mode.
+    FirstTouch {
+        #[arg(long, default_value = "backports")]
+        kernel: String,
+        #[arg(long, value_enum, default_value_t = bench::Rxe::Stock)]
+        rxe: bench::Rxe,
     },
     /// The cache's hit and miss paths, natively with criterion, beside UCX's rcache.
     HitPath,
@@ -196,7 +210,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             capi::install(&ctx.workspace, &prefix, destdir.as_deref())
         }
         Top::Bench(BenchCommand::Regwatch { kernel }) => bench::bench_regwatch(&ctx, &kernel),
-        Top::Bench(BenchCommand::P2p { kernel }) => bench::bench_p2p(&ctx, &kernel),
+        Top::Bench(BenchCommand::P2p { kernel, rxe }) => {
+            bench::bench_p2p(&ctx, &kernel, rxe, bench::Plan::Everything)
+        }
+        Top::Bench(BenchCommand::FirstTouch { kernel, rxe }) => {
+            bench::bench_p2p(&ctx, &kernel, rxe, bench::Plan::FirstTouch)
+        }
         Top::Bench(BenchCommand::HitPath) => bench::bench_hit_path(&ctx),
         Top::Docker { command } => docker::docker(&ctx, &command),
         Top::Soak { ops, seed, kernel } => soak::soak(&ctx, &soak::SoakArgs { ops, seed, kernel }),

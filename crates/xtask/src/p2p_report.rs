@@ -1,5 +1,6 @@
 //! Turns the figure lines of `p2p-bench` (benches/vm) into markdown tables with ratios to raw
-//! verbs, and a log-log plot with gnuplot.
+//! verbs, the first-touch and munmap tables with ratios to pinned, and log-log plots with
+//! gnuplot.
 
 use crate::sh::{self, cmd};
 use anyhow::{bail, Context, Result};
@@ -18,15 +19,42 @@ const RAW_READ: &str = "raw-verbs-read";
 /// The cache variant the issue's bound applies to.
 const CACHED: &str = "p2p-cache-pinned";
 const ALWAYS_REGISTER: &str = "p2p-always-register";
-/// Columns, in order: name as printed by p2p-bench, heading.
-const COLUMNS: [(&str, &str); 7] = [
+/// A series of a table or plot: its name as printed by p2p-bench, its heading.
+type Column = (&'static str, &'static str);
+/// Columns, in order.
+const COLUMNS: [Column; 7] = [
     (RAW, "raw verbs SEND, registered once"),
     (RAW_READ, "raw verbs READ rendezvous, registered once"),
     (CACHED, "p2p + cache (pinned)"),
-    ("p2p-cache-odp", "p2p + cache (ODP)"),
+    (CACHED_ODP, "p2p + cache (ODP)"),
     (ALWAYS_REGISTER, "p2p, always-register"),
     ("ib_write_lat", "perftest ib_write_lat"),
     ("ib_read_lat", "perftest ib_read_lat (a READ round trip)"),
+];
+/// The ODP variant, which must run on a device the cache trusts with ODP.
+const CACHED_ODP: &str = "p2p-cache-odp";
+/// First-touch metrics: registration + first transfer, registration alone (with the
+/// prefetch), a second transfer of the registered buffer.
+const FIRST_TRANSFER: &str = "first_transfer_us";
+const REGISTER: &str = "register_us";
+const REGISTERED_TRANSFER: &str = "registered_transfer_us";
+/// First-touch registrations, in order: name as printed, heading. The first is the baseline.
+const REGISTRATIONS: [Column; 3] = [
+    ("pinned", "pinned: ibv_reg_mr + WRITE"),
+    ("odp", "ODP: ibv_reg_mr + WRITE"),
+    ("odp-prefetch", "ODP: ibv_reg_mr + ibv_advise_mr + WRITE"),
+];
+const MUNMAP: &str = "munmap_us";
+/// What held the unmapped buffer, in order: name as printed, heading. The first is the
+/// baseline.
+const HOLDERS: [Column; 4] = [
+    ("no-mr", "no memory region"),
+    ("pinned", "pinned region, not watched"),
+    (
+        "pinned-regwatch",
+        "pinned region watched by regwatch (cache: pinned)",
+    ),
+    ("odp", "ODP region (cache: ODP)"),
 ];
 /// From this size up, p2p with the cache must be within [`BOUND`] of raw verbs.
 const BOUND_FROM_BYTES: usize = 64 << 10;
@@ -170,16 +198,121 @@ impl Figures {
         out
     }
 
-    /// The whole report in markdown: both tables, the bound, and the variants that were skipped.
+    /// Why `what` (a p2p variant, or `first-touch-<registration>`) was not measured, if it
+    /// was not: its skip line, or the absence of its figures.
+    pub fn not_measured(&self, what: &str) -> Option<String> {
+        if let Some((_, why)) = self.skipped.iter().find(|(skipped, _)| skipped == what) {
+            return Some(why.clone());
+        }
+        let (metric, series) = match what.strip_prefix("first-touch-") {
+            Some(registration) => (FIRST_TRANSFER, registration),
+            None => (LATENCY, what),
+        };
+        self.series(metric, series)
+            .is_none()
+            .then(|| format!("no {what} figure"))
+    }
+
+    /// The first-touch table: per size, each registration's time to the first transfer's
+    /// completion with its registration time and its ratio to pinned, then the second
+    /// transfers. Empty without first-touch figures.
+    fn first_touch_table(&self) -> String {
+        let registrations: Vec<(&str, &str)> = REGISTRATIONS
+            .into_iter()
+            .filter(|(what, _)| self.series(FIRST_TRANSFER, what).is_some())
+            .collect();
+        if registrations.is_empty() {
+            return String::new();
+        }
+        let (baseline, _) = REGISTRATIONS[0];
+        let mut out = String::from(
+            "First transfer of a fresh buffer (µs, median; in parentheses the registration's \
+             share and the ratio to pinned), then a second transfer of the registered buffer:\n\n| size |",
+        );
+        for (_, heading) in &registrations {
+            let _ = write!(out, " {heading} (µs) |");
+        }
+        for (what, _) in &registrations {
+            let _ = write!(out, " {what}: second WRITE (µs) |");
+        }
+        out.push_str("\n| ---: |");
+        out.push_str(&" ---: |".repeat(2 * registrations.len()));
+        out.push('\n');
+        for bytes in self.sizes(FIRST_TRANSFER) {
+            let _ = write!(out, "| {} |", human_bytes(bytes));
+            for (what, _) in &registrations {
+                let value = |metric: &str| self.series(metric, what)?.get(&bytes).copied();
+                let cell = match (value(FIRST_TRANSFER), value(REGISTER)) {
+                    (Some(first), Some(register)) => {
+                        let mut cell =
+                            format!("{} (reg {}", significant(first), significant(register));
+                        if let Some(ratio) = self.ratio(FIRST_TRANSFER, what, baseline, bytes) {
+                            if *what != baseline {
+                                let _ = write!(cell, "; {ratio:.2}x");
+                            }
+                        }
+                        cell + ")"
+                    }
+                    _ => "-".to_owned(),
+                };
+                let _ = write!(out, " {cell} |");
+            }
+            for (what, _) in &registrations {
+                let cell = self
+                    .series(REGISTERED_TRANSFER, what)
+                    .and_then(|series| series.get(&bytes))
+                    .map_or_else(|| "-".to_owned(), |value| significant(*value));
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The munmap table: one munmap of a registered buffer under each holder, with its ratio
+    /// to plain memory. Empty without munmap figures.
+    fn munmap_table(&self) -> String {
+        let Some(&bytes) = self.sizes(MUNMAP).iter().next() else {
+            return String::new();
+        };
+        let (baseline, _) = HOLDERS[0];
+        let mut out = format!(
+            "One munmap of a registered {} buffer (µs, median), ratio to no region:\n\n\
+             | held by | munmap (µs) |\n| --- | ---: |\n",
+            human_bytes(bytes)
+        );
+        for (what, heading) in HOLDERS {
+            let Some(value) = self.series(MUNMAP, what).and_then(|s| s.get(&bytes)) else {
+                continue;
+            };
+            let cell = match self.ratio(MUNMAP, what, baseline, bytes) {
+                Some(ratio) if what != baseline => format!("{} ({ratio:.2}x)", significant(*value)),
+                _ => significant(*value),
+            };
+            let _ = writeln!(out, "| {heading} | {cell} |");
+        }
+        out
+    }
+
+    /// The whole report in markdown: both tables, the bound, the first-touch and munmap
+    /// tables, and the variants that were skipped.
     pub fn markdown(&self, title: &str) -> String {
         let mut out = format!("# {title}\n\n");
-        out.push_str("One-way latency (half a ping-pong; median), ratio to raw verbs:\n\n");
-        out.push_str(&self.table(LATENCY, "µs"));
-        out.push_str(
-            "\nStreaming bandwidth (windows of 8 messages; median), ratio to raw verbs:\n\n",
-        );
-        out.push_str(&self.table(BANDWIDTH, "MB/s"));
-        let _ = write!(out, "\n{}", self.verdict());
+        // `bench first-touch` runs no p2p sweep.
+        if self.values.contains_key(LATENCY) {
+            out.push_str("One-way latency (half a ping-pong; median), ratio to raw verbs:\n\n");
+            out.push_str(&self.table(LATENCY, "µs"));
+            out.push_str(
+                "\nStreaming bandwidth (windows of 8 messages; median), ratio to raw verbs:\n\n",
+            );
+            out.push_str(&self.table(BANDWIDTH, "MB/s"));
+            let _ = write!(out, "\n{}", self.verdict());
+        }
+        for table in [self.first_touch_table(), self.munmap_table()] {
+            if !table.is_empty() {
+                let _ = write!(out, "\n{table}");
+            }
+        }
         for (what, why) in &self.skipped {
             let _ = writeln!(out, "\nnot measured: {what}: {why}");
         }
@@ -190,12 +323,19 @@ impl Figures {
     /// `<stem>-latency.png` and `<stem>-bandwidth.png`; returns their paths.
     pub fn plot(&self, dir: &Path, stem: &str, title: &str) -> Result<Vec<PathBuf>> {
         let mut pngs = Vec::new();
-        for (metric, label, file) in [
-            (LATENCY, "one-way latency (µs)", "latency"),
-            (BANDWIDTH, "bandwidth (MB/s)", "bandwidth"),
-        ] {
+        let plotted: [(&str, &str, &str, &[Column]); 3] = [
+            (LATENCY, "one-way latency (µs)", "latency", &COLUMNS),
+            (BANDWIDTH, "bandwidth (MB/s)", "bandwidth", &COLUMNS),
+            (
+                FIRST_TRANSFER,
+                "registration + first WRITE of a fresh buffer (µs)",
+                "first-touch",
+                &REGISTRATIONS,
+            ),
+        ];
+        for (metric, label, file, columns) in plotted {
             let mut plots = Vec::new();
-            for (what, heading) in COLUMNS {
+            for &(what, heading) in columns {
                 let Some(series) = self.series(metric, what) else {
                     continue;
                 };
@@ -304,6 +444,81 @@ REGCACHE-BENCH ib_read_lat latency_us 65536 90.000 100
                 .matches("not measured: p2p-cache-odp: the ODP self-test failed")
                 .count(),
             1
+        );
+    }
+
+    const FIRST_TOUCH: &str = "\
+REGCACHE-BENCH pinned register_us 4096 20.000 15
+REGCACHE-BENCH pinned first_transfer_us 4096 100.000 15
+REGCACHE-BENCH pinned registered_transfer_us 4096 50.000 15
+REGCACHE-BENCH odp register_us 4096 10.000 15
+REGCACHE-BENCH odp first_transfer_us 4096 150.000 15
+REGCACHE-BENCH odp registered_transfer_us 4096 55.000 15
+REGCACHE-BENCH no-mr munmap_us 1048576 40.000 15
+REGCACHE-BENCH pinned-regwatch munmap_us 1048576 60.000 15
+REGCACHE-BENCH odp munmap_us 1048576 100.000 15
+REGCACHE-BENCH-SKIP first-touch-odp-prefetch ibv_advise_mr answered EOPNOTSUPP
+";
+
+    #[test]
+    fn first_touch_and_munmap_are_compared_with_pinned_and_plain_memory() {
+        let figures = Figures::parse(RUN.lines().chain(FIRST_TOUCH.lines())).unwrap();
+        let markdown = figures.markdown("t");
+        for expected in [
+            "| 4 KiB | 100.0 (reg 20.00) | 150.0 (reg 10.00; 1.50x) | 50.00 | 55.00 |",
+            "| pinned region watched by regwatch (cache: pinned) | 60.00 (1.50x) |",
+            "| ODP region (cache: ODP) | 100.0 (2.50x) |",
+            "not measured: first-touch-odp-prefetch: ibv_advise_mr answered EOPNOTSUPP",
+        ] {
+            assert!(markdown.contains(expected), "{expected}\n{markdown}");
+        }
+        assert!(!markdown.contains("advise_mr + WRITE"), "{markdown}");
+        assert!(!markdown.contains("not watched"), "{markdown}");
+    }
+
+    #[test]
+    fn a_first_touch_run_has_no_p2p_tables() {
+        let markdown = Figures::parse(FIRST_TOUCH.lines()).unwrap().markdown("t");
+        assert!(markdown.contains("fresh buffer"), "{markdown}");
+        assert!(!markdown.contains("latency"), "{markdown}");
+        assert!(!markdown.contains("bound"), "{markdown}");
+    }
+
+    #[test]
+    fn a_run_without_first_touch_figures_has_no_such_tables() {
+        let markdown = Figures::parse(RUN.lines()).unwrap().markdown("t");
+        assert!(!markdown.contains("fresh buffer"), "{markdown}");
+        assert!(!markdown.contains("munmap"), "{markdown}");
+    }
+
+    #[test]
+    fn odp_counts_as_measured_only_with_its_figures() {
+        let skipped = Figures::parse(RUN.lines()).unwrap();
+        assert_eq!(
+            skipped.not_measured(CACHED_ODP).as_deref(),
+            Some("the ODP self-test failed")
+        );
+        let measured = RUN.replace(
+            "[p2p-cache-odp rank 1] REGCACHE-BENCH-SKIP p2p-cache-odp the ODP self-test failed\n\
+             [p2p-cache-odp rank 0] REGCACHE-BENCH-SKIP p2p-cache-odp the ODP self-test failed",
+            "REGCACHE-BENCH p2p-cache-odp latency_us 65536 106.000 100",
+        );
+        assert_ne!(measured, RUN, "the test's replacement found nothing");
+        let figures = Figures::parse(measured.lines()).unwrap();
+        assert_eq!(figures.not_measured(CACHED_ODP), None);
+        let silent = RUN.replace("REGCACHE-BENCH-SKIP p2p-cache-odp", "unrelated");
+        let figures = Figures::parse(silent.lines()).unwrap();
+        assert_eq!(
+            figures.not_measured(CACHED_ODP).as_deref(),
+            Some("no p2p-cache-odp figure")
+        );
+        let first_touch = Figures::parse(FIRST_TOUCH.lines()).unwrap();
+        assert_eq!(first_touch.not_measured("first-touch-odp"), None);
+        assert_eq!(
+            first_touch
+                .not_measured("first-touch-odp-prefetch")
+                .as_deref(),
+            Some("ibv_advise_mr answered EOPNOTSUPP")
         );
     }
 

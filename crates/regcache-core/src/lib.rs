@@ -25,7 +25,8 @@
 //! # Modules
 //!
 //! - `cache`: [`Cache`], the lock-free hit path and the locked miss path;
-//! - `index`: the immutable sorted index of disjoint spans a hit searches;
+//! - `index`: the immutable sorted index of disjoint spans, whose page map a hit walks;
+//! - `page_map`: the radix tree from each page to the span covering it;
 //! - `hazard`: hazard pointers that keep a replaced index alive while a hit reads it, and the
 //!   list of retired indexes;
 //! - `last_hit`: the thread-local shortcut to this thread's last hit;
@@ -43,6 +44,7 @@ mod error;
 mod hazard;
 mod index;
 mod last_hit;
+mod page_map;
 mod policy;
 mod stats;
 #[cfg(any(test, feature = "testing"))]

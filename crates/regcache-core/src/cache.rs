@@ -100,13 +100,14 @@ struct State<R: Registrar, I: InvalidationSource> {
 ///    gets no guard and takes the locked path, which reads the index under the lock.
 /// 2. `Index::covering`: a walk down the index's page map (`page_map.rs`, one slot read per
 ///    level, 3 levels for regions spread over up to 1 GiB) to the slot of the request's first
-///    page, which holds the end of the registration covering it (the range check) and a pointer
-///    to its entry, then an atomic increment of the entry's strong count. The entry found is recorded as the thread's last hit when the
-///    previous index hit was on it too: that stores a `Weak` (an atomic increment) and releases
-///    the one it replaces, which frees the memory block of an entry that was deregistered
-///    already if it was the last reference: a free, never an allocation nor a deregistration.
-/// 3. `Arc::clone` of the entry (an atomic increment), then a release store of null into the
-///    record, which ends the guard. Nothing between announcing and withdrawing runs code of the
+///    page, which holds the end of the registration covering it (the range check) and a
+///    pointer to its entry; then `Arc`'s increment of the entry's strong count (an atomic
+///    increment), for the entry the index holds. The entry found is recorded as the thread's
+///    last hit when the previous index hit was on it too: that stores a `Weak` (an atomic
+///    increment) and releases the one it replaces, which frees the memory block of an entry
+///    that was deregistered already if it was the last reference: a free, never an allocation
+///    nor a deregistration.
+/// 3. A release store of null into the record, which ends the guard. Nothing between announcing and withdrawing runs code of the
 ///    registrar or the invalidation source, so no read of theirs can nest in it. The writer
 ///    publishes a new index with a sequentially consistent store and keeps the one it replaced
 ///    in a list of retired versions, dropping it (under the lock) only when no record announces

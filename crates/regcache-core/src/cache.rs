@@ -27,7 +27,7 @@ pub const PAGE: usize = 4096;
 /// [`Error::Unstable`].
 const REGISTER_ATTEMPTS: u32 = 4;
 
-type Snapshot<R, I> = Index<Arc<Entry<R, I>>>;
+type Snapshot<R, I> = Index<Entry<R, I>>;
 
 /// What only the locked path touches.
 struct State<R: Registrar, I: InvalidationSource> {
@@ -65,13 +65,16 @@ struct State<R: Registrar, I: InvalidationSource> {
 ///    cache, from those of exited threads or else allocated (once in the thread's life, never
 ///    freed); never on later hits. A thread that is exiting, or is already reading an index,
 ///    gets no guard and takes the locked path, which reads the index under the lock.
-/// 2. `Index::covering`: a binary search over the chunks' first starts, then one over the
-///    chunk's dense start keys. The entry found is recorded as the thread's last hit when the
-///    previous index hit was on it too: that stores a `Weak` (an atomic increment) and releases
-///    the one it replaces, which frees the memory block of an entry that was deregistered
-///    already if it was the last reference: a free, never an allocation nor a deregistration.
-/// 3. `Arc::clone` of the entry (an atomic increment), then a release store of null into the
-///    record, which ends the guard. Nothing between announcing and withdrawing runs code of the
+/// 2. `Index::covering`: a walk down the index's page map (`page_map.rs`, one slot read per
+///    level, 3 levels for regions spread over up to 1 GiB) to the slot of the request's first
+///    page, which holds the end of the registration covering it (the range check) and a
+///    pointer to its entry; then `Arc`'s increment of the entry's strong count (an atomic
+///    increment), for the entry the index holds. The entry found is recorded as the thread's
+///    last hit when the previous index hit was on it too: that stores a `Weak` (an atomic
+///    increment) and releases the one it replaces, which frees the memory block of an entry
+///    that was deregistered already if it was the last reference: a free, never an allocation
+///    nor a deregistration.
+/// 3. A release store of null into the record, which ends the guard. Nothing between announcing and withdrawing runs code of the
 ///    registrar or the invalidation source, so no read of theirs can nest in it. The writer
 ///    publishes a new index with a sequentially consistent store and keeps the one it replaced
 ///    in a list of retired versions, dropping it (under the lock) only when no record announces
@@ -128,7 +131,7 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
     /// `policy` watches), running `policy` within `limits`.
     pub fn new(registrar: R, source: I, policy: Policy, limits: Limits) -> Self {
         let last_generation = source.generation();
-        let current = Arc::new(Index::default());
+        let current = Arc::new(Index::new(PAGE));
         Self {
             backend: Arc::new(Backend {
                 registrar,
@@ -250,8 +253,8 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
     ) -> Option<Arc<Entry<R, I>>> {
         let entry = index.covering(start, end)?;
         // SAFETY: `version` is this cache's (the caller's contract), recorded with its entry type.
-        unsafe { last_hit::record(version, entry.start, entry.end(), entry) };
-        Some(Arc::clone(entry))
+        unsafe { last_hit::record(version, entry.start, entry.end(), &entry) };
+        Some(entry)
     }
 
     /// `entry` as a hit, when it serves `access` and its pages did not change.

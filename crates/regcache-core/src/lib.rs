@@ -29,7 +29,8 @@
 //!
 //! - `cache`: [`Cache`], the lock-free hit path and the miss path (locked, except while it
 //!   registers);
-//! - `index`: the immutable sorted index of disjoint spans a hit searches;
+//! - `index`: the immutable sorted index of disjoint spans, whose page map a hit walks;
+//! - `page_map`: the radix tree from each page to the span covering it;
 //! - `hazard`: hazard pointers that keep a replaced index alive while a hit reads it, and the
 //!   list of retired indexes;
 //! - `last_hit`: the thread-local shortcut to this thread's last hit;
@@ -48,6 +49,7 @@ mod error;
 mod hazard;
 mod index;
 mod last_hit;
+mod page_map;
 mod policy;
 mod stats;
 mod sync;

@@ -15,6 +15,9 @@
  */
 #include <sys/syscall.h>
 
+/* A million watches under TCG on a busy host take minutes, not seconds. */
+#define TEST_TIMEOUT_SECONDS 900
+
 #include "../tests/regwatch_util.h"
 
 static uint64_t env_or(const char *name, uint64_t fallback)

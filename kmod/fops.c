@@ -16,8 +16,10 @@
 
 #include "regwatch_internal.h"
 
-/* Records copied per round trip through the kernel bounce buffer. */
+/* Records per lock hold through the bounce buffer on the stack. */
 #define REGWATCH_READ_BATCH	8
+/* Records per lock hold through a bounce page, for reads with room for more. */
+#define REGWATCH_READ_PAGE_BATCH	(PAGE_SIZE / sizeof(struct regwatch_record))
 
 static bool regwatch_caller_owns(struct regwatch_ctx *ctx)
 {
@@ -121,6 +123,11 @@ static long regwatch_ioctl_set_capacity(struct regwatch_ctx *ctx,
 	return regwatch_fix_capacity(ctx, cap.slots);
 }
 
+/* The out fields of struct regwatch_watch: slot and seq, side by side. */
+#define REGWATCH_WATCH_OUT_SIZE \
+	(offsetofend(struct regwatch_watch, seq) - \
+	 offsetof(struct regwatch_watch, slot))
+
 static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
 				 struct regwatch_watch __user *uarg)
 {
@@ -134,15 +141,18 @@ static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
 	if (w.flags & ~REGWATCH_WATCH_FLAGS ||
 	    memchr_inv(w.reserved, 0, sizeof(w.reserved)))
 		return -EINVAL;
-	/* the result must be deliverable before anything changes */
-	if (copy_to_user(uarg, &w, sizeof(w)))
+	/*
+	 * The result must be deliverable before anything changes: the out
+	 * fields are written back as they came in.
+	 */
+	if (copy_to_user(&uarg->slot, &w.slot, REGWATCH_WATCH_OUT_SIZE))
 		return -EFAULT;
 	ret = regwatch_watch(ctx, w.start, w.length, w.cookie, &slot, &seq);
 	if (ret)
 		return ret;
 	w.slot = slot;
 	w.seq = seq;
-	if (copy_to_user(uarg, &w, sizeof(w))) {
+	if (copy_to_user(&uarg->slot, &w.slot, REGWATCH_WATCH_OUT_SIZE)) {
 		/* made read-only meanwhile by another thread */
 		regwatch_watch_cancel(ctx, slot, w.cookie, seq);
 		return -EFAULT;
@@ -185,6 +195,19 @@ static long regwatch_ioctl(struct file *file, unsigned int cmd,
 }
 
 /*
+ * A bounce page for a read with room for more than REGWATCH_READ_BATCH
+ * records, so that more records go out per hold of ctx->lock and per copy;
+ * NULL (use the stack) for a smaller read or when no page can be had: a
+ * read never fails for want of memory.
+ */
+static struct regwatch_record *regwatch_read_page(struct iov_iter *to)
+{
+	if (iov_iter_count(to) <= REGWATCH_READ_BATCH * sizeof(struct regwatch_record))
+		return NULL;
+	return kmalloc(PAGE_SIZE, REGWATCH_GFP);
+}
+
+/*
  * read(), readv() and friends: whole records into the caller's buffers as
  * one byte stream (a record may straddle two iovecs). Blocks only while
  * nothing was copied, so a readv() of more room than there are records
@@ -193,18 +216,23 @@ static long regwatch_ioctl(struct file *file, unsigned int cmd,
 static ssize_t regwatch_read_iter(struct kiocb *iocb, struct iov_iter *to)
 {
 	struct regwatch_ctx *ctx = iocb->ki_filp->private_data;
-	struct regwatch_record rec[REGWATCH_READ_BATCH];
+	struct regwatch_record stack_batch[REGWATCH_READ_BATCH];
+	struct regwatch_record *page_batch, *rec;
+	unsigned int batch;
 	bool nonblock = (iocb->ki_filp->f_flags & O_NONBLOCK) ||
 			(iocb->ki_flags & IOCB_NOWAIT);
-	size_t copied = 0;
+	ssize_t copied = 0;
 
 	if (!regwatch_caller_owns(ctx))
 		return -EIO;
-	if (iov_iter_count(to) < sizeof(rec[0]))
+	if (iov_iter_count(to) < sizeof(*rec))
 		return -EINVAL;
-	while (iov_iter_count(to) >= sizeof(rec[0])) {
-		unsigned int want = min_t(size_t, REGWATCH_READ_BATCH,
-					  iov_iter_count(to) / sizeof(rec[0]));
+	page_batch = regwatch_read_page(to);
+	rec = page_batch ? page_batch : stack_batch;
+	batch = page_batch ? REGWATCH_READ_PAGE_BATCH : REGWATCH_READ_BATCH;
+	while (iov_iter_count(to) >= sizeof(*rec)) {
+		unsigned int want = min_t(size_t, batch,
+					  iov_iter_count(to) / sizeof(*rec));
 		unsigned int got, done;
 		size_t bytes;
 		int ret;
@@ -212,12 +240,16 @@ static ssize_t regwatch_read_iter(struct kiocb *iocb, struct iov_iter *to)
 		if (!regwatch_has_pending(ctx)) {
 			if (copied)
 				break;
-			if (nonblock)
-				return -EAGAIN;
+			if (nonblock) {
+				copied = -EAGAIN;
+				break;
+			}
 			ret = wait_event_interruptible(ctx->read_wait,
 						       regwatch_has_pending(ctx));
-			if (ret)
-				return ret;
+			if (ret) {
+				copied = ret;
+				break;
+			}
 		}
 		got = regwatch_take_records(ctx, rec, want);
 		if (!got)
@@ -226,14 +258,17 @@ static ssize_t regwatch_read_iter(struct kiocb *iocb, struct iov_iter *to)
 		 * Records are copied out after ctx->lock is dropped: a fault
 		 * may sleep, and reclaim could enter our own callback.
 		 */
-		bytes = copy_to_iter(rec, got * sizeof(rec[0]), to);
-		done = bytes / sizeof(rec[0]);
-		copied += done * sizeof(rec[0]);
+		bytes = copy_to_iter(rec, got * sizeof(*rec), to);
+		done = bytes / sizeof(*rec);
+		copied += done * sizeof(*rec);
 		if (done < got) {
 			regwatch_requeue_records(ctx, rec + done, got - done);
-			return copied ? copied : -EFAULT;
+			if (!copied)
+				copied = -EFAULT;
+			break;
 		}
 	}
+	kfree(page_batch);
 	return copied;
 }
 

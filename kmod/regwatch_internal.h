@@ -149,6 +149,18 @@ struct regwatch_ctx {
 	wait_queue_head_t read_wait;
 };
 
+/**
+ * struct regwatch_status_run - the slot words of one status page
+ * @word: word of slot @first.
+ * @first: first slot whose word lies on the page.
+ * @count: slot words on the page.
+ */
+struct regwatch_status_run {
+	const u64 *word;
+	u32 first;
+	u32 count;
+};
+
 extern atomic_long_t regwatch_live_watches;
 
 /* main.c */
@@ -198,6 +210,8 @@ void regwatch_status_free(struct regwatch_ctx *ctx);
 int regwatch_status_mmap(struct regwatch_ctx *ctx, struct vm_area_struct *vma,
 			 u32 nslots);
 u64 regwatch_status_seq(struct regwatch_ctx *ctx, u32 slot);
+void regwatch_status_words(struct regwatch_ctx *ctx, u32 slot,
+			   struct regwatch_status_run *run);
 void regwatch_status_set_seq(struct regwatch_ctx *ctx, u32 slot, u64 seq);
 void regwatch_status_dirtied(struct regwatch_ctx *ctx, u32 slot);
 void regwatch_status_count(struct regwatch_ctx *ctx, u64 *counter, s64 delta);

@@ -227,6 +227,31 @@ u64 regwatch_status_seq(struct regwatch_ctx *ctx, u32 slot)
 }
 
 /**
+ * regwatch_status_words() - the slot words on the status page of a slot
+ * @ctx: the fd, ctx->lock held
+ * @slot: a slot below ctx->backed
+ * @run: filled in: @run->word[i] is the word of slot @run->first + i, for
+ *	i below @run->count (every word on that page)
+ *
+ * For walks over many slots, which then look up a page once per page.
+ */
+void regwatch_status_words(struct regwatch_ctx *ctx, u32 slot,
+			   struct regwatch_status_run *run)
+{
+	size_t page_start = regwatch_word_offset(slot) & PAGE_MASK;
+	size_t first_offset;
+	char *page;
+
+	lockdep_assert_held(&ctx->lock);
+	run->first = page_start <= sizeof(struct regwatch_status) ? 0 :
+		     (page_start - sizeof(struct regwatch_status)) / sizeof(u64);
+	first_offset = regwatch_word_offset(run->first);
+	run->count = (page_start + PAGE_SIZE - first_offset) / sizeof(u64);
+	page = xa_load(&ctx->status_pages, page_start >> PAGE_SHIFT);
+	run->word = (const u64 *)(page + (first_offset - page_start));
+}
+
+/**
  * regwatch_status_set_seq() - publish a slot word
  * @ctx: the fd
  * @slot: slot index

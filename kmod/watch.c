@@ -199,18 +199,34 @@ out_unlock:
 	return ret;
 }
 
-/* A free slot with storage: its index, REGWATCH_NO_SLOT with -ENOSPC/-ENOMEM. */
-static u32 regwatch_reserve_slot(struct regwatch_ctx *ctx, int *err)
+/*
+ * Takes a free slot with storage for a new watch and gives it @cookie and
+ * the next seq, in the same hold of ctx->lock: its index, or
+ * REGWATCH_NO_SLOT with *@err -ENOSPC or -ENOMEM.
+ */
+static u32 regwatch_claim_slot(struct regwatch_ctx *ctx, u64 cookie,
+			       u64 *seq, int *err)
 {
 	for (;;) {
+		struct regwatch_slot *slot;
 		u32 idx, next;
 
 		spin_lock(&ctx->lock);
 		idx = regwatch_alloc_slot(ctx);
+		if (idx != REGWATCH_NO_SLOT) {
+			slot = regwatch_slot(ctx, idx);
+			slot->state = REGWATCH_SLOT_INSERTING;
+			slot->dirty = REGWATCH_CLEAN;
+			slot->cookie = cookie;
+			slot->index = idx;
+			*seq = ctx->next_seq;
+			ctx->next_seq += 2;
+			regwatch_status_set_seq(ctx, idx, *seq);
+			spin_unlock(&ctx->lock);
+			return idx;
+		}
 		next = ctx->high_water;
 		spin_unlock(&ctx->lock);
-		if (idx != REGWATCH_NO_SLOT)
-			return idx;
 		if (next >= ctx->nslots) {
 			*err = -ENOSPC;
 			return REGWATCH_NO_SLOT;
@@ -261,20 +277,11 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 		return ret;
 	if (!regwatch_user_charge(ctx->user))
 		return -ENOSPC;
-	idx = regwatch_reserve_slot(ctx, &ret);
+	idx = regwatch_claim_slot(ctx, cookie, &seq, &ret);
 	if (idx == REGWATCH_NO_SLOT)
 		goto err_uncharge;
-
-	spin_lock(&ctx->lock);
+	/* the slot's storage stays where it is until the fd is released */
 	slot = regwatch_slot(ctx, idx);
-	slot->state = REGWATCH_SLOT_INSERTING;
-	slot->dirty = REGWATCH_CLEAN;
-	slot->cookie = cookie;
-	slot->index = idx;
-	seq = ctx->next_seq;
-	ctx->next_seq += 2;
-	regwatch_status_set_seq(ctx, idx, seq);
-	spin_unlock(&ctx->lock);
 
 	ret = mmu_interval_notifier_insert(&slot->notifier, ctx->mm, first,
 					   end - first, &ctx->notifier_ops);
@@ -437,7 +444,9 @@ bool regwatch_has_pending(struct regwatch_ctx *ctx)
  *
  * Records are filled in under ctx->lock into kernel memory; the caller
  * copies them to user space afterwards and gives back what it could not
- * copy with regwatch_requeue_records().
+ * copy with regwatch_requeue_records(). The taken run is cut off the front
+ * of the dirty list in one step, and consecutive slots (the usual order of
+ * a munmap's invalidations) share one lookup of their chunk and status page.
  *
  * Return: number of records filled in.
  */
@@ -445,25 +454,40 @@ unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
 				   struct regwatch_record *rec,
 				   unsigned int max)
 {
+	struct regwatch_slot *chunk = NULL;
+	struct regwatch_status_run words = { .count = 0 };
+	u32 chunk_nr = REGWATCH_NO_SLOT;
 	unsigned int count = 0;
+	u32 idx;
 
 	spin_lock(&ctx->lock);
-	while (count < max && ctx->dirty_head != REGWATCH_NO_SLOT) {
-		u32 idx = ctx->dirty_head;
-		struct regwatch_slot *slot = regwatch_slot(ctx, idx);
+	idx = ctx->dirty_head;
+	while (count < max && idx != REGWATCH_NO_SLOT) {
+		struct regwatch_slot *slot;
 
-		regwatch_dirty_unlink(ctx, idx);
+		if (idx / REGWATCH_CHUNK_SLOTS != chunk_nr) {
+			chunk_nr = idx / REGWATCH_CHUNK_SLOTS;
+			chunk = xa_load(&ctx->chunks, chunk_nr);
+		}
+		if (idx - words.first >= words.count)
+			regwatch_status_words(ctx, idx, &words);
+		slot = &chunk[idx % REGWATCH_CHUNK_SLOTS];
 		slot->dirty = REGWATCH_REPORTED;
-		rec[count] = (struct regwatch_record) {
+		rec[count++] = (struct regwatch_record) {
 			.cookie = slot->cookie,
-			.seq = regwatch_status_seq(ctx, idx) & ~REGWATCH_SEQ_DIRTY,
+			.seq = words.word[idx - words.first] & ~REGWATCH_SEQ_DIRTY,
 			.start = slot->notifier.interval_tree.start,
 			.end = slot->notifier.interval_tree.last + 1,
 			.slot = idx,
 			.reason = slot->reason,
 		};
-		count++;
+		idx = slot->next;
 	}
+	WRITE_ONCE(ctx->dirty_head, idx);
+	if (idx == REGWATCH_NO_SLOT)
+		ctx->dirty_tail = REGWATCH_NO_SLOT;
+	else
+		regwatch_slot(ctx, idx)->prev = REGWATCH_NO_SLOT;
 	regwatch_status_count(ctx, &ctx->status->dirty_unread, -(s64)count);
 	regwatch_status_count(ctx, &ctx->status->total_reported, count);
 	spin_unlock(&ctx->lock);

@@ -10,31 +10,6 @@
 /* The design's budget: slab + vmalloc per watch. */
 #define MAX_BYTES_PER_WATCH 128
 
-static long meminfo_kb(const char *key)
-{
-	char line[256];
-	long val = -1;
-	FILE *f = fopen("/proc/meminfo", "r");
-
-	ASSERT_TRUE(f != NULL);
-	while (fgets(line, sizeof(line), f)) {
-		size_t n = strlen(key);
-
-		if (!strncmp(line, key, n) && line[n] == ':') {
-			val = atol(line + n + 1);
-			break;
-		}
-	}
-	fclose(f);
-	ASSERT_GE(val, 0);
-	return val;
-}
-
-static long kernel_kb(void)
-{
-	return meminfo_kb("Slab") + meminfo_kb("VmallocUsed");
-}
-
 TEST(million_watches)
 {
 	const char *env = getenv("REGWATCH_SCALE_WATCHES");
@@ -59,7 +34,7 @@ TEST(million_watches)
 	rec = calloc(4096, sizeof(*rec));
 	ASSERT_TRUE(seen && rec);
 
-	kb0 = kernel_kb();
+	kb0 = rw_kernel_kb();
 	rw_set_capacity(fd, n);
 	st = rw_map_status(fd, n);
 	t0 = rw_now_ns();
@@ -70,7 +45,7 @@ TEST(million_watches)
 		ASSERT_EQ(w.slot, i);
 	}
 	t_watch = rw_now_ns() - t0;
-	kb1 = kernel_kb();
+	kb1 = rw_kernel_kb();
 	ASSERT_EQ(rw_module_counter("live_watches"), watches0 + (long)n);
 
 	t0 = rw_now_ns();
@@ -131,7 +106,7 @@ TEST(million_watches_freed_by_close)
 	area = mmap(NULL, n * page, PROT_NONE,
 		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	ASSERT_NE(area, MAP_FAILED);
-	kb0 = kernel_kb();
+	kb0 = rw_kernel_kb();
 	rw_set_capacity(fd, n);
 	for (uint64_t i = 0; i < n; i++) {
 		struct regwatch_watch w;
@@ -143,9 +118,9 @@ TEST(million_watches_freed_by_close)
 	ASSERT_EQ(rw_wait_counter("live_watches", watches0), watches0);
 	printf("# close() with %llu watches: %.0f ns/watch; kernel kB left: %ld\n",
 	       (unsigned long long)n, (double)(rw_now_ns() - t0) / n,
-	       kernel_kb() - kb0);
+	       rw_kernel_kb() - kb0);
 	/* a few MB of slack: unrelated slab activity during the test */
-	ASSERT_LT((kernel_kb() - kb0) * 1024 / (long)n, 8);
+	ASSERT_LT((rw_kernel_kb() - kb0) * 1024 / (long)n, 8);
 }
 
 TEST_HARNESS_MAIN

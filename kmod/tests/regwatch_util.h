@@ -213,6 +213,33 @@ static inline uint64_t rw_now_ns(void)
 	return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
+/* A field of /proc/meminfo, in kB. */
+static inline long rw_meminfo_kb(const char *key)
+{
+	char line[256];
+	long val = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	ASSERT_TRUE(f != NULL);
+	while (fgets(line, sizeof(line), f)) {
+		size_t n = strlen(key);
+
+		if (!strncmp(line, key, n) && line[n] == ':') {
+			val = atol(line + n + 1);
+			break;
+		}
+	}
+	fclose(f);
+	ASSERT_GE(val, 0);
+	return val;
+}
+
+/* Kernel memory in use: slab and vmalloc, in kB. */
+static inline long rw_kernel_kb(void)
+{
+	return rw_meminfo_kb("Slab") + rw_meminfo_kb("VmallocUsed");
+}
+
 /* Anonymous private read-write pages, written once so they are present. */
 static inline char *rw_map_pages(size_t pages)
 {

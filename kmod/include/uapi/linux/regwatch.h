@@ -23,9 +23,9 @@
  * fails with EIO (poll: EPOLLERR) and changes nothing. close() from anywhere
  * is fine and removes every watch.
  *
- * Errors common to all ioctls: EFAULT (bad argument pointer, also one that
- * is readable but not writable), EIO (other mm), ENOTTY (unknown ioctl),
- * EINVAL (a reserved field is not zero).
+ * Errors common to all ioctls: EFAULT (bad argument pointer, also one whose
+ * fields the ioctl writes back are readable but not writable), EIO (other
+ * mm), ENOTTY (unknown ioctl), EINVAL (a reserved field is not zero).
  *
  * Every call that fails leaves the fd exactly as it was: capacity, features,
  * slots, seq numbers and the status area's counters. (Only events that
@@ -137,8 +137,9 @@ struct regwatch_capacity {
  * address space, unknown flags. ENOSPC: every slot is in use, or the user
  * has max_user_watches watches alive (compare user_watches of
  * REGWATCH_IOC_API). ENOMEM: storage for a new chunk of slots or status
- * page could not be charged. EFAULT also when the argument is not writable
- * (checked before anything changes). On any error nothing changed.
+ * page could not be charged. EFAULT also when @slot and @seq, the fields
+ * written back, are not writable (checked before anything changes, by
+ * writing them back as they came in). On any error nothing changed.
  */
 struct regwatch_watch {
 	__u64 start;
@@ -199,6 +200,9 @@ enum regwatch_reason {
  * EINVAL if the buffer is smaller than one record; EAGAIN under O_NONBLOCK
  * (or RWF_NOWAIT) when nothing is pending, otherwise it blocks until one
  * is; EFAULT if nothing could be copied (records not copied stay pending).
+ * A read() with room for more than 8 records borrows a page of kernel
+ * memory for its duration, to hand out up to a page of records per step;
+ * without one it goes 8 at a time: read() never fails with ENOMEM.
  * readv()/preadv2() work the same way on the iovecs taken as one buffer:
  * records are written back to back and may straddle two iovecs, the total
  * length is what counts (at least one record), and the call blocks only

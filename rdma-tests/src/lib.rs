@@ -3,8 +3,8 @@
 //! The tests need a real (Soft-RoCE) RDMA device. The rule from the project
 //! notes: on a host without one they print why and pass; inside the test VM
 //! (`REGCACHE_VM=1`) a missing device is a failure. The VM harness also states
-//! what the kernel must provide through `REGCACHE_EXPECT_ODP` and
-//! `REGCACHE_EXPECT_RXE1` (`1` or `0`).
+//! what the kernel must provide through `REGCACHE_EXPECT_ODP`,
+//! `REGCACHE_EXPECT_ODP_CORRECT` and `REGCACHE_EXPECT_RXE1` (`1` or `0`).
 
 pub mod rig;
 pub mod soak;
@@ -90,6 +90,14 @@ pub fn expect_flag(name: &str) -> bool {
 #[must_use]
 pub fn expect_odp() -> bool {
     expect_flag("REGCACHE_EXPECT_ODP")
+}
+
+/// `REGCACHE_EXPECT_ODP_CORRECT`: whether the kernel's rxe moves ODP data correctly (the
+/// guest runs rdma_rxe with the fix of `kernel-patches/rxe`), so the ODP self-test must pass
+/// and every ODP test must run in full.
+#[must_use]
+pub fn expect_odp_correct() -> bool {
+    expect_flag("REGCACHE_EXPECT_ODP_CORRECT")
 }
 
 /// `REGCACHE_EXPECT_RXE1`: whether `rxe1` exists (in netns `ns1`).

@@ -251,9 +251,24 @@ impl AnonMap {
 
     /// Sets every byte to `byte`.
     pub fn fill(&self, byte: u8) {
-        // SAFETY: the range is this live, writable mapping, reached by no Rust reference; the
-        // device only reads it, and the tests fill it only while no work request is in flight.
-        unsafe { std::ptr::write_bytes(self.addr.as_ptr(), byte, self.len) };
+        self.fill_range(0, self.len, byte);
+    }
+
+    /// Sets the `len` bytes at `offset` to `byte`.
+    ///
+    /// # Panics
+    ///
+    /// When the range does not lie inside the mapping.
+    pub fn fill_range(&self, offset: usize, len: usize, byte: u8) {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "{len} bytes at {offset} do not fit a mapping of {} bytes",
+            self.len
+        );
+        // SAFETY: the range lies inside this live, writable mapping (asserted), reached by no
+        // Rust reference; the device only reads it, and the tests fill it only while no work
+        // request is in flight.
+        unsafe { std::ptr::write_bytes(self.addr.as_ptr().add(offset), byte, len) };
     }
 
     /// Maps fresh zero pages over this range in one step (`MAP_FIXED`): an unmap and a map at

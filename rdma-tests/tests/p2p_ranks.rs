@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use p2p::{Communicator, Error, LaunchConfig, Status, ANY_SOURCE, ANY_TAG};
 use rdma_tests::{
-    assert_same_bytes, expect_odp, expect_rxe1, pattern, require_devices, RXE0, RXE1,
+    assert_same_bytes, expect_odp, expect_odp_correct, expect_rxe1, pattern, require_devices, RXE0,
+    RXE1,
 };
 
 const SCENARIO_VAR: &str = "P2P_TEST_SCENARIO";
+const MODE_VAR: &str = "REGCACHE_MODE";
 const MIB: usize = 1 << 20;
 /// Bound on a whole multi-rank run, start-up included (TCG is slow).
 const RUN_TIMEOUT: Duration = Duration::from_secs(480);
@@ -43,6 +45,11 @@ fn rank_entry() {
         comm.mtu(),
         comm.cache_policy()
     );
+    // The negative control's cache ignores the mode.
+    let chose_mode = scenario != "remapped_send_buffer_without_invalidation";
+    if chose_mode && std::env::var(MODE_VAR).as_deref() == Ok("odp") {
+        assert_eq!(comm.cache_policy(), regcache::Policy::Odp, "mode odp");
+    }
     match scenario.as_str() {
         "sizes" => sizes(&mut comm, false),
         "sizes_and_64_mib" => sizes(&mut comm, true),
@@ -470,12 +477,18 @@ struct Job {
 }
 
 impl Job {
+    /// `size` ranks on rxe0 running `scenario`; where rxe's ODP is correct, their caches run
+    /// in mode odp (a test may choose another mode with [`Job::env`]).
     fn on_rxe0(scenario: &'static str, size: usize) -> Self {
+        let mut env = vec![("P2P_TIMEOUT_MS", RANK_TIMEOUT_MS.into())];
+        if expect_odp_correct() {
+            env.push((MODE_VAR, "odp".into()));
+        }
         Self {
             scenario,
             ranks: vec![RankPlacement::rxe0(); size],
             root_host: "127.0.0.1".into(),
-            env: vec![("P2P_TIMEOUT_MS", RANK_TIMEOUT_MS.into())],
+            env,
         }
     }
 
@@ -658,15 +671,19 @@ fn a_remapped_send_buffer_delivers_its_new_bytes_in_every_available_mode() {
         // Whether the cache can run in a mode is regcache's to test (and its tests fail when
         // it cannot); here a mode is exercised where a rank can join in it.
         if mode != "off" {
-            let join = Job::on_rxe0("join_only", 1).env("REGCACHE_MODE", mode);
+            let join = Job::on_rxe0("join_only", 1).env(MODE_VAR, mode);
             if let Err(why) = join.try_run() {
+                assert!(
+                    !(mode == "odp" && expect_odp_correct()),
+                    "mode odp must run where rxe's ODP is correct: {why}"
+                );
                 println!("mode {mode}: the cache cannot run in it here, not tested: {why}");
                 continue;
             }
         }
         println!("mode {mode}");
         Job::on_rxe0("remapped_send_buffer", 2)
-            .env("REGCACHE_MODE", mode)
+            .env(MODE_VAR, mode)
             .run();
     }
 }

@@ -204,10 +204,40 @@ impl OwnedMemoryRegion {
     ///
     /// [`Error::RegisterMr`] as for [`MemoryRegion::register`].
     pub fn over(pd: &Arc<ProtectionDomain>, memory: IoMemory, access: AccessFlags) -> Result<Self> {
-        // SAFETY: the memory is owned by the returned value, stays allocated (and mapped) until
-        // after the region is deregistered (field order), and is only accessed through
-        // raw-pointer copies, so device writes never alias a Rust reference.
-        let mr = unsafe { MemoryRegion::register(pd, memory.ptr.as_ptr(), memory.len, access) }?;
+        let len = memory.len;
+        Self::over_range(pd, memory, 0, len, access)
+    }
+
+    /// Registers only `len` bytes at `offset` of `memory` with `access`: the bytes around the
+    /// region stay owned memory the device has no right to reach (guards of a test). The
+    /// offsets of [`Self::sge`] count from the region's start, those of [`Self::write_at`],
+    /// [`Self::read_at`] and [`Self::to_vec`] from the memory's.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RangeOutOfBounds`] if the range does not lie inside `memory`, or
+    /// [`Error::RegisterMr`] as for [`MemoryRegion::register`].
+    pub fn over_range(
+        pd: &Arc<ProtectionDomain>,
+        memory: IoMemory,
+        offset: usize,
+        len: usize,
+        access: AccessFlags,
+    ) -> Result<Self> {
+        if offset.checked_add(len).is_none_or(|end| end > memory.len) {
+            return Err(Error::RangeOutOfBounds {
+                offset,
+                len,
+                region_len: memory.len,
+            });
+        }
+        // SAFETY: the range lies inside the memory (checked above), which is owned by the
+        // returned value, stays allocated (and mapped) until after the region is deregistered
+        // (field order), and is only accessed through raw-pointer copies, so device writes
+        // never alias a Rust reference.
+        let start = unsafe { memory.ptr.as_ptr().add(offset) };
+        // SAFETY: as above.
+        let mr = unsafe { MemoryRegion::register(pd, start, len, access) }?;
         Ok(Self { mr, memory })
     }
 
@@ -217,7 +247,8 @@ impl OwnedMemoryRegion {
         &self.mr
     }
 
-    /// Start of the owned memory (the region's address), for comparisons and work requests;
+    /// Start of the owned memory (the region's address unless registered with
+    /// [`Self::over_range`]), for comparisons and work requests;
     /// never dereference it while the device may write the memory.
     #[must_use]
     pub fn as_ptr(&self) -> *const u8 {

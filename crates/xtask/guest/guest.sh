@@ -8,11 +8,16 @@
 #   bench         every benchmark staged under /opt/regcache/cbench
 #   p2p-bench ARGS  the latency and bandwidth benchmark (benches/vm)
 #   demo          the devices, their ODP caps, the tests with output shown,
-#                 and the benchmark's short plan
+#                 and the benchmark's short plan; with REGCACHE_RXE_SWAP, the
+#                 cache's ODP choice on the stock rdma_rxe first, then the
+#                 swap and the whole demo on the fixed one
 #   shell         an interactive shell
 # It always ends by printing the kernel log between markers, which the host
 # scans for warnings. Environment from the host: REGCACHE_EXPECT_RXE1=1 to
-# add rxe1 in network namespace ns1, REGCACHE_EXPECT_ODP.
+# add rxe1 in network namespace ns1, REGCACHE_EXPECT_ODP,
+# REGCACHE_EXPECT_ODP_CORRECT, and REGCACHE_RXE_SWAP: a command that replaces
+# rdma_rxe by the build with the ODP copy fix (kernel-patches/rxe), run right
+# after the Soft-RoCE set-up (in demo mode: halfway).
 set -u
 # This run's stage: the directory this script was staged in. /opt/regcache
 # points at it (the guest's root is a throw-away overlay).
@@ -78,6 +83,8 @@ run_tests() {
 		name=$(basename "$exe")
 		say "running $name"
 		case $exe in
+		# Its verdicts, the cache's ODP choice and the prefetch outcome go into the log.
+		*/bin/odp_self_test-*) "$exe" --test-threads=1 --nocapture ;;
 		*/bin/*) "$exe" --test-threads=1 ;;
 		*/vmbench/*) "$exe" --quick ;;
 		*) "$exe" ;;
@@ -102,6 +109,23 @@ show_devices() {
 	done
 }
 
+# Runs REGCACHE_RXE_SWAP, which keeps rxe0 and rxe1.
+swap_rxe() {
+	say "swapping in the fixed rdma_rxe: $REGCACHE_RXE_SWAP"
+	sh -c "$REGCACHE_RXE_SWAP" || return 1
+	rdma link show
+}
+
+# The cache's ODP choice in mode auto, with the reason, on the stock rdma_rxe
+# (before REGCACHE_RXE_SWAP ran).
+show_stock_odp_choice() {
+	for exe in "$STAGE"/bin/odp_self_test-*; do
+		[ -x "$exe" ] || continue
+		env REGCACHE_EXPECT_ODP_CORRECT=0 "$exe" --test-threads=1 --nocapture auto_mode ||
+			return 1
+	done
+}
+
 # The transfers verified byte by byte, the ODP self-test, then the seed
 # scenario in every mode: stale bytes with the trust cache, the new bytes
 # with pinned + regwatch, ODP and off, with each mode's cache figures.
@@ -123,6 +147,11 @@ export REGCACHE_VM=1
 cd /tmp || exit 1
 if ! setup_rxe; then
 	say "Soft-RoCE set-up failed"
+	dump_kernel_log
+	exit 2
+fi
+if [ -n "${REGCACHE_RXE_SWAP:-}" ] && [ "$mode" != demo ] && ! swap_rxe; then
+	say "swapping in the fixed rdma_rxe failed"
 	dump_kernel_log
 	exit 2
 fi
@@ -155,8 +184,14 @@ p2p-bench)
 	;;
 demo)
 	show_devices
-	run_demo
-	rc=$?
+	rc=0
+	if [ -n "${REGCACHE_RXE_SWAP:-}" ]; then
+		say "demo: ODP on the stock rdma_rxe"
+		show_stock_odp_choice || rc=1
+		swap_rxe || rc=2
+		say "demo: ODP on the fixed rdma_rxe"
+	fi
+	[ $rc -eq 0 ] && { run_demo || rc=1; }
 	;;
 shell)
 	bash -il

@@ -77,13 +77,9 @@ impl Kernel {
     }
 
     /// The environment that tells the guest script and the tests what this
-    /// kernel must support.
+    /// kernel must support with its stock rdma_rxe.
     pub fn guest_expectations(&self) -> String {
-        format!(
-            "REGCACHE_EXPECT_ODP={} REGCACHE_EXPECT_RXE1={}",
-            u8::from(self.rxe_has_odp()),
-            u8::from(self.rxe_crosses_netns()),
-        )
+        Configuration::stock(self.clone()).guest_expectations()
     }
 
     /// The kernel image in the rootfs.
@@ -96,6 +92,111 @@ impl Kernel {
     pub fn ensure_installed(&self, rootfs: &Rootfs) -> Result<()> {
         rootfs.ensure_kernel(&self.release, self.origin.apt_target())
     }
+}
+
+/// Which rdma_rxe a guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rxe {
+    /// The kernel's own module.
+    Stock,
+    /// Built from the kernel's own source with the ODP copy fix of
+    /// `kernel-patches/rxe` ([`crate::rxe_fix`]), swapped in right after the
+    /// guest set Soft-RoCE up.
+    Fixed,
+}
+
+/// A guest configuration under test: a kernel and the rdma_rxe it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Configuration {
+    pub kernel: Kernel,
+    pub rxe: Rxe,
+}
+
+impl Configuration {
+    pub fn stock(kernel: Kernel) -> Self {
+        Configuration {
+            kernel,
+            rxe: Rxe::Stock,
+        }
+    }
+
+    /// The name `--kernel` selects it by: the origin's, `-fixed` added for
+    /// the fixed rxe (`backports-fixed`).
+    pub fn name(&self) -> String {
+        match self.rxe {
+            Rxe::Stock => self.kernel.origin.name().to_owned(),
+            Rxe::Fixed => format!("{}-fixed", self.kernel.origin.name()),
+        }
+    }
+
+    /// The release and the rxe, for summaries.
+    pub fn describe(&self) -> String {
+        match self.rxe {
+            Rxe::Stock => format!("{} ({})", self.kernel.release, self.name()),
+            Rxe::Fixed => format!(
+                "{} with the fixed rdma_rxe ({})",
+                self.kernel.release,
+                self.name()
+            ),
+        }
+    }
+
+    /// Whether rxe's ODP moves data correctly, so the cache's ODP self-test
+    /// must pass: only with the fix.
+    pub fn rxe_odp_correct(&self) -> bool {
+        self.rxe == Rxe::Fixed && self.kernel.rxe_has_odp()
+    }
+
+    /// The environment that tells the guest script and the tests what this
+    /// configuration must support.
+    pub fn guest_expectations(&self) -> String {
+        format!(
+            "REGCACHE_EXPECT_ODP={} REGCACHE_EXPECT_ODP_CORRECT={} REGCACHE_EXPECT_RXE1={}",
+            u8::from(self.kernel.rxe_has_odp()),
+            u8::from(self.rxe_odp_correct()),
+            u8::from(self.kernel.rxe_crosses_netns()),
+        )
+    }
+}
+
+/// Every configuration of the suite, in the order it runs: each kernel with
+/// its stock rxe, and right after a kernel whose rxe has ODP, that kernel
+/// with the fixed rxe.
+pub fn configurations(kernels: &[Kernel]) -> Vec<Configuration> {
+    kernels
+        .iter()
+        .flat_map(|kernel| {
+            let fixed = kernel.rxe_has_odp().then(|| Configuration {
+                kernel: kernel.clone(),
+                rxe: Rxe::Fixed,
+            });
+            std::iter::once(Configuration::stock(kernel.clone())).chain(fixed)
+        })
+        .collect()
+}
+
+/// Picks configurations by a `--kernel` selector: `all`, a configuration's
+/// name (`backports`, `backports-fixed`, `lts`), or a prefix of a release,
+/// which picks every configuration of that kernel.
+pub fn select_configurations(
+    configurations: &[Configuration],
+    selector: &str,
+) -> Result<Vec<Configuration>> {
+    let chosen: Vec<Configuration> = configurations
+        .iter()
+        .filter(|c| {
+            selector == "all" || c.name() == selector || c.kernel.release.starts_with(selector)
+        })
+        .cloned()
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<String> = configurations.iter().map(Configuration::describe).collect();
+        bail!(
+            "--kernel {selector} matches none of the configurations under test ({}); use all, a name or a release prefix",
+            names.join(", ")
+        );
+    }
+    Ok(chosen)
 }
 
 /// Kernel releases fixed by flag or environment instead of resolved.
@@ -279,16 +380,48 @@ mod tests {
     }
 
     #[test]
-    fn expectations_follow_the_release() {
-        let [backports, lts] = kernels().try_into().unwrap();
+    fn expectations_follow_the_release_and_the_rxe() {
+        let [backports, fixed, lts] = configurations(&kernels()).try_into().unwrap();
         assert_eq!(
             backports.guest_expectations(),
-            "REGCACHE_EXPECT_ODP=1 REGCACHE_EXPECT_RXE1=1"
+            "REGCACHE_EXPECT_ODP=1 REGCACHE_EXPECT_ODP_CORRECT=0 REGCACHE_EXPECT_RXE1=1"
+        );
+        assert_eq!(
+            fixed.guest_expectations(),
+            "REGCACHE_EXPECT_ODP=1 REGCACHE_EXPECT_ODP_CORRECT=1 REGCACHE_EXPECT_RXE1=1"
         );
         assert_eq!(
             lts.guest_expectations(),
-            "REGCACHE_EXPECT_ODP=0 REGCACHE_EXPECT_RXE1=0"
+            "REGCACHE_EXPECT_ODP=0 REGCACHE_EXPECT_ODP_CORRECT=0 REGCACHE_EXPECT_RXE1=0"
         );
+        assert_eq!(
+            kernels()[0].guest_expectations(),
+            backports.guest_expectations()
+        );
+    }
+
+    #[test]
+    fn the_fixed_rxe_is_a_configuration_of_kernels_with_rxe_odp_only() {
+        let names: Vec<String> = configurations(&kernels())
+            .iter()
+            .map(Configuration::name)
+            .collect();
+        assert_eq!(names, ["backports", "backports-fixed", "lts"]);
+        let pick = |selector| -> Vec<String> {
+            select_configurations(&configurations(&kernels()), selector)
+                .unwrap()
+                .iter()
+                .map(Configuration::name)
+                .collect()
+        };
+        assert_eq!(pick("backports"), ["backports"]);
+        assert_eq!(pick("backports-fixed"), ["backports-fixed"]);
+        assert_eq!(pick("7"), ["backports", "backports-fixed"]);
+        assert_eq!(pick("all").len(), 3);
+        let error = select_configurations(&configurations(&kernels()), "lts-fixed")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("7.3.4+deb13-amd64 with the fixed rdma_rxe (backports-fixed)"));
     }
 
     #[test]

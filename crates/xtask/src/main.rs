@@ -144,7 +144,9 @@ enum VmCommand {
     Setup,
     /// Run the integration tests in a guest per kernel.
     Test {
-        /// all, backports, lts or a release prefix such as 6.12.
+        /// all, a configuration (backports, backports-fixed: the backports
+        /// kernel with the fixed rdma_rxe, lts) or a release prefix such as
+        /// 6.12 (every configuration of that kernel).
         #[arg(long, default_value = "all")]
         kernel: String,
     },

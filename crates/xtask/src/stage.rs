@@ -71,12 +71,18 @@ impl Stage {
     }
 
     /// The command line handed to the guest: the environment that tells
-    /// tests what this kernel must support, then the guest script in a mode.
+    /// tests what this kernel must support with its stock rdma_rxe, then the
+    /// guest script in a mode.
     pub fn exec_line(&self, kernel: &Kernel, mode_and_args: &str) -> String {
+        self.exec_line_in(&kernel.guest_expectations(), mode_and_args)
+    }
+
+    /// [`Self::exec_line`] with the guest environment `environment`
+    /// (`NAME=value` words, quoted for the guest's shell).
+    pub fn exec_line_in(&self, environment: &str, mode_and_args: &str) -> String {
         format!(
-            "env {} {}/guest.sh {mode_and_args}",
-            kernel.guest_expectations(),
-            self.guest_dir,
+            "env {environment} {}/guest.sh {mode_and_args}",
+            self.guest_dir
         )
     }
 }

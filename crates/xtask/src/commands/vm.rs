@@ -4,7 +4,7 @@
 use super::{Context, COMMAND_TIMEOUT, SUITE_TIMEOUT};
 use crate::artefacts;
 use crate::host;
-use crate::kernels::{self, Kernel};
+use crate::kernels::{self, Configuration, Kernel, Rxe};
 use crate::rootfs::Rootfs;
 use crate::rxe_fix;
 use crate::stage::Stage;
@@ -42,6 +42,28 @@ impl Prepared {
     pub fn select_kernels(&self, selector: &str) -> Result<Vec<Kernel>> {
         kernels::select(&self.kernels, selector)
     }
+
+    /// The guest configurations a `--kernel` selector picks.
+    pub fn select_configurations(&self, selector: &str) -> Result<Vec<Configuration>> {
+        kernels::select_configurations(&kernels::configurations(&self.kernels), selector)
+    }
+}
+
+/// The guest environment of `config`: what it must support and, with the
+/// fixed rdma_rxe, `REGCACHE_RXE_SWAP`, the command that swaps it in (built
+/// from Debian's source of the kernel first, or taken from the rootfs's cache).
+pub fn guest_environment(ctx: &Context, rootfs: &Rootfs, config: &Configuration) -> Result<String> {
+    let expectations = config.guest_expectations();
+    match config.rxe {
+        Rxe::Stock => Ok(expectations),
+        Rxe::Fixed => {
+            let patched = rxe_fix::build_patched(&ctx.workspace, rootfs, &config.kernel)?;
+            Ok(format!(
+                "{expectations} REGCACHE_RXE_SWAP={}",
+                shell_quote(&patched.swap_command)
+            ))
+        }
+    }
 }
 
 /// `vm setup`: host packages, virtme-ng, rootfs, kernels, KVM or TCG.
@@ -72,21 +94,30 @@ pub fn prepare(ctx: &Context) -> Result<Prepared> {
     })
 }
 
-/// Boots each kernel with the suite and prints a summary per kernel.
-fn run_suite(prepared: &Prepared, stage: &Stage, kernels: &[Kernel]) -> Result<()> {
+/// Boots each configuration with the suite and prints a summary per
+/// configuration.
+fn run_suite(
+    ctx: &Context,
+    prepared: &Prepared,
+    stage: &Stage,
+    configurations: &[Configuration],
+) -> Result<()> {
     let mut verdicts = Vec::new();
-    for kernel in kernels {
-        let run = prepared
-            .guest()
-            .run(kernel, &stage.exec_line(kernel, "test"), SUITE_TIMEOUT)?;
-        verdicts.push((kernel, verdict::judge(&run), run.elapsed));
+    for config in configurations {
+        let environment = guest_environment(ctx, &prepared.rootfs, config)?;
+        let run = prepared.guest().run(
+            &config.kernel,
+            &stage.exec_line_in(&environment, "test"),
+            SUITE_TIMEOUT,
+        )?;
+        verdicts.push((config, verdict::judge(&run), run.elapsed));
     }
     eprintln!("==> VM suite summary");
-    for (kernel, verdict, elapsed) in &verdicts {
+    for (config, verdict, elapsed) in &verdicts {
         let state = if verdict.ok() { "PASS" } else { "FAIL" };
         eprintln!(
             "    {state} {} in {} s: {}",
-            kernel.release,
+            config.describe(),
             elapsed.as_secs(),
             verdict.summary()
         );
@@ -94,7 +125,7 @@ fn run_suite(prepared: &Prepared, stage: &Stage, kernels: &[Kernel]) -> Result<(
     let failed = verdicts.iter().filter(|(_, v, _)| !v.ok()).count();
     if failed > 0 {
         bail!(
-            "the VM suite failed on {failed} of {} kernels",
+            "the VM suite failed in {failed} of {} guest configurations",
             verdicts.len()
         );
     }
@@ -104,9 +135,11 @@ fn run_suite(prepared: &Prepared, stage: &Stage, kernels: &[Kernel]) -> Result<(
 /// `vm test`.
 pub fn vm_test(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
-    let kernels = prepared.select_kernels(selector)?;
+    let configurations = prepared.select_configurations(selector)?;
+    let mut kernels: Vec<Kernel> = configurations.iter().map(|c| c.kernel.clone()).collect();
+    kernels.dedup();
     let stage = artefacts::stage_suite(&ctx.workspace, &prepared.rootfs, &kernels)?;
-    run_suite(&prepared, &stage, &kernels)
+    run_suite(ctx, &prepared, &stage, &configurations)
 }
 
 fn shell_quote(word: &str) -> String {

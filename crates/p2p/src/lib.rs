@@ -46,7 +46,7 @@ mod setup;
 mod wire;
 
 pub use comm::Communicator;
-pub use error::{Error, Result};
+pub use error::{Error, Result, Violation};
 pub use launch::LaunchConfig;
 pub use matching::{Source, Status, TagMatch, ANY_SOURCE, ANY_TAG};
 pub use operation::Request;

@@ -114,14 +114,6 @@ impl HostilePeer {
         let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ;
         let memory = OwnedMemoryRegion::new(&side.pd, SEND_SPACE + RECVS * RECV_LEN, access)
             .unwrap_or_else(|e| panic!("hostile memory: {}", error_chain(&e)));
-        for index in 0..RECVS {
-            let sge = memory
-                .sge(SEND_SPACE + index * RECV_LEN, RECV_LEN)
-                .expect("receive buffer inside the region");
-            side.qp
-                .post_recv(index as u64, &[sge])
-                .unwrap_or_else(|e| panic!("hostile receive: {}", error_chain(&e)));
-        }
         let mut stream = connect(root);
         stream
             .set_read_timeout(Some(JOIN_BOUND))
@@ -143,6 +135,15 @@ impl HostilePeer {
         side.qp
             .connect(&decode_endpoint(&aimed_at_me[..ENDPOINT_LEN]), mtu)
             .unwrap_or_else(|e| panic!("connecting the hostile QP: {}", error_chain(&e)));
+        // Posted before the barrier, as rank 0 does: it may send right after.
+        for index in 0..RECVS {
+            let sge = memory
+                .sge(SEND_SPACE + index * RECV_LEN, RECV_LEN)
+                .expect("receive buffer inside the region");
+            side.qp
+                .post_recv(index as u64, &[sge])
+                .unwrap_or_else(|e| panic!("hostile receive: {}", error_chain(&e)));
+        }
         stream.write_all(b"R").expect("entering the barrier");
         let mut go = [0];
         stream.read_exact(&mut go).expect("the barrier");

@@ -266,7 +266,7 @@ impl Connection {
             else {
                 continue;
             };
-            // `status.len` fits: the sender refuses longer messages.
+            // `status.len` fits: `wire::parse_message` refuses longer requests to send.
             let sge = registration.sge(ptr, status.len as u32);
             let wr_id = WorkRequest::Read { op: id }.id();
             self.qp

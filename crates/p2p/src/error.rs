@@ -184,6 +184,9 @@ pub enum Violation {
         /// The length it announced.
         len: u64,
     },
+    /// A request to send of no bytes (a sender sends short messages eagerly; the receive could
+    /// register nothing to READ into).
+    EmptyRequestToSend,
     /// A SEND longer than the receive buffer it landed in.
     Overlong {
         /// Bytes the completion reported.
@@ -231,6 +234,7 @@ impl std::fmt::Display for Violation {
                 f,
                 "a request to send of {len} bytes, longer than one RDMA READ carries"
             ),
+            Self::EmptyRequestToSend => f.write_str("a request to send of 0 bytes"),
             Self::Overlong { byte_len, capacity } => write!(
                 f,
                 "a SEND of {byte_len} bytes into a receive buffer of {capacity}"

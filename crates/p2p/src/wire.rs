@@ -64,7 +64,7 @@ pub(crate) struct ReceiveLimits {
 ///
 /// Total: any input gives a message or the [`Violation`] it commits, never a panic. A message
 /// that parses fits its buffer: an eager one is shorter than `limits.eager_below` and its
-/// payload lies within the `byte_len` bytes that arrived; a request to send announces at most
+/// payload lies within the `byte_len` bytes that arrived; a request to send announces 1 to
 /// `u32::MAX` bytes (one RDMA READ); a request to send or a FIN is a header alone.
 pub(crate) fn parse_message(
     imm_data: Option<u32>,
@@ -104,6 +104,7 @@ pub(crate) fn parse_message(
         Kind::RequestToSend if header.len > u64::from(u32::MAX) => {
             Err(Violation::RendezvousTooLong { len: header.len })
         }
+        Kind::RequestToSend if header.len == 0 => Err(Violation::EmptyRequestToSend),
         _ => Ok((header, payload_at)),
     }
 }

@@ -127,6 +127,10 @@ fn each_malformed_message_is_its_violation() {
             },
         ),
         (
+            parse_with(&Header::request_to_send(1, 0, 0x1000, 5, 2), HEADER_LEN),
+            Violation::EmptyRequestToSend,
+        ),
+        (
             parse_with(&eager, LIMITS.capacity + 1),
             Violation::Overlong {
                 byte_len: LIMITS.capacity + 1,
@@ -236,7 +240,7 @@ proptest! {
                     }
                     Kind::RequestToSend => {
                         prop_assert_eq!(byte_len, HEADER_LEN);
-                        prop_assert!(header.len <= u64::from(u32::MAX));
+                        prop_assert!((1..=u64::from(u32::MAX)).contains(&header.len));
                     }
                     Kind::Finish => prop_assert_eq!(byte_len, HEADER_LEN),
                 }
@@ -264,6 +268,7 @@ proptest! {
                         | Violation::EagerTooLong { .. }
                         | Violation::TrailingBytes { .. }
                         | Violation::RendezvousTooLong { .. }
+                        | Violation::EmptyRequestToSend
                 ),
                 "{violation}"
             ),
@@ -287,7 +292,7 @@ proptest! {
                 let len = len_seed % limits.eager_below as u64;
                 (len, HEADER_LEN + len as usize)
             }
-            Kind::RequestToSend => (len_seed % (u64::from(u32::MAX) + 1), HEADER_LEN),
+            Kind::RequestToSend => (1 + len_seed % u64::from(u32::MAX), HEADER_LEN),
             Kind::Finish => (0, HEADER_LEN),
         };
         let header = Header { kind, tag, len, addr, rkey, cookie };

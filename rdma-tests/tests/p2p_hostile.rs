@@ -263,23 +263,38 @@ impl Guarded {
     }
 }
 
+/// Rank 0 receives from rank 1 into a guarded buffer: the receive must end with an error
+/// `is_expected` accepts, and nothing around (or in) the buffer may change.
+fn receive_fails(comm: &mut Communicator, is_expected: impl Fn(&Error) -> bool) {
+    let mut guarded = Guarded::new();
+    let received = comm.recv(guarded.receive_buffer(), 1, ANY_TAG);
+    assert!(
+        received.as_ref().is_err_and(&is_expected),
+        "receive: {received:?}"
+    );
+    guarded.assert_untouched(true);
+}
+
 /// Rank 0 has a rendezvous send and a receive pending with rank 1: both, and a later send, end
 /// with `expected`; its receive buffer and the guard bytes stay as they were.
 fn every_operation_ends_with(expected: Violation) -> impl FnOnce(p2p::Result<Communicator>) + Send {
     move |result| {
         let mut comm = joined(result);
-        let is_expected = |result: &p2p::Result<_>| matches!(result, Err(Error::PeerMisbehaved { rank: 1, violation }) if *violation == expected);
+        let is_expected = |error: &Error| matches!(error, Error::PeerMisbehaved { rank: 1, violation } if *violation == expected);
         let send = comm.isend(vec![7; RENDEZVOUS], 1, 5);
-        let mut guarded = Guarded::new();
-        let received = comm.recv(guarded.receive_buffer(), 1, ANY_TAG).map(|_| ());
-        assert!(is_expected(&received), "receive: {received:?}");
+        receive_fails(&mut comm, is_expected);
         if let Ok(send) = send {
             let waited = comm.wait(send).map(|_| ());
-            assert!(is_expected(&waited), "pending send: {waited:?}");
+            assert!(
+                waited.as_ref().is_err_and(is_expected),
+                "pending send: {waited:?}"
+            );
         }
         let later = comm.send(&[1], 1, 6);
-        assert!(is_expected(&later), "later send: {later:?}");
-        guarded.assert_untouched(true);
+        assert!(
+            later.as_ref().is_err_and(is_expected),
+            "later send: {later:?}"
+        );
     }
 }
 
@@ -354,13 +369,11 @@ fn a_second_fin_for_a_send_is_a_violation() {
         let sent = comm.send(&vec![7; RENDEZVOUS], 1, 5);
         assert!(sent.is_ok(), "the first FIN completes the send: {sent:?}");
         let cookie: u64 = cookie.recv().expect("the hostile peer's cookie");
-        let mut guarded = Guarded::new();
-        let received = comm.recv(guarded.receive_buffer(), 1, ANY_TAG);
-        assert!(
-            matches!(received, Err(Error::PeerMisbehaved { rank: 1, violation: Violation::UnexpectedFin { cookie: got } }) if got == cookie),
-            "receive after a second FIN: {received:?}"
+        let expected = Violation::UnexpectedFin { cookie };
+        receive_fails(
+            &mut comm,
+            |error| matches!(error, Error::PeerMisbehaved { rank: 1, violation } if *violation == expected),
         );
-        guarded.assert_untouched(true);
     };
     run_case(TIMEOUT, rank0, |root| {
         let mut peer = HostilePeer::join(root);
@@ -438,18 +451,14 @@ fn transport_failure_case(hostile: impl FnOnce(&str) -> (HostilePeer, Instant)) 
     }
     let rank0 = |result| {
         let mut comm = joined(result);
-        let mut guarded = Guarded::new();
-        let received = comm.recv(guarded.receive_buffer(), 1, ANY_TAG);
-        assert!(
-            matches!(received, Err(Error::PeerFailed { rank: 1, .. })),
-            "{received:?}"
-        );
+        receive_fails(&mut comm, |error| {
+            matches!(error, Error::PeerFailed { rank: 1, .. })
+        });
         let later = comm.send(&[1], 1, 6);
         assert!(
             matches!(later, Err(Error::PeerFailed { rank: 1, .. })),
             "{later:?}"
         );
-        guarded.assert_untouched(true);
     };
     run_case(TIMEOUT, rank0, hostile);
 }
@@ -478,13 +487,7 @@ fn a_silent_peer_is_a_timeout() {
     }
     let rank0 = |result| {
         let mut comm = joined(result);
-        let mut guarded = Guarded::new();
-        let received = comm.recv(guarded.receive_buffer(), 1, ANY_TAG);
-        assert!(
-            matches!(received, Err(Error::Timeout { .. })),
-            "{received:?}"
-        );
-        guarded.assert_untouched(true);
+        receive_fails(&mut comm, |error| matches!(error, Error::Timeout { .. }));
     };
     run_case(SHORT_TIMEOUT, rank0, |root| {
         (HostilePeer::join(root), Instant::now())

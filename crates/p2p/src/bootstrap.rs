@@ -19,6 +19,8 @@ const READY: u8 = b'R';
 const GO: u8 = b'G';
 /// Pause between connection attempts while rank 0 is not listening yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// The shortest read timeout set on a socket (zero would mean none).
+const MIN_SOCKET_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// The open bootstrap connections, kept for the barrier.
 #[derive(Debug)]
@@ -36,12 +38,27 @@ struct Step<'a> {
     step: &'static str,
 }
 
+/// What went wrong on a bootstrap socket: the socket itself, or the bytes that came through it.
+#[derive(Debug)]
+enum Fault {
+    Io(io::Error),
+    Malformed(String),
+}
+
+impl From<io::Error> for Fault {
+    fn from(source: io::Error) -> Self {
+        Self::Io(source)
+    }
+}
+
 impl Step<'_> {
-    fn error(&self, source: io::Error) -> Error {
-        Error::Bootstrap {
-            root: self.root.to_owned(),
-            step: self.step,
-            source,
+    /// [`Error::Bootstrap`] for a socket error, [`Error::BootstrapMessage`] for malformed bytes.
+    fn error(&self, fault: impl Into<Fault>) -> Error {
+        let root = self.root.to_owned();
+        let step = self.step;
+        match fault.into() {
+            Fault::Io(source) => Error::Bootstrap { root, step, source },
+            Fault::Malformed(reason) => Error::BootstrapMessage { root, step, reason },
         }
     }
 }
@@ -68,13 +85,49 @@ fn encode_all(endpoints: &[QpEndpoint]) -> Vec<u8> {
     endpoints.iter().flat_map(encode_endpoint).collect()
 }
 
-fn read_endpoints(stream: &mut TcpStream, count: usize) -> io::Result<Vec<QpEndpoint>> {
+/// The endpoints encoded back to back in `bytes`, or why one of them is none.
+fn decode_endpoints(bytes: &[u8]) -> Result<Vec<QpEndpoint>, String> {
+    let chunks = bytes.chunks_exact(ENDPOINT_LEN);
+    if !chunks.remainder().is_empty() {
+        return Err(format!(
+            "{} bytes are no whole number of endpoints",
+            bytes.len()
+        ));
+    }
+    chunks
+        .zip(0..)
+        .map(|(chunk, rank)| {
+            let mut endpoint = [0; ENDPOINT_LEN];
+            endpoint.copy_from_slice(chunk);
+            decode_endpoint(&endpoint).map_err(|why| format!("endpoint of rank {rank}: {why}"))
+        })
+        .collect()
+}
+
+fn read_endpoints(stream: &mut TcpStream, count: usize) -> Result<Vec<QpEndpoint>, Fault> {
     let mut bytes = vec![0; count * ENDPOINT_LEN];
     stream.read_exact(&mut bytes)?;
-    Ok(bytes
-        .chunks_exact(ENDPOINT_LEN)
-        .map(|chunk| decode_endpoint(chunk.try_into().unwrap_or(&[0; ENDPOINT_LEN])))
-        .collect())
+    decode_endpoints(&bytes).map_err(Fault::Malformed)
+}
+
+/// The rank a hello (rank and size, `u32` each) announces, unless it does not fit a job of
+/// `job_size` ranks in which `joined` ranks already announced themselves (rank 0 is the root's).
+fn parse_hello(
+    ids: &[u8; 8],
+    job_size: usize,
+    joined: impl Fn(usize) -> bool,
+) -> Result<usize, String> {
+    let rank = u32::from_le_bytes([ids[0], ids[1], ids[2], ids[3]]) as usize;
+    let size = u32::from_le_bytes([ids[4], ids[5], ids[6], ids[7]]) as usize;
+    if size != job_size || rank == 0 || rank >= size {
+        return Err(format!(
+            "rank {rank} of {size} does not fit a job of {job_size} ranks"
+        ));
+    }
+    if joined(rank) {
+        return Err(format!("rank {rank} announced itself twice"));
+    }
+    Ok(rank)
 }
 
 fn configure(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
@@ -117,18 +170,14 @@ fn gather_at_root(
             Err(err) => return Err(step("accepting").error(err)),
         };
         let hello = step("reading a rank's endpoints");
-        configure(&stream, config.timeout).map_err(|e| hello.error(e))?;
+        // A rank that connects and says nothing fails the bootstrap at its deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
+        configure(&stream, left.max(MIN_SOCKET_TIMEOUT)).map_err(|e| hello.error(e))?;
         let mut ids = [0; 8];
         stream.read_exact(&mut ids).map_err(|e| hello.error(e))?;
-        let rank = u32::from_le_bytes([ids[0], ids[1], ids[2], ids[3]]) as usize;
-        let size = u32::from_le_bytes([ids[4], ids[5], ids[6], ids[7]]) as usize;
-        if size != config.size || rank == 0 || rank >= size || by_rank[rank].is_some() {
-            return Err(hello.error(invalid(&format!(
-                "rank {rank} of {size} does not fit a job of {} ranks",
-                config.size
-            ))));
-        }
-        let endpoints = read_endpoints(&mut stream, size).map_err(|e| hello.error(e))?;
+        let rank = parse_hello(&ids, config.size, |rank| by_rank[rank].is_some())
+            .map_err(|why| hello.error(Fault::Malformed(why)))?;
+        let endpoints = read_endpoints(&mut stream, config.size).map_err(|e| hello.error(e))?;
         by_rank[rank] = Some((stream, endpoints));
         missing -= 1;
     }
@@ -200,13 +249,16 @@ fn exchange_with_root(
     Ok((Bootstrap::Leaf(stream), aimed_at_me))
 }
 
-fn expect_byte(stream: &mut TcpStream, expected: u8) -> io::Result<()> {
+fn expect_byte(stream: &mut TcpStream, expected: u8) -> Result<(), Fault> {
     let mut got = [0];
     stream.read_exact(&mut got)?;
     if got[0] == expected {
         Ok(())
     } else {
-        Err(invalid("unexpected barrier byte"))
+        Err(Fault::Malformed(format!(
+            "barrier byte {:#04x} where {expected:#04x} was expected",
+            got[0]
+        )))
     }
 }
 
@@ -317,5 +369,138 @@ mod tests {
             exchange(&leaf, &mine),
             Err(Error::Bootstrap { .. })
         ));
+    }
+
+    #[test]
+    fn hellos_that_do_not_fit_the_job_are_refused() {
+        let hello = |rank: u32, size: u32| {
+            let mut ids = [0; 8];
+            ids[..4].copy_from_slice(&rank.to_le_bytes());
+            ids[4..].copy_from_slice(&size.to_le_bytes());
+            ids
+        };
+        let nobody = |_| false;
+        assert_eq!(parse_hello(&hello(2, 3), 3, nobody), Ok(2));
+        for (rank, size) in [(0, 3), (3, 3), (1, 4), (u32::MAX, u32::MAX), (1, 0)] {
+            let refused = parse_hello(&hello(rank, size), 3, nobody);
+            assert!(refused.is_err(), "rank {rank} of {size}: {refused:?}");
+        }
+        let twice = parse_hello(&hello(1, 3), 3, |rank| rank == 1);
+        assert_eq!(twice, Err("rank 1 announced itself twice".into()));
+        let garbage: &[u8; 8] = b"GET / HT";
+        assert!(parse_hello(garbage, 3, nobody).is_err());
+    }
+
+    #[test]
+    fn endpoint_lists_that_are_no_endpoints_are_refused() {
+        let good = encode_all(&[endpoint(1, 0), endpoint(1, 1)]);
+        assert_eq!(
+            decode_endpoints(&good),
+            Ok(vec![endpoint(1, 0), endpoint(1, 1)])
+        );
+        assert!(decode_endpoints(&good[..ENDPOINT_LEN + 1]).is_err());
+        assert!(decode_endpoints(&[0xff; 2 * ENDPOINT_LEN]).is_err());
+        let mut reserved = good;
+        reserved[2 * ENDPOINT_LEN - 1] = 1;
+        let refused = decode_endpoints(&reserved).expect_err("a non-zero reserved byte");
+        assert!(refused.starts_with("endpoint of rank 1"), "{refused}");
+    }
+
+    /// Rank 0's bootstrap of a job of two, with `client` playing rank 1 on the socket.
+    fn root_against(client: impl FnOnce(TcpStream) + Send + 'static) -> (Result<()>, Duration) {
+        let port = free_port();
+        let config = config(0, 2, port, Duration::from_millis(500));
+        let peer = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            client(connect_until(&format!("127.0.0.1:{port}"), deadline).expect("connect"));
+        });
+        let started = Instant::now();
+        let result = exchange(&config, &[endpoint(0, 0), endpoint(0, 1)]).map(|_| ());
+        let elapsed = started.elapsed();
+        peer.join().expect("the client thread");
+        (result, elapsed)
+    }
+
+    #[test]
+    fn garbage_on_the_root_socket_is_a_malformed_message() {
+        let (result, _) = root_against(|mut stream| {
+            // Whether the root already closed the socket does not matter.
+            let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: rank0\r\n\r\n");
+        });
+        assert!(
+            matches!(&result, Err(Error::BootstrapMessage { reason, .. }) if reason.contains("does not fit")),
+            "{result:?}"
+        );
+        let (result, _) = root_against(|mut stream| {
+            let mut hello = Vec::from([1, 0, 0, 0, 2, 0, 0, 0]);
+            hello.extend_from_slice(&[0xff; 2 * ENDPOINT_LEN]);
+            let _ = stream.write_all(&hello);
+        });
+        assert!(
+            matches!(&result, Err(Error::BootstrapMessage { reason, .. }) if reason.contains("24 bits")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_silent_or_truncated_rank_fails_the_root_within_its_timeout() {
+        let hold = |stream: TcpStream| {
+            std::thread::sleep(Duration::from_secs(2));
+            drop(stream);
+        };
+        let (result, elapsed) = root_against(hold);
+        match &result {
+            Err(Error::Bootstrap { source, .. }) => assert!(
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ),
+                "{source:?}"
+            ),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
+        let (result, _) = root_against(|mut stream| {
+            let _ = stream.write_all(&[1, 0, 0, 0, 2]);
+        });
+        assert!(
+            matches!(&result, Err(Error::Bootstrap { source, .. }) if source.kind() == io::ErrorKind::UnexpectedEof),
+            "{result:?}"
+        );
+    }
+
+    /// Rank 1's bootstrap of a job of two against a root that answers its hello with `reply`.
+    fn leaf_against(reply: Vec<u8>) -> Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let port = listener.local_addr().expect("address").port();
+        let root = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut hello = [0; 8 + 2 * ENDPOINT_LEN];
+            stream.read_exact(&mut hello).expect("the hello");
+            stream.write_all(&reply).expect("the reply");
+            // Keep the socket open until the leaf is done with it.
+            let _ = stream.read(&mut [0]);
+        });
+        let config = config(1, 2, port, Duration::from_secs(5));
+        let result = exchange(&config, &[endpoint(1, 0), endpoint(1, 1)])
+            .and_then(|(bootstrap, _)| bootstrap.barrier(&config.root_addr));
+        root.join().expect("the root thread");
+        result
+    }
+
+    #[test]
+    fn garbage_from_the_root_is_a_malformed_message() {
+        let endpoints = encode_all(&[endpoint(0, 1), endpoint(1, 1)]);
+        assert!(leaf_against([endpoints.as_slice(), &[GO]].concat()).is_ok());
+        for reply in [
+            [endpoints.as_slice(), b"X"].concat(),
+            vec![0xa5; 2 * ENDPOINT_LEN + 1],
+        ] {
+            let result = leaf_against(reply);
+            assert!(
+                matches!(result, Err(Error::BootstrapMessage { .. })),
+                "{result:?}"
+            );
+        }
     }
 }

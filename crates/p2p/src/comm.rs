@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use verbs::{Completion, CompletionQueue, Mtu, ProtectionDomain, WcOpcode};
 
 use crate::connection::{Outgoing, Peers};
-use crate::error::{Error, Result};
+use crate::error::{Error, PeerFailure, Result, Violation};
 use crate::launch::LaunchConfig;
 use crate::matching::{Matcher, Source, Status, TagMatch};
 use crate::operation::{Operation, Operations, Request, State, UserBuffer};
@@ -59,7 +59,8 @@ impl Communicator {
     ///
     /// # Errors
     /// [`Error::Setup`] for a failing verbs call, [`Error::NoRoceGid`], [`Error::Cache`],
-    /// [`Error::Bootstrap`] when a rank does not show up within the timeout.
+    /// [`Error::Bootstrap`] when a rank does not show up or say its part within the timeout,
+    /// [`Error::BootstrapMessage`] when a bootstrap socket carries bytes that are not the protocol.
     pub fn new(config: LaunchConfig) -> Result<Self> {
         Self::connect(config, UserBufferCache::from_env)
     }
@@ -144,7 +145,8 @@ impl Communicator {
     ///
     /// # Errors
     /// [`Error::InvalidRank`], [`Error::MessageTooLong`], [`Error::Register`],
-    /// [`Error::PeerFailed`], [`Error::Timeout`] (the connection to `dest` is then closed).
+    /// [`Error::PeerFailed`], [`Error::PeerMisbehaved`], [`Error::Timeout`] (the connection to
+    /// `dest` is then closed).
     pub fn send(&mut self, buf: &[u8], dest: usize, tag: u32) -> Result<()> {
         let buffer = UserBuffer::Borrowed {
             // Never written through: send buffers are only read, by the CPU or the device.
@@ -159,7 +161,7 @@ impl Communicator {
     ///
     /// # Errors
     /// [`Error::Truncated`] when the message is longer than `buf`, [`Error::InvalidRank`],
-    /// [`Error::Register`], [`Error::PeerFailed`], [`Error::Timeout`].
+    /// [`Error::Register`], [`Error::PeerFailed`], [`Error::PeerMisbehaved`], [`Error::Timeout`].
     pub fn recv(
         &mut self,
         buf: &mut [u8],
@@ -346,10 +348,8 @@ impl Communicator {
                 self.matcher.cancel(&id);
             }
             (_, Some(peer)) => {
-                self.fail_peer(
-                    peer,
-                    format!("a {operation} was abandoned while in progress"),
-                );
+                let reason = format!("a {operation} was abandoned while in progress");
+                self.fail_peer(peer, reason.into());
             }
             (_, None) => {}
         }
@@ -359,24 +359,21 @@ impl Communicator {
     /// Closes the connection to `peer` when posting to it failed (`posted` is then the reason).
     fn close_on_error(&mut self, peer: usize, posted: Result<(), String>) {
         if let Err(reason) = posted {
-            self.fail_peer(peer, reason);
+            self.fail_peer(peer, reason.into());
         }
     }
 
-    /// Closes the connection to `peer`: destroys its queue pair and fails every operation bound to it.
-    fn fail_peer(&mut self, peer: usize, reason: String) {
-        if !self.peers.close(peer, &reason) {
+    /// Closes the connection to `peer`: destroys its queue pair and fails every operation bound
+    /// to it with `failure`'s error.
+    fn fail_peer(&mut self, peer: usize, failure: PeerFailure) {
+        if !self.peers.close(peer, &failure) {
             return;
         }
-        tracing::warn!(peer, %reason, "p2p: closing the connection to a peer");
+        tracing::warn!(peer, %failure, "p2p: closing the connection to a peer");
         let mut victims = self.matcher.cancel_from(peer);
         victims.extend(self.ops.in_progress_with(peer));
         for id in victims {
-            let error = Error::PeerFailed {
-                rank: peer,
-                reason: reason.clone(),
-            };
-            self.ops.complete(id, Err(error));
+            self.ops.complete(id, Err(failure.error(peer)));
         }
     }
 
@@ -419,17 +416,22 @@ impl Communicator {
             None => None,
         };
         if let Some(peer) = peer {
-            self.fail_peer(peer, reason);
+            self.fail_peer(peer, reason.into());
         }
     }
 
     fn on_completion(&mut self, completion: &Completion) {
         match WorkRequest::from_id(completion.wr_id) {
-            Some(WorkRequest::RecvBounce { peer, index })
-                if completion.opcode == WcOpcode::Recv =>
-            {
-                let byte_len = completion.byte_len as usize;
-                self.on_message(peer, index, byte_len, completion.imm_data);
+            Some(WorkRequest::RecvBounce { peer, index }) => {
+                if completion.opcode == WcOpcode::Recv {
+                    let byte_len = completion.byte_len as usize;
+                    self.on_message(peer, index, byte_len, completion.imm_data);
+                } else {
+                    // An RDMA WRITE with immediate consumed the receive: never reposted, it
+                    // would leave the peer one receive short for good.
+                    let opcode = completion.opcode;
+                    self.fail_peer(peer, Violation::UnexpectedOpcode { opcode }.into());
+                }
             }
             Some(WorkRequest::SendBounce { peer, index }) => {
                 let completed = self.peers.get_mut(peer).and_then(|c| c.send_done(index));

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use verbs::{AccessFlags, Mtu, OwnedMemoryRegion, ProtectionDomain, QpEndpoint, QueuePair};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, PeerFailure, Result};
 use crate::operation::{Operation, Operations, State};
-use crate::wire::{self, Header, WorkRequest, HEADER_LEN};
+use crate::protocol::Thresholds;
+use crate::wire::{self, Header, ReceiveLimits, WorkRequest, HEADER_LEN};
 
 /// Pre-posted receive bounce buffers per peer.
 pub(crate) const RECV_BOUNCE_BUFFERS: u32 = 32;
@@ -114,18 +115,27 @@ impl Connection {
 
     /// The message of `byte_len` bytes with `imm_data` that landed in receive bounce buffer
     /// `index`: its header and where its eager payload starts (for
-    /// [`Connection::read_payload`]); `None` when it is malformed.
+    /// [`Connection::read_payload`]), or why the connection must close: the peer's violation
+    /// ([`wire::parse_message`]) or a failure to read the buffer.
     pub(crate) fn received(
         &self,
         index: u32,
         byte_len: usize,
         imm_data: Option<u32>,
-    ) -> Option<(Header, usize)> {
+        thresholds: Thresholds,
+    ) -> Result<(Header, usize), PeerFailure> {
         let start = self.recv_pool.offset(index);
-        wire::parse_message(imm_data, byte_len, |header| {
-            self.recv_pool.region.read_at(start, header).is_ok()
-        })
-        .map(|(header, payload_at)| (header, start + payload_at))
+        let mut head = [0; HEADER_LEN];
+        self.recv_pool
+            .region
+            .read_at(start, &mut head)
+            .map_err(|err| format!("reading a receive bounce buffer failed: {err}"))?;
+        let limits = ReceiveLimits {
+            capacity: self.recv_pool.buffer_len,
+            eager_below: thresholds.rendezvous(),
+        };
+        let (header, payload_at) = wire::parse_message(imm_data, byte_len, limits, &head)?;
+        Ok((header, start + payload_at))
     }
 
     /// Copies the bytes at `at` of the receive bounce buffers into `out`.
@@ -256,7 +266,7 @@ impl Connection {
             else {
                 continue;
             };
-            // `status.len` fits: the sender refuses longer messages.
+            // `status.len` fits: `wire::parse_message` refuses longer requests to send.
             let sge = registration.sge(ptr, status.len as u32);
             let wr_id = WorkRequest::Read { op: id }.id();
             self.qp
@@ -275,7 +285,7 @@ pub(crate) struct Peers {
     /// By rank; `None` for this rank and for closed connections.
     connections: Vec<Option<Connection>>,
     /// Why the connection to a rank was closed.
-    failures: Vec<Option<String>>,
+    failures: Vec<Option<PeerFailure>>,
 }
 
 impl Peers {
@@ -312,8 +322,7 @@ impl Peers {
 
     /// The error of operations with `rank` once its connection was closed.
     pub(crate) fn failure(&self, rank: usize) -> Option<Error> {
-        let reason = self.failures.get(rank)?.clone()?;
-        Some(Error::PeerFailed { rank, reason })
+        Some(self.failures.get(rank)?.as_ref()?.error(rank))
     }
 
     /// The open connection to `rank`.
@@ -334,13 +343,16 @@ impl Peers {
         self.connections.get_mut(peer)?.as_mut()
     }
 
-    /// Closes the connection to `peer` for `reason`: destroys its queue pair. Returns whether it
-    /// was open.
-    pub(crate) fn close(&mut self, peer: usize, reason: &str) -> bool {
-        if self.connections[peer].take().is_none() {
+    /// Closes the connection to `peer` for `failure`: destroys its queue pair. Returns whether
+    /// it was open.
+    pub(crate) fn close(&mut self, peer: usize, failure: &PeerFailure) -> bool {
+        let Some(connection) = self.connections.get_mut(peer) else {
+            return false;
+        };
+        if connection.take().is_none() {
             return false;
         }
-        self.failures[peer] = Some(reason.to_owned());
+        self.failures[peer] = Some(failure.clone());
         true
     }
 }
@@ -364,7 +376,9 @@ mod tests {
         assert!(peers.failure(0).is_none());
         assert!(peers.failure(7).is_none());
         // Without a connection (and without a recorded failure), a peer cannot be reached.
-        assert!(!peers.close(0, "never open"));
+        let never_open = PeerFailure::Transport("never open".into());
+        assert!(!peers.close(0, &never_open));
+        assert!(!peers.close(7, &never_open));
         assert!(peers.failure(0).is_none());
         assert!(matches!(
             peers.connection(0),

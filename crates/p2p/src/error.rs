@@ -27,6 +27,17 @@ pub enum Error {
         /// The socket error.
         source: io::Error,
     },
+    /// The other side of a bootstrap connection sent bytes that are not the bootstrap protocol
+    /// (a rank or size that does not fit the job, an impossible endpoint, a wrong barrier byte).
+    #[error("bootstrap over TCP with {root}: {step}: malformed message: {reason}")]
+    BootstrapMessage {
+        /// The root address.
+        root: String,
+        /// What was being done.
+        step: &'static str,
+        /// What was wrong with the bytes.
+        reason: String,
+    },
     /// Setting up the RDMA resources (device, PD, CQs, QPs, bounce buffers) failed.
     #[error("setting up RDMA resources on {device}: {step} failed")]
     Setup {
@@ -107,6 +118,15 @@ pub enum Error {
         /// What the transport reported (shared by every operation the failure ended).
         reason: String,
     },
+    /// A peer sent what the protocol does not allow (a malformed message, a FIN for no send in
+    /// progress); the connection to it is closed and operations with it fail from then on.
+    #[error("rank {rank} broke the protocol: {violation}")]
+    PeerMisbehaved {
+        /// The peer.
+        rank: usize,
+        /// What it sent (shared by every operation the failure ended).
+        violation: Violation,
+    },
     /// Polling the completion queues failed.
     #[error("polling completions failed")]
     Poll {
@@ -119,6 +139,161 @@ pub enum Error {
         /// The request's id.
         id: u64,
     },
+}
+
+/// What a peer sent that the protocol does not allow ([`Error::PeerMisbehaved`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A SEND whose immediate data does not mark a zero-copy eager message.
+    UnknownImmediate {
+        /// The immediate data.
+        imm: u32,
+    },
+    /// A SEND without immediate data, shorter than a header.
+    TruncatedHeader {
+        /// Bytes the SEND carried.
+        byte_len: usize,
+    },
+    /// A header of no known kind.
+    UnknownKind {
+        /// The kind field.
+        kind: u32,
+    },
+    /// An eager header whose length is not the number of bytes that followed it.
+    LengthMismatch {
+        /// The length in the header.
+        announced: u64,
+        /// The bytes that followed the header.
+        carried: usize,
+    },
+    /// A request to send or a FIN with bytes after its header.
+    TrailingBytes {
+        /// Bytes the SEND carried.
+        byte_len: usize,
+    },
+    /// An eager message not shorter than the rendezvous threshold.
+    EagerTooLong {
+        /// Its length.
+        len: u64,
+        /// The rendezvous threshold.
+        threshold: usize,
+    },
+    /// A request to send longer than one RDMA READ carries.
+    RendezvousTooLong {
+        /// The length it announced.
+        len: u64,
+    },
+    /// A request to send of no bytes (a sender sends short messages eagerly; the receive could
+    /// register nothing to READ into).
+    EmptyRequestToSend,
+    /// A SEND longer than the receive buffer it landed in.
+    Overlong {
+        /// Bytes the completion reported.
+        byte_len: usize,
+        /// Length of the receive buffer.
+        capacity: usize,
+    },
+    /// A FIN that answers no rendezvous send to this peer in progress (an unknown cookie, a
+    /// second FIN, the id of another operation).
+    UnexpectedFin {
+        /// The cookie it carried.
+        cookie: u64,
+    },
+    /// A receive completed by something other than a SEND (an RDMA WRITE with immediate).
+    UnexpectedOpcode {
+        /// The opcode of the completion.
+        opcode: verbs::WcOpcode,
+    },
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownImmediate { imm } => {
+                write!(f, "a SEND with unknown immediate data {imm:#x}")
+            }
+            Self::TruncatedHeader { byte_len } => write!(
+                f,
+                "a SEND of {byte_len} bytes without immediate data is shorter than a header"
+            ),
+            Self::UnknownKind { kind } => write!(f, "a header of unknown kind {kind}"),
+            Self::LengthMismatch { announced, carried } => write!(
+                f,
+                "an eager header announces {announced} bytes but {carried} followed it"
+            ),
+            Self::TrailingBytes { byte_len } => write!(
+                f,
+                "a request to send or FIN of {byte_len} bytes: only a header is allowed"
+            ),
+            Self::EagerTooLong { len, threshold } => write!(
+                f,
+                "an eager message of {len} bytes, not shorter than the rendezvous threshold {threshold}"
+            ),
+            Self::RendezvousTooLong { len } => write!(
+                f,
+                "a request to send of {len} bytes, longer than one RDMA READ carries"
+            ),
+            Self::EmptyRequestToSend => f.write_str("a request to send of 0 bytes"),
+            Self::Overlong { byte_len, capacity } => write!(
+                f,
+                "a SEND of {byte_len} bytes into a receive buffer of {capacity}"
+            ),
+            Self::UnexpectedFin { cookie } => {
+                write!(f, "a FIN for cookie {cookie}, which is no send waiting for one")
+            }
+            Self::UnexpectedOpcode { opcode } => {
+                write!(f, "a receive completed by {opcode:?} instead of a SEND")
+            }
+        }
+    }
+}
+
+/// Why the connection to a peer was closed: what every operation the closing ends, and every
+/// later one with that peer, fails with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PeerFailure {
+    /// The transport failed (a failed work request, a failed post): [`Error::PeerFailed`].
+    Transport(String),
+    /// The peer broke the protocol: [`Error::PeerMisbehaved`].
+    Misbehaved(Violation),
+}
+
+impl PeerFailure {
+    /// The error of an operation with `rank` that this failure ended.
+    pub(crate) fn error(&self, rank: usize) -> Error {
+        match self {
+            Self::Transport(reason) => Error::PeerFailed {
+                rank,
+                reason: reason.clone(),
+            },
+            Self::Misbehaved(violation) => Error::PeerMisbehaved {
+                rank,
+                violation: violation.clone(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for PeerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transport(reason) => f.write_str(reason),
+            Self::Misbehaved(violation) => write!(f, "it broke the protocol: {violation}"),
+        }
+    }
+}
+
+impl From<String> for PeerFailure {
+    fn from(reason: String) -> Self {
+        Self::Transport(reason)
+    }
+}
+
+impl From<Violation> for PeerFailure {
+    fn from(violation: Violation) -> Self {
+        Self::Misbehaved(violation)
+    }
 }
 
 /// `Result` with [`Error`].

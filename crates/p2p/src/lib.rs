@@ -19,6 +19,14 @@
 //! ([`ANY_SOURCE`], [`ANY_TAG`]); messages between one pair of ranks never overtake each
 //! other. Every wait is bounded: a peer that dies turns into an error, never a hang.
 //!
+//! Nothing a peer sends is trusted: a message that is not the protocol (a truncated header, a
+//! length other than the bytes carried or longer than the receive bounce buffer, unknown
+//! immediate data, a FIN for no send waiting for one, a receive consumed by an RDMA WRITE)
+//! closes the connection to that peer, and its operations fail with
+//! [`Error::PeerMisbehaved`] naming the [`Violation`]; garbage on a bootstrap socket is
+//! [`Error::BootstrapMessage`], and a rank that connects and says nothing fails the bootstrap at
+//! its deadline. No received byte is written outside the receive buffer it was meant for.
+//!
 //! ```no_run
 //! # fn main() -> Result<(), p2p::Error> {
 //! let mut comm = p2p::Communicator::from_env()?;
@@ -46,7 +54,7 @@ mod setup;
 mod wire;
 
 pub use comm::Communicator;
-pub use error::{Error, Result};
+pub use error::{Error, Result, Violation};
 pub use launch::LaunchConfig;
 pub use matching::{Source, Status, TagMatch, ANY_SOURCE, ANY_TAG};
 pub use operation::Request;

@@ -4,6 +4,8 @@
 
 use verbs::{Gid, QpEndpoint};
 
+use crate::error::Violation;
+
 /// What a message on a queue pair is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -46,32 +48,64 @@ pub(crate) fn zero_copy_imm(tag: u32) -> Option<u32> {
     (tag & ZERO_COPY_IMM == 0).then_some(ZERO_COPY_IMM | tag)
 }
 
+/// What a receive bounce buffer admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReceiveLimits {
+    /// Bytes of the buffer.
+    pub(crate) capacity: usize,
+    /// Eager payloads are shorter than this (the rendezvous threshold).
+    pub(crate) eager_below: usize,
+}
+
 /// What a SEND of `byte_len` bytes with immediate data `imm_data` carries: its header and the
-/// offset of an eager payload from the start of the message. `read_header` fills its argument
-/// with the first [`HEADER_LEN`] bytes of the receive bounce buffer the SEND landed in, and
-/// says whether it could. `None`: the message is malformed.
+/// offset of an eager payload from the start of the message. `head` holds the first
+/// [`HEADER_LEN`] bytes of the receive bounce buffer the SEND landed in (only the first
+/// `byte_len` of them came with it).
+///
+/// Total: any input gives a message or the [`Violation`] it commits, never a panic. A message
+/// that parses fits its buffer: an eager one is shorter than `limits.eager_below` and its
+/// payload lies within the `byte_len` bytes that arrived; a request to send announces 1 to
+/// `u32::MAX` bytes (one RDMA READ); a request to send or a FIN is a header alone.
 pub(crate) fn parse_message(
     imm_data: Option<u32>,
     byte_len: usize,
-    read_header: impl FnOnce(&mut [u8; HEADER_LEN]) -> bool,
-) -> Option<(Header, usize)> {
-    match imm_data {
+    limits: ReceiveLimits,
+    head: &[u8; HEADER_LEN],
+) -> Result<(Header, usize), Violation> {
+    if byte_len > limits.capacity {
+        return Err(Violation::Overlong {
+            byte_len,
+            capacity: limits.capacity,
+        });
+    }
+    let (header, payload_at) = match imm_data {
         Some(imm) if imm & ZERO_COPY_IMM != 0 => {
-            Some((Header::eager(imm & !ZERO_COPY_IMM, byte_len, 0), 0))
+            (Header::eager(imm & !ZERO_COPY_IMM, byte_len, 0), 0)
         }
-        Some(_) => None,
-        None => {
-            let mut header_bytes = [0; HEADER_LEN];
-            if !read_header(&mut header_bytes) {
-                return None;
-            }
-            Header::decode(&header_bytes[..byte_len.min(HEADER_LEN)])
-                .filter(|header| {
-                    header.kind != Kind::Eager
-                        || usize::try_from(header.len).ok() == byte_len.checked_sub(HEADER_LEN)
-                })
-                .map(|header| (header, HEADER_LEN))
+        Some(imm) => return Err(Violation::UnknownImmediate { imm }),
+        None if byte_len < HEADER_LEN => return Err(Violation::TruncatedHeader { byte_len }),
+        None => (Header::decode(head)?, HEADER_LEN),
+    };
+    let carried = byte_len - payload_at;
+    match header.kind {
+        Kind::Eager if usize::try_from(header.len).ok() != Some(carried) => {
+            Err(Violation::LengthMismatch {
+                announced: header.len,
+                carried,
+            })
         }
+        Kind::Eager if carried >= limits.eager_below => Err(Violation::EagerTooLong {
+            len: header.len,
+            threshold: limits.eager_below,
+        }),
+        Kind::RequestToSend | Kind::Finish if carried != 0 => {
+            Err(Violation::TrailingBytes { byte_len })
+        }
+        Kind::RequestToSend if header.len > u64::from(u32::MAX) => {
+            Err(Violation::RendezvousTooLong { len: header.len })
+        }
+        Kind::RequestToSend if header.len == 0 => Err(Violation::EmptyRequestToSend),
+        _ => Ok((header, payload_at)),
     }
 }
 
@@ -122,20 +156,19 @@ impl Header {
         out
     }
 
-    /// The header at the start of `bytes`, or `None` when it is not one.
-    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        let bytes: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
-        let u32_at =
-            |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
-        let u64_at =
-            |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+    /// The header encoded in `bytes`.
+    pub(crate) fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Self, Violation> {
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let u64_at = |at: usize| u64::from(u32_at(at)) | u64::from(u32_at(at + 4)) << 32;
         let kind = match u32_at(0) {
             1 => Kind::Eager,
             2 => Kind::RequestToSend,
             3 => Kind::Finish,
-            _ => return None,
+            kind => return Err(Violation::UnknownKind { kind }),
         };
-        Some(Self {
+        Ok(Self {
             kind,
             tag: u32_at(4),
             len: u64_at(8),
@@ -201,108 +234,32 @@ pub(crate) fn encode_endpoint(endpoint: &QpEndpoint) -> [u8; ENDPOINT_LEN] {
     out
 }
 
-pub(crate) fn decode_endpoint(bytes: &[u8; ENDPOINT_LEN]) -> QpEndpoint {
+/// Queue-pair numbers and packet sequence numbers are 24-bit.
+const MAX_QPN_OR_PSN: u32 = 0x00ff_ffff;
+
+/// The endpoint encoded in `bytes`, or why they encode none: a queue-pair or packet sequence
+/// number wider than 24 bits, or a non-zero reserved byte.
+pub(crate) fn decode_endpoint(bytes: &[u8; ENDPOINT_LEN]) -> Result<QpEndpoint, String> {
     let mut gid = [0; 16];
     gid.copy_from_slice(&bytes[8..24]);
-    QpEndpoint {
+    let endpoint = QpEndpoint {
         qpn: u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
         psn: u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
         gid: Gid(gid),
         lid: u16::from_le_bytes([bytes[24], bytes[25]]),
         gid_index: bytes[26],
+    };
+    if endpoint.qpn > MAX_QPN_OR_PSN || endpoint.psn > MAX_QPN_OR_PSN {
+        return Err(format!(
+            "queue pair {:#x} or sequence number {:#x} is wider than 24 bits",
+            endpoint.qpn, endpoint.psn
+        ));
     }
+    if bytes[27] != 0 {
+        return Err(format!("reserved byte {:#x} is not zero", bytes[27]));
+    }
+    Ok(endpoint)
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-
-    #[test]
-    fn headers_round_trip() {
-        for kind in [Kind::Eager, Kind::RequestToSend, Kind::Finish] {
-            let header = Header {
-                kind,
-                tag: 0xdead_beef,
-                len: 64 << 20,
-                addr: 0x7f00_1234_5000,
-                rkey: 0x1234_5678,
-                cookie: u64::MAX - 1,
-            };
-            assert_eq!(Header::decode(&header.encode()), Some(header));
-        }
-    }
-
-    #[test]
-    fn short_or_unknown_headers_are_refused() {
-        let mut bytes = Header::eager(1, 1, 0).encode();
-        assert_eq!(Header::decode(&bytes[..HEADER_LEN - 1]), None);
-        bytes[0] = 9;
-        assert_eq!(Header::decode(&bytes), None);
-    }
-
-    #[test]
-    fn messages_parse_from_immediate_data_or_header() {
-        let unread = |_: &mut [u8; HEADER_LEN]| panic!("a zero-copy message has no header");
-        let imm = zero_copy_imm(7).expect("a tag without the top bit");
-        assert_eq!(
-            parse_message(Some(imm), 4096, unread),
-            Some((Header::eager(7, 4096, 0), 0))
-        );
-        assert_eq!(zero_copy_imm(ZERO_COPY_IMM | 7), None);
-        assert_eq!(parse_message(Some(7), 4096, unread), None);
-
-        let header = Header::eager(7, 100, 3);
-        let landed = |bytes: &mut [u8; HEADER_LEN]| {
-            *bytes = header.encode();
-            true
-        };
-        let at = Some((header, HEADER_LEN));
-        assert_eq!(parse_message(None, HEADER_LEN + 100, landed), at);
-        // An eager header whose length is not the SEND's is refused.
-        assert_eq!(parse_message(None, HEADER_LEN + 99, landed), None);
-        assert_eq!(parse_message(None, HEADER_LEN - 1, landed), None);
-        assert_eq!(parse_message(None, HEADER_LEN + 100, |_| false), None);
-        let finish = Header::finish(9);
-        let landed = |bytes: &mut [u8; HEADER_LEN]| {
-            *bytes = finish.encode();
-            true
-        };
-        assert_eq!(
-            parse_message(None, HEADER_LEN, landed),
-            Some((finish, HEADER_LEN))
-        );
-    }
-
-    #[test]
-    fn work_request_ids_round_trip() {
-        for request in [
-            WorkRequest::RecvBounce { peer: 0, index: 0 },
-            WorkRequest::RecvBounce {
-                peer: 0x00ff_ffff,
-                index: u32::MAX,
-            },
-            WorkRequest::SendBounce { peer: 3, index: 31 },
-            WorkRequest::Read { op: 0 },
-            WorkRequest::Read {
-                op: 0x00ff_ffff_ffff_ffff,
-            },
-        ] {
-            assert_eq!(WorkRequest::from_id(request.id()), Some(request));
-        }
-        assert_eq!(WorkRequest::from_id(0), None);
-    }
-
-    #[test]
-    fn endpoints_round_trip() {
-        let endpoint = QpEndpoint {
-            qpn: 0x00ab_cdef,
-            psn: 0x0012_3456,
-            gid: Gid::from_ipv4(Ipv4Addr::new(10, 77, 0, 2)),
-            gid_index: 3,
-            lid: 0,
-        };
-        assert_eq!(decode_endpoint(&encode_endpoint(&endpoint)), endpoint);
-    }
-}
+mod tests;

@@ -2,6 +2,7 @@
 //! payloads, requests to send, FINs) and completed RDMA READs.
 
 use crate::connection::Outgoing;
+use crate::error::Violation;
 use crate::matching::Status;
 use crate::operation::{truncation, State};
 use crate::wire::Kind;
@@ -18,7 +19,10 @@ pub(super) enum Arrived {
 impl Communicator {
     /// A SEND from `peer` landed in receive bounce buffer `index`: take it out and repost the
     /// buffer. An eager payload goes straight into the buffer of the receive it matches, if one
-    /// is posted, and is kept as an unexpected message otherwise.
+    /// is posted, and is kept as an unexpected message otherwise. A message the peer had no
+    /// right to send closes the connection ([`Error::PeerMisbehaved`]).
+    ///
+    /// [`Error::PeerMisbehaved`]: crate::Error::PeerMisbehaved
     pub(super) fn on_message(
         &mut self,
         peer: usize,
@@ -29,54 +33,59 @@ impl Communicator {
         let Some(connection) = self.peers.get_mut(peer) else {
             return;
         };
-        let parsed = connection.received(index, byte_len, imm_data);
-        let message = parsed.and_then(|(header, payload_at)| {
-            let status = Status {
-                source: peer,
-                tag: header.tag,
-                len: header.len as usize,
-            };
-            let arrived = match header.kind {
-                Kind::Eager => {
-                    let len = usize::try_from(header.len)
-                        .ok()
-                        .filter(|&len| self.thresholds.protocol(len).is_eager())?;
-                    match self.matcher.claim(&status) {
+        let copy_failed =
+            |err: verbs::Error| format!("copying a payload out of a receive buffer failed: {err}");
+        let taken = connection
+            .received(index, byte_len, imm_data, self.thresholds)
+            .and_then(|(header, payload_at)| {
+                let status = Status {
+                    source: peer,
+                    tag: header.tag,
+                    // Fits: `parse_message` admits no longer eager payload than the buffer,
+                    // and no request to send above `u32::MAX`.
+                    len: header.len as usize,
+                };
+                let arrived = match header.kind {
+                    Kind::Eager => match self.matcher.claim(&status) {
                         Some(id) => {
-                            self.ops
-                                .get_mut(id)?
-                                .complete_eager(status, |out| {
+                            if let Some(op) = self.ops.get_mut(id) {
+                                op.complete_eager(status, |out| {
                                     connection.read_payload(payload_at, out)
                                 })
-                                .ok()?;
+                                .map_err(copy_failed)?;
+                            }
                             None
                         }
                         None => {
-                            let mut payload = vec![0; len];
-                            connection.read_payload(payload_at, &mut payload).ok()?;
+                            let mut payload = vec![0; status.len];
+                            connection
+                                .read_payload(payload_at, &mut payload)
+                                .map_err(copy_failed)?;
                             Some(Arrived::Eager(payload))
                         }
-                    }
-                }
-                Kind::RequestToSend => Some(Arrived::Rendezvous {
-                    addr: header.addr,
-                    rkey: header.rkey,
-                    cookie: header.cookie,
-                }),
-                Kind::Finish => None,
-            };
-            Some((header, status, arrived))
-        });
-        if let Err(err) = connection.post_receive(peer, index) {
-            self.fail_peer(peer, format!("reposting a receive failed: {err}"));
-            return;
-        }
-        let Some((header, status, arrived)) = message else {
-            self.fail_peer(peer, format!("malformed message of {byte_len} bytes"));
-            return;
+                    },
+                    Kind::RequestToSend => Some(Arrived::Rendezvous {
+                        addr: header.addr,
+                        rkey: header.rkey,
+                        cookie: header.cookie,
+                    }),
+                    Kind::Finish => None,
+                };
+                connection
+                    .post_receive(peer, index)
+                    .map_err(|err| format!("reposting a receive failed: {err}"))?;
+                Ok((header, status, arrived))
+            });
+        let (header, status, arrived) = match taken {
+            Ok(taken) => taken,
+            Err(failure) => return self.fail_peer(peer, failure),
         };
         match (header.kind, arrived) {
-            (Kind::Finish, _) => self.on_fin(peer, header.cookie),
+            (Kind::Finish, _) => {
+                if let Err(violation) = self.on_fin(peer, header.cookie) {
+                    self.fail_peer(peer, violation.into());
+                }
+            }
             (_, Some(arrived)) => {
                 if let Some((id, status, arrived)) = self.matcher.arrive(status, arrived) {
                     self.deliver(id, status, arrived);
@@ -87,12 +96,15 @@ impl Communicator {
         }
     }
 
-    fn on_fin(&mut self, peer: usize, cookie: u64) {
+    /// The FIN of `peer` for send `cookie`: completes that rendezvous send to `peer`, which must
+    /// be waiting for it.
+    fn on_fin(&mut self, peer: usize, cookie: u64) -> Result<(), Violation> {
         match self.ops.get_mut(cookie) {
             Some(op) if op.peer == Some(peer) && matches!(op.state, State::AwaitingFin { .. }) => {
                 op.complete_send(self.config.rank);
+                Ok(())
             }
-            _ => tracing::warn!(peer, cookie, "p2p: FIN for no waiting send ignored"),
+            _ => Err(Violation::UnexpectedFin { cookie }),
         }
     }
 

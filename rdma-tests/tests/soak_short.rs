@@ -16,6 +16,7 @@ fn every_mode_sends_and_receives_the_current_bytes_and_the_control_does_not() {
     let reports = soak::run(Options {
         ops: OPS,
         seed: SEED,
+        only: None,
     });
     for report in reports {
         match (report.mode, report.outcome) {

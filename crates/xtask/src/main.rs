@@ -103,6 +103,10 @@ enum Top {
         /// all, backports, lts or a release prefix such as 6.12.
         #[arg(long, default_value = "all")]
         kernel: String,
+        /// Every mode in a process of its own, all at once in the guest (same seed, same
+        /// operations per mode; faster when the host has a free CPU for the second vCPU).
+        #[arg(long)]
+        parallel: bool,
     },
 }
 
@@ -220,6 +224,19 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Top::Bench(BenchCommand::HitPath) => bench::bench_hit_path(&ctx),
         Top::Docker { command } => docker::docker(&ctx, &command),
-        Top::Soak { ops, seed, kernel } => soak::soak(&ctx, &soak::SoakArgs { ops, seed, kernel }),
+        Top::Soak {
+            ops,
+            seed,
+            kernel,
+            parallel,
+        } => soak::soak(
+            &ctx,
+            &soak::SoakArgs {
+                ops,
+                seed,
+                kernel,
+                parallel,
+            },
+        ),
     }
 }

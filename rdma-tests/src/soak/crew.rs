@@ -11,7 +11,7 @@ use super::zone::Zone;
 
 enum Order {
     /// The zone this worker owns from now on.
-    Take(Zone),
+    Take(Box<Zone>),
     /// `n` operations in the zone.
     Burst(u64),
 }
@@ -52,7 +52,9 @@ impl<'scope> Crew<'scope> {
     pub(crate) fn hand_out(&self, zones: Vec<Zone>) {
         assert_eq!(zones.len(), self.orders.len(), "a zone per worker");
         for (orders, zone) in self.orders.iter().zip(zones) {
-            orders.send(Order::Take(zone)).expect("worker alive");
+            orders
+                .send(Order::Take(Box::new(zone)))
+                .expect("worker alive");
         }
     }
 
@@ -91,7 +93,7 @@ fn work(exec: &Exec<'_>, orders: &Receiver<Order>, done: &Sender<bool>) -> Optio
     let mut zone = None;
     while let Ok(order) = orders.recv() {
         match order {
-            Order::Take(mine) => zone = Some(mine),
+            Order::Take(mine) => zone = Some(*mine),
             Order::Burst(ops) => {
                 let zone = zone.as_mut().expect("a zone before a burst");
                 let outcome = catch_unwind(AssertUnwindSafe(|| {

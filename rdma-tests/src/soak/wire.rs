@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
 use regcache::{Access, Error, RdmaCache, RdmaRegistration};
 use verbs::{AccessFlags, Mtu, OwnedMemoryRegion, Sge};
@@ -101,6 +102,41 @@ pub(crate) struct Tally {
     pub(crate) stale_bytes: AtomicU64,
     pub(crate) stale_transfers: AtomicU64,
     pub(crate) unstable: AtomicU64,
+    /// Time the transfers spent in each phase, in nanoseconds (summed over threads): to see
+    /// where a run's time goes.
+    pub(crate) phases: Phases,
+}
+
+/// Where the transfers' time goes, in nanoseconds.
+#[derive(Debug, Default)]
+pub(crate) struct Phases {
+    /// Checking the slot holds its model, and the transfer's bytes against it.
+    pub(crate) checks: AtomicU64,
+    /// `cached_reg` (and the registration's drop).
+    pub(crate) registration: AtomicU64,
+    /// Posting, waiting for the completion, and filling or reading the peer's buffer.
+    pub(crate) wire: AtomicU64,
+}
+
+impl Phases {
+    /// Adds the time since `*since` to `phase` and restarts the clock.
+    fn lap(phase: &AtomicU64, since: &mut Instant) {
+        let now = Instant::now();
+        let nanos = u64::try_from((now - *since).as_nanos()).unwrap_or(u64::MAX);
+        phase.fetch_add(nanos, Relaxed);
+        *since = now;
+    }
+
+    /// The three phases in seconds, for the report.
+    pub(crate) fn describe(&self) -> String {
+        let secs = |phase: &AtomicU64| phase.load(Relaxed) as f64 / 1e9;
+        format!(
+            "checks {:.1} s, registration {:.1} s, wire {:.1} s",
+            secs(&self.checks),
+            secs(&self.registration),
+            secs(&self.wire)
+        )
+    }
 }
 
 /// Where a transfer happens, for failure messages: enough to find it again with `--seed`.
@@ -195,15 +231,22 @@ impl Exec<'_> {
     /// `cached_reg` + RDMA WRITE of `len` bytes of the slot at `offset`; the peer must
     /// receive exactly the slot's model.
     pub(crate) fn send(&self, slot: &FixedBuffer, offset: usize, len: usize, place: &Place<'_>) {
+        let phases = &self.tally.phases;
+        let mut clock = Instant::now();
         self.check_model(slot, offset, len, place);
+        Phases::lap(&phases.checks, &mut clock);
         let registration = self.register(slot, offset, len, Access::LOCAL_READ_ONLY, place);
+        Phases::lap(&phases.registration, &mut clock);
         let landed = self
             .wire
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .write(slot.addr + offset, len, registration.lkey());
+        Phases::lap(&phases.wire, &mut clock);
         drop(registration);
+        Phases::lap(&phases.registration, &mut clock);
         let diff = Diff::of(&slot.model[offset..offset + len], &landed);
+        Phases::lap(&phases.checks, &mut clock);
         self.judge(
             diff,
             "WRITE (the device read other pages than the slot's)",
@@ -221,16 +264,23 @@ impl Exec<'_> {
         place: &Place<'_>,
     ) {
         let len = source.len();
+        let phases = &self.tally.phases;
+        let mut clock = Instant::now();
         self.check_model(slot, offset, len, place);
+        Phases::lap(&phases.checks, &mut clock);
         let registration = self.register(slot, offset, len, Access::LOCAL_WRITE, place);
+        Phases::lap(&phases.registration, &mut clock);
         self.wire
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .read(slot.addr + offset, registration.lkey(), source);
+        Phases::lap(&phases.wire, &mut clock);
         drop(registration);
+        Phases::lap(&phases.registration, &mut clock);
         let memory = slot.read(offset, len);
         let diff = Diff::of(source, &memory);
         slot.model[offset..offset + len].copy_from_slice(&memory);
+        Phases::lap(&phases.checks, &mut clock);
         self.judge(
             diff,
             "READ (the device wrote other pages than the slot's)",
@@ -250,6 +300,11 @@ pub(crate) struct Diff {
 impl Diff {
     fn of(expected: &[u8], actual: &[u8]) -> Option<Self> {
         assert_eq!(expected.len(), actual.len());
+        // Equal ranges (every transfer of the cache's modes) take one memcmp; the count
+        // below, a byte at a time, only runs when some byte differs.
+        if expected == actual {
+            return None;
+        }
         let mut differing = expected
             .iter()
             .zip(actual)

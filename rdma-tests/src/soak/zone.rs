@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::time::{Duration, Instant};
 
 use super::memory::{Backing, FixedBuffer, PAGE};
 use super::wire::{Exec, Place};
@@ -53,6 +54,10 @@ impl Action {
         Self::Fork,
         Self::Threads,
     ];
+
+    pub(crate) fn index(self) -> usize {
+        Self::ALL.iter().position(|o| *o == self).expect("listed")
+    }
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -114,6 +119,9 @@ pub(crate) struct Zone {
     pub(crate) done: u64,
     /// How many of each operation (indexed like [`Action::ALL`]).
     pub(crate) counts: [u64; Action::ALL.len()],
+    /// Wall time spent in each operation (indexed like [`Action::ALL`]), to see where a run's
+    /// time goes.
+    pub(crate) time: [Duration; Action::ALL.len()],
     /// The last operations, for failure messages.
     recent: VecDeque<String>,
 }
@@ -128,14 +136,14 @@ impl Zone {
             rng,
             done: 0,
             counts: [0; Action::ALL.len()],
+            time: [Duration::ZERO; Action::ALL.len()],
             recent: VecDeque::new(),
         }
     }
 
     /// Records `op` on slot `slot` as begun and returns where it happens.
     pub(crate) fn begin(&mut self, op: Action, slot: usize) -> u64 {
-        let index = Action::ALL.iter().position(|o| *o == op).expect("listed");
-        self.counts[index] += 1;
+        self.counts[op.index()] += 1;
         self.done += 1;
         if self.recent.len() == RECENT {
             self.recent.pop_front();
@@ -171,7 +179,9 @@ impl Zone {
             })
             .expect("the weights add up")
             .0;
+        let started = Instant::now();
         self.apply(exec, op, slot);
+        self.time[op.index()] += started.elapsed();
     }
 
     fn apply(&mut self, exec: &Exec<'_>, op: Action, i: usize) {
@@ -277,8 +287,10 @@ impl Zone {
     /// [`Action::Fork`] on slot `i`, which must be private memory. Call only while no other
     /// thread of the soak runs.
     pub(crate) fn fork_op(&mut self, exec: &Exec<'_>, i: usize) {
+        let started = Instant::now();
         let n = self.begin(Action::Fork, i);
         self.fork(exec, i, n);
+        self.time[Action::Fork.index()] += started.elapsed();
     }
 
     /// Forks; the child checks and writes its copy of slot `i` and exits; the parent checks

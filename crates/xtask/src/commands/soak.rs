@@ -25,6 +25,8 @@ pub struct SoakArgs {
     pub seed: Option<String>,
     /// all, backports, lts or a release prefix.
     pub kernel: String,
+    /// Every mode in a process of its own, at once (the soak program's `--parallel`).
+    pub parallel: bool,
 }
 
 /// `soak`: boots each selected kernel and runs the soak with the same seed; fails when a
@@ -38,8 +40,11 @@ pub fn soak(ctx: &Context, args: &SoakArgs) -> Result<()> {
         bail!("--seed {seed:?}: a decimal or 0x-hexadecimal number");
     }
     eprintln!(
-        "==> soak: seed {seed}, {} operations per mode (replay: cargo xtask soak --seed {seed} --ops {} --kernel {})",
-        args.ops, args.ops, args.kernel
+        "==> soak: seed {seed}, {} operations per mode (replay: cargo xtask soak --seed {seed} --ops {} --kernel {}{})",
+        args.ops,
+        args.ops,
+        args.kernel,
+        if args.parallel { " --parallel" } else { "" }
     );
     let prepared = prepare(ctx)?;
     let kernels = prepared.select_kernels(&args.kernel)?;
@@ -54,8 +59,9 @@ pub fn soak(ctx: &Context, args: &SoakArgs) -> Result<()> {
     )?;
     artefacts::stage_soak(&ctx.workspace, &stage)?;
     let timeout = BOOT_BUDGET + BUDGET_PER_OP * u32::try_from(args.ops).unwrap_or(u32::MAX);
+    let parallel = if args.parallel { " --parallel" } else { "" };
     let command = format!(
-        "run {}/vmbench/soak --ops {} --seed {seed}",
+        "run {}/vmbench/soak --ops {} --seed {seed}{parallel}",
         stage.guest_dir, args.ops
     );
     let mut failed = Vec::new();

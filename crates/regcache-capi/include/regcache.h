@@ -176,6 +176,11 @@ struct regcache_stats {
    */
   uint64_t registration_retries;
   /**
+   * Registrations thrown away because another thread, registering outside the lock at the
+   * same time, published one that serves the same request.
+   */
+  uint64_t duplicate_registrations;
+  /**
    * Deregistrations libibverbs reported as failed.
    */
   uint64_t deregister_failures;

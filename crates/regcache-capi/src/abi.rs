@@ -95,6 +95,9 @@ pub struct Stats {
     pub invalidations: u64,
     /// Registrations thrown away because the pages changed while they were being registered.
     pub registration_retries: u64,
+    /// Registrations thrown away because another thread, registering outside the lock at the
+    /// same time, published one that serves the same request.
+    pub duplicate_registrations: u64,
     /// Deregistrations libibverbs reported as failed.
     pub deregister_failures: u64,
     /// Unwatches regwatch reported as failed.

@@ -178,6 +178,7 @@ impl Backend {
             evictions: stats.evictions,
             invalidations: stats.invalidated,
             registration_retries: stats.registration_retries,
+            duplicate_registrations: stats.duplicate_registrations,
             deregister_failures: stats.deregister_failures,
             unwatch_failures: stats.unwatch_failures,
             regions: stats.regions,

@@ -354,12 +354,15 @@ static void threads_in_mode(uint32_t mode)
 		pthread_join(threads[i], NULL);
 	pthread_barrier_destroy(&start);
 	ASSERT_EQ(regcache_stats(cache, &stats), 0);
-	printf("# %s, %d threads: %llu hits, %llu misses, %llu invalidations\n",
+	printf("# %s, %d threads: %llu hits, %llu misses, %llu invalidations, %llu duplicate registrations\n",
 	       regcache_policy(cache), THREADS, (unsigned long long)stats.hits,
-	       (unsigned long long)stats.misses, (unsigned long long)stats.invalidations);
+	       (unsigned long long)stats.misses, (unsigned long long)stats.invalidations,
+	       (unsigned long long)stats.duplicate_registrations);
 	ASSERT_EQ(failures, 0);
 	ASSERT_EQ(stats.handles, 0);
 	ASSERT_GT(stats.hits, 0);
+	/* Each discarded duplicate was made by a miss of its own. */
+	ASSERT_LE(stats.duplicate_registrations, stats.misses);
 	ASSERT_EQ(regcache_destroy(cache), 0);
 	ASSERT_EQ(rig_close(&rig), 0);
 }

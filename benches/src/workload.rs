@@ -19,7 +19,7 @@ pub const REQUEST_OFFSET: usize = 256;
 /// Bytes of each request.
 pub const REQUEST_LEN: usize = 1024;
 /// Length of the random request stream (a power of two), walked cyclically.
-const STREAM: usize = 1 << 16;
+pub const STREAM: usize = 1 << 16;
 /// Rights of every request.
 const ACCESS: Access = Access::LOCAL_WRITE;
 

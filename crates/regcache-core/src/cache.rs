@@ -2,6 +2,7 @@
 
 mod miss;
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{
     AtomicU64,
     Ordering::{Acquire, Relaxed, Release, SeqCst},
@@ -9,7 +10,7 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::access::Access;
-use crate::entry::{Backend, Entry, Registration};
+use crate::entry::{Backend, DeferReleases, Entry, Registration};
 use crate::error::{Error, Result};
 use crate::hazard::{self, Retired};
 use crate::index::{Index, Span};
@@ -38,6 +39,28 @@ struct State<R: Registrar, I: InvalidationSource> {
     retired: Retired<Snapshot<R, I>>,
     /// The invalidation source's generation before the last complete drain.
     last_generation: u64,
+}
+
+/// The state lock, held. Entries whose last reference drops meanwhile (with the index
+/// versions the holder lets go of) are deregistered and unwatched once it is released.
+struct Locked<'a, R: Registrar, I: InvalidationSource> {
+    guard: MutexGuard<'a, State<R, I>>,
+    /// Declared after `guard`, so dropped after it: runs the deferred releases unlocked.
+    _deferred: DeferReleases<'a, R, I>,
+}
+
+impl<R: Registrar, I: InvalidationSource> Deref for Locked<'_, R, I> {
+    type Target = State<R, I>;
+
+    fn deref(&self) -> &State<R, I> {
+        &self.guard
+    }
+}
+
+impl<R: Registrar, I: InvalidationSource> DerefMut for Locked<'_, R, I> {
+    fn deref_mut(&mut self) -> &mut State<R, I> {
+        &mut self.guard
+    }
 }
 
 /// A registration cache; the crate documentation lists the rules it keeps.
@@ -77,8 +100,8 @@ struct State<R: Registrar, I: InvalidationSource> {
 /// 3. A release store of null into the record, which ends the guard. Nothing between announcing and withdrawing runs code of the
 ///    registrar or the invalidation source, so no read of theirs can nest in it. The writer
 ///    publishes a new index with a sequentially consistent store and keeps the one it replaced
-///    in a list of retired versions, dropping it (under the lock) only when no record announces
-///    it; in the single total order of those operations either the reader's confirming load
+///    in a list of retired versions, dropping it only when no record announces it; in the
+///    single total order of those operations either the reader's confirming load
 ///    sees the replacement (and it announces that instead) or the writer's scan sees the
 ///    announcement. So no index, chunk or entry is freed (nor deregistered) under a reader, and
 ///    the hit path itself frees none.
@@ -104,6 +127,18 @@ struct State<R: Registrar, I: InvalidationSource> {
 /// larger one): it is still registered and its watch
 /// still checked, so it is still a correct registration, only deregistered later, when its last
 /// handle drops.
+///
+/// Deregistration runs without the lock: an entry is deregistered (and unwatched) when the
+/// last reference to it drops, and when that happens under the lock (the cache drops an
+/// index version that held it: evicted, invalidated, merged away), the deregistration is
+/// deferred to the lock's release (`Locked`). The entry is then in no index any reader can
+/// reach and its reference count is zero, so nothing can hand it out any more
+/// (`Weak::upgrade` fails from then on); only its region stays registered a little longer.
+/// A new registration of the same pages may be made and indexed before the old one is
+/// deregistered: each has its own watch, and a drained report names a start whose indexed
+/// entry is removed only if its own watch turned invalid, so the old watch's reports never
+/// remove the new entry, and the new watch reports every change since before the new
+/// registration.
 ///
 /// The last hit adds no longer window than that. Its version is read before the index it was
 /// found in is loaded, and a writer stores a new version (from a counter shared by all caches,
@@ -133,11 +168,7 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
         let last_generation = source.generation();
         let current = Arc::new(Index::new(PAGE));
         Self {
-            backend: Arc::new(Backend {
-                registrar,
-                source,
-                counters: Counters::default(),
-            }),
+            backend: Arc::new(Backend::new(registrar, source)),
             index: AtomicPtr::new(Arc::as_ptr(&current).cast_mut()),
             version: AtomicU64::new(last_hit::next_version()),
             state: Mutex::new(State {
@@ -231,13 +262,18 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
 
     /// The state lock: it serialises every change of the index (misses, invalidations,
     /// evictions, [`Cache::stats`]); hits never take it, and registrations and watches are
-    /// made without it (`register_missing`). Held across the invalidation source's `generation`
-    /// and `drain`, and across the deregistration and unwatch of entries whose last reference
-    /// an edit of the index drops; never across a call back into this cache.
-    fn lock(&self) -> MutexGuard<'_, State<R, I>> {
+    /// made without it (`register_missing`), as are the deregistrations and unwatches of the
+    /// entries an edit of the index lets go of (deferred to the release of the lock:
+    /// `Locked`). Held across the invalidation source's `generation` and `drain`; never across
+    /// a call back into this cache.
+    fn lock(&self) -> Locked<'_, R, I> {
         // Every update of `State` is a single push or assignment, so a panic elsewhere under the
         // lock (in a registrar, say) cannot leave it half-changed.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        Locked {
+            guard,
+            _deferred: self.backend.defer_releases(),
+        }
     }
 
     /// The entry of `index` covering `[start, end)`. `version` must be this cache's, read before
@@ -431,8 +467,8 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
 
 impl<R: Registrar, I: InvalidationSource> std::fmt::Debug for Cache<R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Not under the lock: the registrar's deregistration, which may run under it (`lock`),
-        // may print the cache.
+        // Not under the lock, so that code running under it (the invalidation source's
+        // `generation` and `drain`) may print the cache.
         // SAFETY: as in `cached_reg`.
         let cached = unsafe { hazard::protect(&self.index) }.map(|index| index.len());
         f.debug_struct("Cache")

@@ -1,8 +1,9 @@
 //! One registration owned by the cache, and the handle callers hold.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::access::Access;
 use crate::error::{Error, Result};
@@ -12,17 +13,99 @@ use crate::traits::{InvalidationSource, MemoryRegion, Registrar};
 
 /// The back end every entry of one cache shares (registrar, invalidation source, counters): it
 /// must outlive the cache while handles exist.
-pub(crate) struct Backend<R, I> {
+pub(crate) struct Backend<R: Registrar, I: InvalidationSource> {
     pub(crate) registrar: R,
     pub(crate) source: I,
     pub(crate) counters: Counters,
+    /// Releases of entries dropped while the cache's lock was held (see [`DeferReleases`]).
+    deferred: Mutex<Vec<Release<R, I>>>,
+}
+
+/// What an entry hands back when its last reference drops.
+struct Release<R: Registrar, I: InvalidationSource> {
+    start: usize,
+    len: usize,
+    region: Option<R::Region>,
+    watch: Option<I::Watch>,
+}
+
+thread_local! {
+    /// The address of the back end whose cache's lock this thread holds (`DeferReleases`), or
+    /// null. Const-initialised and without Drop, like the hit counter's stripe.
+    static DEFERRING: Cell<*const ()> = const { Cell::new(std::ptr::null()) };
 }
 
 impl<R: Registrar, I: InvalidationSource> Backend<R, I> {
+    pub(crate) fn new(registrar: R, source: I) -> Self {
+        Self {
+            registrar,
+            source,
+            counters: Counters::default(),
+            deferred: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Until the guard drops, the entries of this back end whose last reference this thread
+    /// drops leave their deregistration and unwatch to the guard's drop. The cache holds one
+    /// beside its state lock, dropped after it, so that they run without the lock.
+    pub(crate) fn defer_releases(&self) -> DeferReleases<'_, R, I> {
+        let outer = DEFERRING.with(|deferring| deferring.replace(self.address()));
+        DeferReleases {
+            backend: self,
+            outer,
+        }
+    }
+
+    fn address(&self) -> *const () {
+        std::ptr::from_ref(self).cast()
+    }
+
+    fn deregister(&self, release: Release<R, I>) {
+        let Release {
+            start,
+            len,
+            region,
+            watch,
+        } = release;
+        if let Some(region) = region {
+            if let Err(err) = self.registrar.deregister(region) {
+                Counters::add(&self.counters.deregister_failures, 1);
+                tracing::warn!(addr = start, len, %err, "regcache: deregistration failed");
+            }
+        }
+        if let Some(watch) = watch {
+            self.unwatch(watch, start);
+        }
+    }
+
     fn unwatch(&self, watch: I::Watch, start: usize) {
         if let Err(err) = self.source.unwatch(watch) {
             Counters::add(&self.counters.unwatch_failures, 1);
             tracing::warn!(addr = start, %err, "regcache: unwatch failed");
+        }
+    }
+}
+
+/// See [`Backend::defer_releases`].
+pub(crate) struct DeferReleases<'a, R: Registrar, I: InvalidationSource> {
+    backend: &'a Backend<R, I>,
+    /// What `DEFERRING` held before (another cache's back end, when a call under one cache's
+    /// lock reaches another cache).
+    outer: *const (),
+}
+
+impl<R: Registrar, I: InvalidationSource> Drop for DeferReleases<'_, R, I> {
+    fn drop(&mut self) {
+        DEFERRING.with(|deferring| deferring.set(self.outer));
+        let deferred = std::mem::take(
+            &mut *self
+                .backend
+                .deferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for release in deferred {
+            self.backend.deregister(release);
         }
     }
 }
@@ -121,16 +204,29 @@ impl<R: Registrar, I: InvalidationSource> Entry<R, I> {
 
 impl<R: Registrar, I: InvalidationSource> Drop for Entry<R, I> {
     fn drop(&mut self) {
-        if let Some(region) = self.region.take() {
-            if let Err(err) = self.backend.registrar.deregister(region) {
-                Counters::add(&self.backend.counters.deregister_failures, 1);
-                let (addr, len) = (self.start, self.len);
-                tracing::warn!(addr, len, %err, "regcache: deregistration failed");
-            }
+        if self.region.is_some() {
+            // Counted at once, so that the limits the locked path checks next see it gone.
             self.backend.counters.region_removed(self.len);
         }
-        if let Some(watch) = self.watch.take() {
-            self.backend.unwatch(watch, self.start);
+        let release = Release {
+            start: self.start,
+            len: self.len,
+            region: self.region.take(),
+            watch: self.watch.take(),
+        };
+        // An exiting thread holds no lock of a cache.
+        let deferring = DEFERRING
+            .try_with(|deferring| deferring.get() == self.backend.address())
+            .unwrap_or(false);
+        if deferring {
+            let mut deferred = self
+                .backend
+                .deferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            deferred.push(release);
+        } else {
+            self.backend.deregister(release);
         }
     }
 }

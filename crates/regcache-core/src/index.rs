@@ -242,14 +242,15 @@ impl<T> Index<T> {
                 pieces.push(Piece::shared(chunk));
                 continue;
             }
-            let (removed, mut spans): (Vec<Span<T>>, Vec<Span<T>>) = chunk
-                .spans
-                .iter()
-                .cloned()
-                .partition(|span| remove.binary_search(&span.start).is_ok());
-            for span in removed {
-                let (first, last) = self.pages_of(&span);
-                pages.clear(first, last);
+            // Room for the insert too; removed spans are only unmapped, never cloned.
+            let mut spans = Vec::with_capacity(chunk.spans.len() + 1);
+            for span in chunk.spans.iter() {
+                if remove.binary_search(&span.start).is_ok() {
+                    let (first, last) = self.pages_of(span);
+                    pages.clear(first, last);
+                } else {
+                    spans.push(span.clone());
+                }
             }
             if insert_chunk == Some(i) {
                 if let Some(span) = insert.take() {

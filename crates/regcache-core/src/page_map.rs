@@ -83,16 +83,24 @@ impl<T> Slot<T> {
     }
 }
 
-/// Aligned to a cache line, so that a slot never straddles two and the `Arc`'s counts, which
-/// edits change, sit apart from the slots that hits read.
-#[repr(align(64))]
+/// 16-byte aligned, so that a slot never straddles two cache lines; the padding keeps the
+/// `Arc`'s counts (the 16 bytes before the node), which edits change, on a line of their own,
+/// apart from the slots that hits read. Not aligned to a line: an allocation aligned beyond 16
+/// bytes goes through glibc's `posix_memalign`, which took a miss with eviction more
+/// instructions than copying the node (benches/RESULTS.md).
+#[repr(C, align(16))]
 struct Node<T> {
+    counts_line: [u8; COUNTS_LINE_PADDING],
     slots: [Slot<T>; FANOUT],
 }
+
+/// A cache line less the `Arc`'s two counts.
+const COUNTS_LINE_PADDING: usize = 64 - 2 * size_of::<usize>();
 
 impl<T> Clone for Node<T> {
     fn clone(&self) -> Self {
         Self {
+            counts_line: [0; COUNTS_LINE_PADDING],
             slots: self.slots.clone(),
         }
     }
@@ -101,6 +109,7 @@ impl<T> Clone for Node<T> {
 impl<T> Node<T> {
     fn filled(slot: &Slot<T>) -> Self {
         Self {
+            counts_line: [0; COUNTS_LINE_PADDING],
             slots: std::array::from_fn(|_| slot.clone()),
         }
     }
@@ -318,9 +327,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_slot_is_two_words() {
+    fn a_slot_is_two_words_and_the_counts_have_a_line_of_their_own() {
         assert_eq!(size_of::<Slot<u64>>(), 16);
-        assert_eq!(size_of::<Node<u64>>(), 16 * FANOUT);
+        assert_eq!(size_of::<Node<u64>>(), 64 - 16 + 16 * FANOUT);
+        // The slots start a line after the `Arc`'s counts, so never on their line.
+        let node = Arc::new(Node::<u64>::filled(&Slot::EMPTY));
+        let counts = Arc::as_ptr(&node).addr() - 2 * size_of::<usize>();
+        let slots = std::ptr::from_ref(&node.slots).addr();
+        assert_eq!(slots - counts, 64);
+        assert_eq!(slots % 16, 0);
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! Misses register outside the cache's lock: concurrent misses on the same or overlapping
 //! ranges keep one registration, leak none, and a change that lands between a registration and
-//! its re-check under the lock is never indexed nor handed out.
+//! its re-check under the lock is never indexed nor handed out. Evicted and invalidated
+//! registrations are deregistered outside the lock too.
 
 use std::io;
-use std::sync::{Barrier, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::time::Duration;
 
-use regcache_core::testing::{FakeInvalidation, FakeMemory, FakeWatch, PAGE};
-use regcache_core::{Access, Cache, InvalidationSource, Limits, Policy};
+use regcache_core::testing::{
+    FakeInvalidation, FakeMemory, FakeRegion, FakeRegistrar, FakeWatch, PAGE,
+};
+use regcache_core::{Access, Cache, InvalidationSource, Limits, Policy, Registrar};
 
 const BASE: usize = 0x40_0000;
 const RW: Access = Access::LOCAL_WRITE;
@@ -147,4 +152,117 @@ fn a_change_before_the_registration_is_indexed_is_retried() {
         registration.lkey(),
         "the fresh one was indexed"
     );
+}
+
+/// The fake registrar, whose first deregistration once its gate is armed tells `entered` and
+/// then waits for `release` (at most `BLOCK_LIMIT`, so that a deregistration made under the
+/// cache's lock fails the test instead of hanging it).
+struct BlocksADeregistration {
+    registrar: FakeRegistrar,
+    gate: Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    /// `(entered, release)`.
+    armed: Mutex<Option<(Sender<()>, Receiver<()>)>>,
+    /// Whether the blocked deregistration gave up waiting for `release`.
+    timed_out: AtomicBool,
+}
+
+const BLOCK_LIMIT: Duration = Duration::from_secs(20);
+
+impl Registrar for BlocksADeregistration {
+    type Region = FakeRegion;
+
+    fn register(&self, addr: usize, len: usize, access: Access) -> io::Result<FakeRegion> {
+        self.registrar.register(addr, len, access)
+    }
+
+    fn deregister(&self, region: FakeRegion) -> io::Result<()> {
+        let armed = self
+            .gate
+            .armed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((entered, release)) = armed {
+            entered
+                .send(())
+                .expect("the test waits for the deregistration");
+            if let Err(RecvTimeoutError::Timeout) = release.recv_timeout(BLOCK_LIMIT) {
+                self.gate.timed_out.store(true, Relaxed);
+            }
+        }
+        self.registrar.deregister(region)
+    }
+}
+
+/// A thread runs `drop_one` on a cache holding an idle registration of `BASE`'s page and no
+/// other, which must deregister that registration; while its
+/// deregistration is blocked, this thread misses (registering a page far away, which takes the
+/// lock twice) and reads the stats (the lock again). Under the lock, the deregistration would
+/// hold the lock until `BLOCK_LIMIT`.
+fn misses_go_on_during_a_deregistration(
+    memory: &FakeMemory,
+    drop_one: impl FnOnce(&Cache<BlocksADeregistration, FakeInvalidation>) + Send,
+) {
+    let far = BASE + 64 * PAGE;
+    memory.map(BASE, 2 * PAGE);
+    memory.map(far, PAGE);
+    let gate = Arc::new(Gate::default());
+    let registrar = BlocksADeregistration {
+        registrar: memory.registrar(),
+        gate: Arc::clone(&gate),
+    };
+    let cache = Cache::new(
+        registrar,
+        memory.invalidation(),
+        Policy::Pinned,
+        Limits::default(),
+    );
+    drop(cache.cached_reg(ptr(BASE), PAGE, RW).unwrap());
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    *gate.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some((entered_tx, release_rx));
+    std::thread::scope(|scope| {
+        let dropper = scope.spawn(|| drop_one(&cache));
+        entered
+            .recv_timeout(BLOCK_LIMIT)
+            .expect("the registration of BASE was not deregistered");
+        let registration = cache.cached_reg(ptr(far), PAGE, RW).unwrap();
+        assert!(memory.is_current(registration.lkey(), far, PAGE));
+        drop(registration);
+        let stats = cache.stats();
+        // Fails only when the deregistration gave up waiting, which the assertion reports.
+        let _ = release.send(());
+        dropper.join().unwrap();
+        assert!(
+            !gate.timed_out.load(Relaxed),
+            "the miss waited for the deregistration ({stats:?})"
+        );
+    });
+    drop(cache);
+    assert_eq!(memory.live(), (0, 0), "leaked registrations");
+    assert_eq!(memory.deregistrations(), memory.registrations());
+    assert_eq!(memory.double_deregistrations(), 0);
+    assert_eq!(memory.active_watches(), 0);
+}
+
+#[test]
+fn an_evicted_registration_is_deregistered_without_the_lock() {
+    let memory = FakeMemory::new(16);
+    misses_go_on_during_a_deregistration(&memory, |cache| {
+        assert_eq!(cache.evict_idle(), 1);
+    });
+}
+
+#[test]
+fn an_invalidated_registration_is_deregistered_without_the_lock() {
+    let memory = FakeMemory::new(16);
+    let changer = memory.clone();
+    misses_go_on_during_a_deregistration(&memory, move |cache| {
+        changer.map(BASE, PAGE);
+        cache.flush_invalidations().unwrap();
+    });
 }

@@ -122,21 +122,20 @@ enum BenchCommand {
     /// perftest; then the first transfer of fresh buffers and munmap costs,
     /// ODP against pinned; markdown tables and log-log plots under target/bench.
     P2p {
+        /// A configuration (backports, backports-fixed: the backports kernel
+        /// with the fixed rdma_rxe, swapped in after the Soft-RoCE set-up;
+        /// lts), a release prefix (every configuration of that kernel) or all:
+        /// one boot each.
         #[arg(long, default_value = "backports")]
         kernel: String,
-        /// The guest's rdma_rxe: Debian's, or built with kernel-patches/rxe
-        /// (ODP's copy fixed) and swapped in after the Soft-RoCE set-up.
-        #[arg(long, value_enum, default_value_t = bench::Rxe::Stock)]
-        rxe: bench::Rxe,
     },
     /// Only the last part of `bench p2p`, in a boot of its own: the first
     /// transfer of fresh buffers (4 KiB to 16 MiB; pinned, ODP, ODP with
     /// prefetch) and the munmap of a registered 1 MiB buffer per mode.
     FirstTouch {
+        /// As for `bench p2p`.
         #[arg(long, default_value = "backports")]
         kernel: String,
-        #[arg(long, value_enum, default_value_t = bench::Rxe::Stock)]
-        rxe: bench::Rxe,
     },
     /// The cache's hit and miss paths, natively with criterion, beside UCX's rcache.
     HitPath,
@@ -216,11 +215,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             capi::install(&ctx.workspace, &prefix, destdir.as_deref())
         }
         Top::Bench(BenchCommand::Regwatch { kernel }) => bench::bench_regwatch(&ctx, &kernel),
-        Top::Bench(BenchCommand::P2p { kernel, rxe }) => {
-            bench::bench_p2p(&ctx, &kernel, rxe, bench::Plan::Everything)
+        Top::Bench(BenchCommand::P2p { kernel }) => {
+            bench::bench_p2p(&ctx, &kernel, bench::Plan::Everything)
         }
-        Top::Bench(BenchCommand::FirstTouch { kernel, rxe }) => {
-            bench::bench_p2p(&ctx, &kernel, rxe, bench::Plan::FirstTouch)
+        Top::Bench(BenchCommand::FirstTouch { kernel }) => {
+            bench::bench_p2p(&ctx, &kernel, bench::Plan::FirstTouch)
         }
         Top::Bench(BenchCommand::HitPath) => bench::bench_hit_path(&ctx),
         Top::Docker { command } => docker::docker(&ctx, &command),

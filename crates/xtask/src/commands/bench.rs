@@ -1,13 +1,12 @@
 //! `bench regwatch`, `bench p2p` and `bench hit-path`.
 
-use super::vm::prepare;
+use super::vm::{guest_environment, prepare, Prepared};
 use super::{Context, SUITE_TIMEOUT};
 use crate::artefacts;
 use crate::host;
-use crate::kernels::Kernel;
+use crate::kernels::{Configuration, Kernel, Rxe};
 use crate::kmod;
 use crate::p2p_report::Figures;
-use crate::rxe_fix;
 use crate::sh::{self, cmd};
 use crate::stage::Stage;
 use crate::verdict::{self, Verdict};
@@ -56,16 +55,6 @@ pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
     Ok(())
 }
 
-/// The rdma_rxe a benchmark's guest runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Rxe {
-    /// Debian's module, as the kernel ships it.
-    Stock,
-    /// Built from Debian's source of the kernel with `kernel-patches/rxe`
-    /// (the ODP copy fix), cached in the rootfs, swapped in by the guest.
-    Patched,
-}
-
 /// What `p2p-bench` measures in the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
@@ -77,43 +66,39 @@ pub enum Plan {
 }
 
 impl Plan {
-    fn args(self) -> &'static str {
+    /// The guest script's mode that runs `p2p-bench` with this plan.
+    fn guest_mode(self) -> &'static str {
         match self {
-            Self::Everything => "",
-            Self::FirstTouch => " first-touch",
+            Self::Everything => "p2p-bench",
+            Self::FirstTouch => "p2p-bench first-touch",
         }
-    }
-}
-
-/// The guest script's mode that runs `p2p-bench` with `plan` from the stage
-/// in `stage_dir`, after `swap` (the command that loads the patched
-/// rdma_rxe) when there is one: the guest set Soft-RoCE up before, and the
-/// swap keeps its links. The paths are the harness's own (no quote, space or
-/// `$`), so double quotes suffice.
-fn p2p_bench_mode(stage_dir: &str, swap: Option<&str>, plan: Plan) -> String {
-    let args = plan.args();
-    match swap {
-        None => format!("p2p-bench{args}"),
-        Some(swap) => format!("run sh -c \"{swap} && {stage_dir}/vmbench/p2p-bench{args}\""),
     }
 }
 
 /// `bench p2p` (`plan` everything) and `bench first-touch`: latency and
 /// bandwidth of p2p (cache pinned and ODP, always-register), raw verbs and
 /// perftest, then the first transfer of fresh buffers and the munmap costs,
-/// in one boot with the `rxe` module; writes
-/// `target/bench/p2p[-first-touch]-<kernel>[-patched-rxe].md`, the figure
-/// lines, and the log-log plots. With the patched module ODP must have been
+/// in one boot per configuration `selector` picks (`backports-fixed`: the
+/// fixed rdma_rxe, swapped in by the guest as in the suite); writes
+/// `target/bench/p2p[-first-touch]-<kernel>[-fixed-rxe].md`, the figure
+/// lines, and the log-log plots. With the fixed module ODP must have been
 /// measured.
-pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe, plan: Plan) -> Result<()> {
+pub fn bench_p2p(ctx: &Context, selector: &str, plan: Plan) -> Result<()> {
     let prepared = prepare(ctx)?;
-    let kernel = &prepared.select_kernels(selector)?[0];
-    let swap = match rxe {
-        Rxe::Stock => None,
-        Rxe::Patched => {
-            Some(rxe_fix::build_patched(&ctx.workspace, &prepared.rootfs, kernel)?.swap_command)
-        }
-    };
+    for config in &prepared.select_configurations(selector)? {
+        bench_p2p_in(ctx, &prepared, config, plan)?;
+    }
+    Ok(())
+}
+
+fn bench_p2p_in(
+    ctx: &Context,
+    prepared: &Prepared,
+    config: &Configuration,
+    plan: Plan,
+) -> Result<()> {
+    let kernel = &config.kernel;
+    let environment = guest_environment(ctx, &prepared.rootfs, config)?;
     let stage = Stage::fresh(&prepared.rootfs)?;
     // Optional: without kmod/ the variants that need it report a skip.
     kmod::stage_module(
@@ -124,10 +109,11 @@ pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe, plan: Plan) -> Result<
         kmod::With::Nothing,
     )?;
     artefacts::stage_p2p_bench(&ctx.workspace, &stage)?;
-    let mode = p2p_bench_mode(&stage.guest_dir, swap.as_deref(), plan);
-    let run = prepared
-        .guest()
-        .run(kernel, &stage.exec_line(kernel, &mode), SUITE_TIMEOUT)?;
+    let run = prepared.guest().run(
+        kernel,
+        &stage.exec_line_in(&environment, plan.guest_mode()),
+        SUITE_TIMEOUT,
+    )?;
     let verdict = verdict::judge(&run);
     let out_dir = ctx.workspace.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
@@ -135,12 +121,9 @@ pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe, plan: Plan) -> Result<
         Plan::Everything => ("p2p", "p2p-cache-odp"),
         Plan::FirstTouch => ("p2p-first-touch", "first-touch-odp"),
     };
-    let (stem, module) = match rxe {
-        Rxe::Stock => (format!("{name}-{}", kernel.release), "Debian's rdma_rxe"),
-        Rxe::Patched => (
-            format!("{name}-{}-patched-rxe", kernel.release),
-            "rdma_rxe with kernel-patches/rxe",
-        ),
+    let stem = match config.rxe {
+        Rxe::Stock => format!("{name}-{}", kernel.release),
+        Rxe::Fixed => format!("{name}-{}-fixed-rxe", kernel.release),
     };
     let lines: Vec<&str> = run
         .output
@@ -150,8 +133,9 @@ pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe, plan: Plan) -> Result<
         .collect();
     std::fs::write(out_dir.join(format!("{stem}.txt")), lines.join("\n") + "\n")?;
     let title = format!(
-        "p2p over Soft-RoCE, rxe0 to rxe1, {}, {module} ({:?}, ratios only)",
-        kernel.release, prepared.accel
+        "p2p over Soft-RoCE, rxe0 to rxe1, {} ({:?}, ratios only)",
+        config.describe(),
+        prepared.accel
     );
     let figures = Figures::parse(lines.iter().copied())?;
     let markdown = figures.markdown(&title);
@@ -164,9 +148,9 @@ pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe, plan: Plan) -> Result<
         eprintln!("==> saved {}", png.display());
     }
     benchmark_run_passed(kernel, &verdict)?;
-    if rxe == Rxe::Patched {
+    if config.rxe_odp_correct() {
         if let Some(why) = figures.not_measured(odp) {
-            bail!("the patched rdma_rxe ran, yet ODP was not measured: {why}");
+            bail!("{} ran, yet ODP was not measured: {why}", config.describe());
         }
     }
     Ok(())
@@ -193,30 +177,4 @@ pub fn bench_hit_path(ctx: &Context) -> Result<()> {
             cmd("cargo", ["bench", "--package", "regcache-benches"]).current_dir(&ctx.workspace),
         )
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_patched_module_is_swapped_in_before_the_benchmark() {
-        assert_eq!(
-            p2p_bench_mode("/opt/s", None, Plan::Everything),
-            "p2p-bench"
-        );
-        assert_eq!(
-            p2p_bench_mode("/opt/s", None, Plan::FirstTouch),
-            "p2p-bench first-touch"
-        );
-        let swap = Some("/opt/rxe-swap.sh /opt/rdma_rxe.ko");
-        assert_eq!(
-            p2p_bench_mode("/opt/s", swap, Plan::Everything),
-            "run sh -c \"/opt/rxe-swap.sh /opt/rdma_rxe.ko && /opt/s/vmbench/p2p-bench\""
-        );
-        assert_eq!(
-            p2p_bench_mode("/opt/s", swap, Plan::FirstTouch),
-            "run sh -c \"/opt/rxe-swap.sh /opt/rdma_rxe.ko && /opt/s/vmbench/p2p-bench first-touch\""
-        );
-    }
 }

@@ -16,10 +16,11 @@
 
 #include "regwatch_internal.h"
 
-/* Records per lock hold through the bounce buffer on the stack. */
-#define REGWATCH_READ_BATCH	8
-/* Records per lock hold through a bounce page, for reads with room for more. */
-#define REGWATCH_READ_PAGE_BATCH	(PAGE_SIZE / sizeof(struct regwatch_record))
+/*
+ * Records written per hold of ctx->lock: bounds how long a read() keeps
+ * the invalidate callback waiting.
+ */
+#define REGWATCH_READ_BATCH	128
 
 static bool regwatch_caller_owns(struct regwatch_ctx *ctx)
 {
@@ -123,41 +124,71 @@ static long regwatch_ioctl_set_capacity(struct regwatch_ctx *ctx,
 	return regwatch_fix_capacity(ctx, cap.slots);
 }
 
-/* The out fields of struct regwatch_watch: slot and seq, side by side. */
-#define REGWATCH_WATCH_OUT_SIZE \
-	(offsetofend(struct regwatch_watch, seq) - \
-	 offsetof(struct regwatch_watch, slot))
+/* Writes the out fields of struct regwatch_watch: 0 or -EFAULT. */
+static int regwatch_put_watch_out(struct regwatch_watch __user *uarg,
+				  u64 slot, u64 seq)
+{
+	if (!user_write_access_begin(&uarg->slot, 2 * sizeof(u64)))
+		return -EFAULT;
+	unsafe_put_user(slot, &uarg->slot, err_access_end);
+	unsafe_put_user(seq, &uarg->seq, err_access_end);
+	user_write_access_end();
+	return 0;
 
+err_access_end:
+	user_write_access_end();
+	return -EFAULT;
+}
+
+/*
+ * The hottest ioctl moves its argument field by field into scalars, in one
+ * window of user access: a copy_from_user() of the 64-byte struct is a
+ * byte-wise string move on CPUs with ERMS, a struct on the stack is
+ * cleared first on kernels built to zero stack variables, and every
+ * window costs a switch of the CPU's access mode; all of them are dear
+ * where the CPU is emulated.
+ */
 static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
 				 struct regwatch_watch __user *uarg)
 {
-	struct regwatch_watch w;
+	u64 start, length, cookie, flags, slot_in, seq_in, reserved0, reserved1;
 	u32 slot;
 	u64 seq;
 	int ret;
 
-	if (copy_from_user(&w, uarg, sizeof(w)))
+	BUILD_BUG_ON(sizeof(*uarg) != 8 * sizeof(u64));
+	if (!user_access_begin(uarg, sizeof(*uarg)))
 		return -EFAULT;
-	if (w.flags & ~REGWATCH_WATCH_FLAGS ||
-	    memchr_inv(w.reserved, 0, sizeof(w.reserved)))
-		return -EINVAL;
+	unsafe_get_user(start, &uarg->start, err_access_end);
+	unsafe_get_user(length, &uarg->length, err_access_end);
+	unsafe_get_user(cookie, &uarg->cookie, err_access_end);
+	unsafe_get_user(flags, &uarg->flags, err_access_end);
+	unsafe_get_user(slot_in, &uarg->slot, err_access_end);
+	unsafe_get_user(seq_in, &uarg->seq, err_access_end);
+	unsafe_get_user(reserved0, &uarg->reserved[0], err_access_end);
+	unsafe_get_user(reserved1, &uarg->reserved[1], err_access_end);
 	/*
 	 * The result must be deliverable before anything changes: the out
 	 * fields are written back as they came in.
 	 */
-	if (copy_to_user(&uarg->slot, &w.slot, REGWATCH_WATCH_OUT_SIZE))
-		return -EFAULT;
-	ret = regwatch_watch(ctx, w.start, w.length, w.cookie, &slot, &seq);
+	unsafe_put_user(slot_in, &uarg->slot, err_access_end);
+	unsafe_put_user(seq_in, &uarg->seq, err_access_end);
+	user_access_end();
+	if (flags & ~REGWATCH_WATCH_FLAGS || reserved0 || reserved1)
+		return -EINVAL;
+	ret = regwatch_watch(ctx, start, length, cookie, &slot, &seq);
 	if (ret)
 		return ret;
-	w.slot = slot;
-	w.seq = seq;
-	if (copy_to_user(&uarg->slot, &w.slot, REGWATCH_WATCH_OUT_SIZE)) {
+	if (regwatch_put_watch_out(uarg, slot, seq)) {
 		/* made read-only meanwhile by another thread */
-		regwatch_watch_cancel(ctx, slot, w.cookie, seq);
+		regwatch_watch_cancel(ctx, slot, cookie, seq);
 		return -EFAULT;
 	}
 	return 0;
+
+err_access_end:
+	user_access_end();
+	return -EFAULT;
 }
 
 static long regwatch_ioctl_unwatch(struct regwatch_ctx *ctx,
@@ -195,19 +226,6 @@ static long regwatch_ioctl(struct file *file, unsigned int cmd,
 }
 
 /*
- * A bounce page for a read with room for more than REGWATCH_READ_BATCH
- * records, so that more records go out per hold of ctx->lock and per copy;
- * NULL (use the stack) for a smaller read or when no page can be had: a
- * read never fails for want of memory.
- */
-static struct regwatch_record *regwatch_read_page(struct iov_iter *to)
-{
-	if (iov_iter_count(to) <= REGWATCH_READ_BATCH * sizeof(struct regwatch_record))
-		return NULL;
-	return kmalloc(PAGE_SIZE, REGWATCH_GFP);
-}
-
-/*
  * read(), readv() and friends: whole records into the caller's buffers as
  * one byte stream (a record may straddle two iovecs). Blocks only while
  * nothing was copied, so a readv() of more room than there are records
@@ -216,25 +234,19 @@ static struct regwatch_record *regwatch_read_page(struct iov_iter *to)
 static ssize_t regwatch_read_iter(struct kiocb *iocb, struct iov_iter *to)
 {
 	struct regwatch_ctx *ctx = iocb->ki_filp->private_data;
-	struct regwatch_record stack_batch[REGWATCH_READ_BATCH];
-	struct regwatch_record *page_batch, *rec;
-	unsigned int batch;
 	bool nonblock = (iocb->ki_filp->f_flags & O_NONBLOCK) ||
 			(iocb->ki_flags & IOCB_NOWAIT);
+	const size_t size = sizeof(struct regwatch_record);
 	ssize_t copied = 0;
 
 	if (!regwatch_caller_owns(ctx))
 		return -EIO;
-	if (iov_iter_count(to) < sizeof(*rec))
+	if (iov_iter_count(to) < size)
 		return -EINVAL;
-	page_batch = regwatch_read_page(to);
-	rec = page_batch ? page_batch : stack_batch;
-	batch = page_batch ? REGWATCH_READ_PAGE_BATCH : REGWATCH_READ_BATCH;
-	while (iov_iter_count(to) >= sizeof(*rec)) {
-		unsigned int want = min_t(size_t, batch,
-					  iov_iter_count(to) / sizeof(*rec));
-		unsigned int got, done;
-		size_t bytes;
+	while (iov_iter_count(to) >= size) {
+		unsigned int want = min_t(size_t, REGWATCH_READ_BATCH,
+					  iov_iter_count(to) / size);
+		unsigned int got;
 		int ret;
 
 		if (!regwatch_has_pending(ctx)) {
@@ -251,24 +263,22 @@ static ssize_t regwatch_read_iter(struct kiocb *iocb, struct iov_iter *to)
 				break;
 			}
 		}
-		got = regwatch_take_records(ctx, rec, want);
-		if (!got)
+		got = regwatch_take_records(ctx, to, want);
+		copied += got * size;
+		if (got)
 			continue;
 		/*
-		 * Records are copied out after ctx->lock is dropped: a fault
-		 * may sleep, and reclaim could enter our own callback.
+		 * Nothing written although a record may be pending: the
+		 * destination is not present (or another reader took the
+		 * records). Fault it in outside ctx->lock and try again.
 		 */
-		bytes = copy_to_iter(rec, got * sizeof(*rec), to);
-		done = bytes / sizeof(*rec);
-		copied += done * sizeof(*rec);
-		if (done < got) {
-			regwatch_requeue_records(ctx, rec + done, got - done);
+		if (regwatch_has_pending(ctx) &&
+		    fault_in_iov_iter_writeable(to, size)) {
 			if (!copied)
 				copied = -EFAULT;
 			break;
 		}
 	}
-	kfree(page_batch);
 	return copied;
 }
 

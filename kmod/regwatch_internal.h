@@ -11,6 +11,7 @@
 #include <linux/mmu_notifier.h>
 #include <linux/mutex.h>
 #include <linux/spinlock.h>
+#include <linux/uio.h>
 #include <linux/uidgid.h>
 #include <linux/version.h>
 #include <linux/wait.h>
@@ -193,11 +194,7 @@ bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
 			 u8 reason);
 bool regwatch_has_pending(struct regwatch_ctx *ctx);
 unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
-				   struct regwatch_record *rec,
-				   unsigned int max);
-void regwatch_requeue_records(struct regwatch_ctx *ctx,
-			      const struct regwatch_record *rec,
-			      unsigned int count);
+				   struct iov_iter *to, unsigned int max);
 void regwatch_teardown(struct regwatch_ctx *ctx);
 
 /* status.c */

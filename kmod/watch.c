@@ -13,6 +13,8 @@
 #include <linux/overflow.h>
 #include <linux/poll.h>
 #include <linux/sched/mm.h>
+#include <linux/uaccess.h>
+#include <linux/uio.h>
 #include <linux/vmalloc.h>
 
 #include "regwatch_internal.h"
@@ -26,9 +28,10 @@ static struct regwatch_slot *regwatch_slot(struct regwatch_ctx *ctx, u32 idx)
 	return &chunk[idx % REGWATCH_CHUNK_SLOTS];
 }
 
-static void regwatch_dirty_link_tail(struct regwatch_ctx *ctx, u32 idx)
+static void regwatch_dirty_link_tail(struct regwatch_ctx *ctx,
+				     struct regwatch_slot *slot)
 {
-	struct regwatch_slot *slot = regwatch_slot(ctx, idx);
+	u32 idx = slot->index;
 
 	lockdep_assert_held(&ctx->lock);
 	slot->next = REGWATCH_NO_SLOT;
@@ -40,24 +43,9 @@ static void regwatch_dirty_link_tail(struct regwatch_ctx *ctx, u32 idx)
 	ctx->dirty_tail = idx;
 }
 
-static void regwatch_dirty_link_head(struct regwatch_ctx *ctx, u32 idx)
+static void regwatch_dirty_unlink(struct regwatch_ctx *ctx,
+				  struct regwatch_slot *slot)
 {
-	struct regwatch_slot *slot = regwatch_slot(ctx, idx);
-
-	lockdep_assert_held(&ctx->lock);
-	slot->prev = REGWATCH_NO_SLOT;
-	slot->next = ctx->dirty_head;
-	if (ctx->dirty_head == REGWATCH_NO_SLOT)
-		ctx->dirty_tail = idx;
-	else
-		regwatch_slot(ctx, ctx->dirty_head)->prev = idx;
-	WRITE_ONCE(ctx->dirty_head, idx);
-}
-
-static void regwatch_dirty_unlink(struct regwatch_ctx *ctx, u32 idx)
-{
-	struct regwatch_slot *slot = regwatch_slot(ctx, idx);
-
 	lockdep_assert_held(&ctx->lock);
 	if (slot->prev == REGWATCH_NO_SLOT)
 		WRITE_ONCE(ctx->dirty_head, slot->next);
@@ -70,33 +58,39 @@ static void regwatch_dirty_unlink(struct regwatch_ctx *ctx, u32 idx)
 }
 
 /*
- * A free slot with storage, or REGWATCH_NO_SLOT: then every slot is in use
- * if ctx->high_water reached the capacity, else slot ctx->high_water needs
- * regwatch_grow() first.
+ * A free slot with storage (its index in @slot->index is set by the
+ * caller), or NULL: then every slot is in use if ctx->high_water reached
+ * the capacity, else slot ctx->high_water needs regwatch_grow() first.
+ * Each slot is looked up once per watch and unwatch: the pointer is passed
+ * on, not the index.
  */
-static u32 regwatch_alloc_slot(struct regwatch_ctx *ctx)
+static struct regwatch_slot *regwatch_alloc_slot(struct regwatch_ctx *ctx,
+						 u32 *idx)
 {
-	u32 idx = ctx->free_head;
+	struct regwatch_slot *slot;
 
 	lockdep_assert_held(&ctx->lock);
-	if (idx != REGWATCH_NO_SLOT) {
-		ctx->free_head = regwatch_slot(ctx, idx)->next;
-		return idx;
+	*idx = ctx->free_head;
+	if (*idx != REGWATCH_NO_SLOT) {
+		slot = regwatch_slot(ctx, *idx);
+		ctx->free_head = slot->next;
+		return slot;
 	}
-	if (ctx->high_water < ctx->backed)
-		return ctx->high_water++;
-	return REGWATCH_NO_SLOT;
+	if (ctx->high_water < ctx->backed) {
+		*idx = ctx->high_water++;
+		return regwatch_slot(ctx, *idx);
+	}
+	return NULL;
 }
 
-static void regwatch_free_slot(struct regwatch_ctx *ctx, u32 idx)
+static void regwatch_free_slot(struct regwatch_ctx *ctx,
+			       struct regwatch_slot *slot)
 {
-	struct regwatch_slot *slot = regwatch_slot(ctx, idx);
-
 	lockdep_assert_held(&ctx->lock);
 	slot->state = REGWATCH_SLOT_FREE;
 	slot->dirty = REGWATCH_CLEAN;
 	slot->next = ctx->free_head;
-	ctx->free_head = idx;
+	ctx->free_head = slot->index;
 }
 
 /**
@@ -201,20 +195,19 @@ out_unlock:
 
 /*
  * Takes a free slot with storage for a new watch and gives it @cookie and
- * the next seq, in the same hold of ctx->lock: its index, or
- * REGWATCH_NO_SLOT with *@err -ENOSPC or -ENOMEM.
+ * the next seq, in the same hold of ctx->lock: the slot, or NULL with *@err
+ * -ENOSPC or -ENOMEM.
  */
-static u32 regwatch_claim_slot(struct regwatch_ctx *ctx, u64 cookie,
-			       u64 *seq, int *err)
+static struct regwatch_slot *regwatch_claim_slot(struct regwatch_ctx *ctx,
+						 u64 cookie, u64 *seq, int *err)
 {
 	for (;;) {
 		struct regwatch_slot *slot;
 		u32 idx, next;
 
 		spin_lock(&ctx->lock);
-		idx = regwatch_alloc_slot(ctx);
-		if (idx != REGWATCH_NO_SLOT) {
-			slot = regwatch_slot(ctx, idx);
+		slot = regwatch_alloc_slot(ctx, &idx);
+		if (slot) {
 			slot->state = REGWATCH_SLOT_INSERTING;
 			slot->dirty = REGWATCH_CLEAN;
 			slot->cookie = cookie;
@@ -223,17 +216,17 @@ static u32 regwatch_claim_slot(struct regwatch_ctx *ctx, u64 cookie,
 			ctx->next_seq += 2;
 			regwatch_status_set_seq(ctx, idx, *seq);
 			spin_unlock(&ctx->lock);
-			return idx;
+			return slot;
 		}
 		next = ctx->high_water;
 		spin_unlock(&ctx->lock);
 		if (next >= ctx->nslots) {
 			*err = -ENOSPC;
-			return REGWATCH_NO_SLOT;
+			return NULL;
 		}
 		*err = regwatch_grow(ctx, next);
 		if (*err)
-			return REGWATCH_NO_SLOT;
+			return NULL;
 	}
 }
 
@@ -277,11 +270,11 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 		return ret;
 	if (!regwatch_user_charge(ctx->user))
 		return -ENOSPC;
-	idx = regwatch_claim_slot(ctx, cookie, &seq, &ret);
-	if (idx == REGWATCH_NO_SLOT)
-		goto err_uncharge;
 	/* the slot's storage stays where it is until the fd is released */
-	slot = regwatch_slot(ctx, idx);
+	slot = regwatch_claim_slot(ctx, cookie, &seq, &ret);
+	if (!slot)
+		goto err_uncharge;
+	idx = slot->index;
 
 	ret = mmu_interval_notifier_insert(&slot->notifier, ctx->mm, first,
 					   end - first, &ctx->notifier_ops);
@@ -308,7 +301,7 @@ err_release_slot:
 	spin_lock(&ctx->lock);
 	regwatch_status_set_seq(ctx, idx, 0);
 	regwatch_give_back_seq(ctx, seq);
-	regwatch_free_slot(ctx, idx);
+	regwatch_free_slot(ctx, slot);
 	spin_unlock(&ctx->lock);
 err_uncharge:
 	regwatch_user_uncharge(ctx->user, 1);
@@ -337,7 +330,7 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 	/* From here the callback ignores the slot and read() cannot see it. */
 	slot->state = REGWATCH_SLOT_REMOVING;
 	if (slot->dirty == REGWATCH_PENDING) {
-		regwatch_dirty_unlink(ctx, idx);
+		regwatch_dirty_unlink(ctx, slot);
 		regwatch_status_count(ctx, &ctx->status->dirty_unread, -1);
 	}
 	regwatch_status_set_seq(ctx, idx, 0);
@@ -348,7 +341,7 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 	mmu_interval_notifier_remove(&slot->notifier);
 
 	spin_lock(&ctx->lock);
-	regwatch_free_slot(ctx, idx);
+	regwatch_free_slot(ctx, slot);
 	spin_unlock(&ctx->lock);
 	regwatch_user_uncharge(ctx->user, 1);
 	atomic_long_dec(&regwatch_live_watches);
@@ -420,7 +413,7 @@ bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
 		return false;
 	slot->dirty = REGWATCH_PENDING;
 	slot->reason = reason;
-	regwatch_dirty_link_tail(ctx, idx);
+	regwatch_dirty_link_tail(ctx, slot);
 	regwatch_status_dirtied(ctx, idx);
 	return true;
 }
@@ -436,53 +429,179 @@ bool regwatch_has_pending(struct regwatch_ctx *ctx)
 	return READ_ONCE(ctx->dirty_head) != REGWATCH_NO_SLOT;
 }
 
+/*
+ * The user memory where @to's next byte goes, and in *@room how many whole
+ * records its segment holds; NULL for a kernel iterator or a record that
+ * would straddle two iovecs.
+ */
+static struct regwatch_record __user *regwatch_user_room(struct iov_iter *to,
+							 unsigned int *room)
+{
+	void __user *base;
+	size_t bytes;
+
+	if (!user_backed_iter(to))
+		return NULL;
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 4, 0)
+	/* iter_iov_addr() and iter_iov_len() came with 6.4 */
+	if (iter_is_ubuf(to)) {
+		base = to->ubuf + to->iov_offset;
+		bytes = iov_iter_count(to);
+	} else {
+		base = to->iov->iov_base + to->iov_offset;
+		bytes = to->iov->iov_len - to->iov_offset;
+	}
+#else
+	base = iter_iov_addr(to);
+	bytes = iter_iov_len(to);
+#endif
+	bytes = min(bytes, iov_iter_count(to));
+	*room = min_t(size_t, bytes / sizeof(struct regwatch_record), U32_MAX);
+	return *room ? base : NULL;
+}
+
+/* Where the records of one run come from and how far the run may go. */
+struct regwatch_run {
+	struct regwatch_slot *chunk;
+	u32 chunk_nr;
+	struct regwatch_status_run words;
+};
+
+/*
+ * The record of @slot (number @idx), field by field: an initializer would
+ * clear it first on kernels built to zero stack variables.
+ */
+static void regwatch_fill_record(struct regwatch_record *rec,
+				 const struct regwatch_run *run,
+				 const struct regwatch_slot *slot, u32 idx)
+{
+	rec->cookie = slot->cookie;
+	rec->seq = run->words.word[idx - run->words.first] & ~REGWATCH_SEQ_DIRTY;
+	rec->start = slot->notifier.interval_tree.start;
+	rec->end = slot->notifier.interval_tree.last + 1;
+	rec->slot = idx;
+	rec->reason = slot->reason;
+	rec->reserved = 0;
+}
+
+/*
+ * Writes the records of the pending watches from *@idx on straight into
+ * user memory at @dst, at most @limit, while they stay in @run's chunk and
+ * status page, in one window of user access (no call may happen in it).
+ * Moves each watch written to REPORTED and *@idx past it. Page faults are
+ * disabled: a page that is not present (or not writable) stops the run.
+ *
+ * Return: the records written; *@faulted tells whether a fault stopped it.
+ */
+static unsigned int regwatch_put_run(const struct regwatch_run *run,
+				     struct regwatch_record __user *dst,
+				     unsigned int limit, u32 *idx,
+				     bool *faulted)
+{
+	unsigned int done = 0;
+	u32 next = *idx;
+
+	*faulted = true;
+	if (!user_write_access_begin(dst, (size_t)limit * sizeof(*dst)))
+		return 0;
+	while (done < limit && next != REGWATCH_NO_SLOT &&
+	       next / REGWATCH_CHUNK_SLOTS == run->chunk_nr &&
+	       next - run->words.first < run->words.count) {
+		struct regwatch_slot *slot =
+			&run->chunk[next % REGWATCH_CHUNK_SLOTS];
+		struct regwatch_record __user *rec = &dst[done];
+		u64 seq = run->words.word[next - run->words.first];
+
+		unsafe_put_user(slot->cookie, &rec->cookie, err_access_end);
+		unsafe_put_user(seq & ~REGWATCH_SEQ_DIRTY, &rec->seq,
+				err_access_end);
+		unsafe_put_user(slot->notifier.interval_tree.start, &rec->start,
+				err_access_end);
+		unsafe_put_user(slot->notifier.interval_tree.last + 1, &rec->end,
+				err_access_end);
+		unsafe_put_user(next, &rec->slot, err_access_end);
+		unsafe_put_user((u32)slot->reason, &rec->reason, err_access_end);
+		unsafe_put_user(0ULL, &rec->reserved, err_access_end);
+		slot->dirty = REGWATCH_REPORTED;
+		done++;
+		next = slot->next;
+	}
+	*faulted = false;
+err_access_end:
+	user_write_access_end();
+	*idx = next;
+	return done;
+}
+
 /**
- * regwatch_take_records() - move the oldest pending watches to REPORTED
+ * regwatch_take_records() - hand out the oldest pending watches
  * @ctx: the fd
- * @rec: where to fill in their records
- * @max: size of @rec
+ * @to: where the records go
+ * @max: at most this many records
  *
- * Records are filled in under ctx->lock into kernel memory; the caller
- * copies them to user space afterwards and gives back what it could not
- * copy with regwatch_requeue_records(). The taken run is cut off the front
- * of the dirty list in one step, and consecutive slots (the usual order of
- * a munmap's invalidations) share one lookup of their chunk and status page.
+ * Writes the records into @to under ctx->lock, with page faults disabled
+ * (a fault could sleep, and reclaim could enter our own callback), and
+ * moves each watch written to REPORTED. It stops at the first record that
+ * cannot be written whole, whose watch stays pending: the caller faults
+ * the destination in (fault_in_iov_iter_writeable()) and calls again. So
+ * a watch leaves the dirty list only once its record is in the caller's
+ * memory, and nothing is ever put back. Runs of consecutive slots (the
+ * usual order of a munmap's invalidations) share one lookup of their chunk
+ * and status page and go out in one window of user access, a store per
+ * field: no bounce buffer, no string copy. Only a record that straddles
+ * two iovecs, or a kernel destination, goes through copy_to_iter(). The
+ * taken run is cut off the front of the dirty list in one step.
  *
- * Return: number of records filled in.
+ * Return: number of records written.
  */
 unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
-				   struct regwatch_record *rec,
-				   unsigned int max)
+				   struct iov_iter *to, unsigned int max)
 {
-	struct regwatch_slot *chunk = NULL;
-	struct regwatch_status_run words = { .count = 0 };
-	u32 chunk_nr = REGWATCH_NO_SLOT;
+	struct regwatch_run run = {
+		.chunk_nr = REGWATCH_NO_SLOT,
+		.words = { .count = 0 },
+	};
+	struct regwatch_record rec;
 	unsigned int count = 0;
 	u32 idx;
 
 	spin_lock(&ctx->lock);
+	pagefault_disable();
 	idx = ctx->dirty_head;
 	while (count < max && idx != REGWATCH_NO_SLOT) {
+		struct regwatch_record __user *dst;
 		struct regwatch_slot *slot;
+		unsigned int room, done;
+		bool faulted;
 
-		if (idx / REGWATCH_CHUNK_SLOTS != chunk_nr) {
-			chunk_nr = idx / REGWATCH_CHUNK_SLOTS;
-			chunk = xa_load(&ctx->chunks, chunk_nr);
+		if (idx / REGWATCH_CHUNK_SLOTS != run.chunk_nr) {
+			run.chunk_nr = idx / REGWATCH_CHUNK_SLOTS;
+			run.chunk = xa_load(&ctx->chunks, run.chunk_nr);
 		}
-		if (idx - words.first >= words.count)
-			regwatch_status_words(ctx, idx, &words);
-		slot = &chunk[idx % REGWATCH_CHUNK_SLOTS];
+		if (idx - run.words.first >= run.words.count)
+			regwatch_status_words(ctx, idx, &run.words);
+		dst = regwatch_user_room(to, &room);
+		if (dst) {
+			done = regwatch_put_run(&run, dst, min(room, max - count),
+						&idx, &faulted);
+			iov_iter_advance(to, done * sizeof(rec));
+			count += done;
+			if (faulted)
+				break;
+			continue;
+		}
+		slot = &run.chunk[idx % REGWATCH_CHUNK_SLOTS];
+		regwatch_fill_record(&rec, &run, slot, idx);
+		done = copy_to_iter(&rec, sizeof(rec), to);
+		if (done != sizeof(rec)) {
+			iov_iter_revert(to, done);
+			break;
+		}
 		slot->dirty = REGWATCH_REPORTED;
-		rec[count++] = (struct regwatch_record) {
-			.cookie = slot->cookie,
-			.seq = words.word[idx - words.first] & ~REGWATCH_SEQ_DIRTY,
-			.start = slot->notifier.interval_tree.start,
-			.end = slot->notifier.interval_tree.last + 1,
-			.slot = idx,
-			.reason = slot->reason,
-		};
+		count++;
 		idx = slot->next;
 	}
+	pagefault_enable();
 	WRITE_ONCE(ctx->dirty_head, idx);
 	if (idx == REGWATCH_NO_SLOT)
 		ctx->dirty_tail = REGWATCH_NO_SLOT;
@@ -492,43 +611,6 @@ unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
 	regwatch_status_count(ctx, &ctx->status->total_reported, count);
 	spin_unlock(&ctx->lock);
 	return count;
-}
-
-/**
- * regwatch_requeue_records() - make records that never reached user space
- *	pending again
- * @ctx: the fd
- * @rec: records returned by regwatch_take_records()
- * @count: how many of them, oldest first
- *
- * A watch unwatched (or unwatched and replaced) meanwhile is skipped: its
- * slot word no longer holds the record's seq.
- */
-void regwatch_requeue_records(struct regwatch_ctx *ctx,
-			      const struct regwatch_record *rec,
-			      unsigned int count)
-{
-	unsigned int requeued = 0;
-
-	spin_lock(&ctx->lock);
-	while (count--) {
-		u32 idx = rec[count].slot;
-		struct regwatch_slot *slot = regwatch_slot(ctx, idx);
-
-		if (slot->dirty != REGWATCH_REPORTED ||
-		    regwatch_status_seq(ctx, idx) !=
-		    (rec[count].seq | REGWATCH_SEQ_DIRTY))
-			continue;
-		slot->dirty = REGWATCH_PENDING;
-		regwatch_dirty_link_head(ctx, idx);
-		requeued++;
-	}
-	regwatch_status_count(ctx, &ctx->status->dirty_unread, requeued);
-	regwatch_status_count(ctx, &ctx->status->total_reported,
-			      -(s64)requeued);
-	spin_unlock(&ctx->lock);
-	if (requeued)
-		wake_up_interruptible_poll(&ctx->read_wait, EPOLLIN | EPOLLRDNORM);
 }
 
 /**

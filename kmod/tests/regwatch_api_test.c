@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <pthread.h>
 #include <sys/epoll.h>
+#include <sys/wait.h>
 
 #include "regwatch_util.h"
 
@@ -333,6 +334,59 @@ TEST(read_fault_keeps_records)
 	EXPECT_EQ(rec[1].cookie, 202);
 	EXPECT_EQ(st->total_reported, 3);
 	(void)w;
+	close(fd);
+}
+
+/*
+ * read() writes records into the caller's memory with page faults off and
+ * faults the destination in between tries: a buffer whose pages were never
+ * touched, and one write-protected for copy-on-write by a fork, both get
+ * every record, each once and in order.
+ */
+TEST(read_faults_the_buffer_in)
+{
+	const int watches = 300;
+	size_t bytes = watches * sizeof(struct regwatch_record);
+	int fd = rw_open(O_NONBLOCK);
+	long pg = rw_page();
+	struct regwatch_status *st;
+	struct regwatch_record *rec;
+	char *p = rw_map_pages(watches);
+	int status;
+	pid_t pid;
+
+	rw_set_capacity(fd, watches);
+	st = rw_map_status(fd, watches);
+	for (int round = 0; round < 2; round++) {
+		/* a fresh mapping: no page of it is present yet */
+		rec = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		ASSERT_NE(rec, MAP_FAILED);
+		if (round == 1) {
+			/* present, but the fork leaves them read-only (COW) */
+			memset(rec, 0xff, bytes);
+			pid = fork();
+			ASSERT_GE(pid, 0);
+			if (!pid)
+				_exit(0);
+			ASSERT_EQ(waitpid(pid, &status, 0), pid);
+		}
+		for (int i = 0; i < watches; i++)
+			rw_watch(fd, p + i * pg, 1, round * watches + i);
+		ASSERT_EQ(munmap(p, watches * pg), 0);
+		ASSERT_EQ(read(fd, rec, bytes), (ssize_t)bytes);
+		for (int i = 0; i < watches; i++) {
+			ASSERT_EQ(rec[i].cookie, (uint64_t)(round * watches + i));
+			ASSERT_EQ(rec[i].start, (uint64_t)(uintptr_t)(p + i * pg));
+			ASSERT_EQ(rec[i].reserved, 0);
+			ASSERT_EQ(rw_unwatch(fd, rec[i].slot, rec[i].cookie), 0);
+		}
+		ASSERT_EQ(st->dirty_unread, 0);
+		ASSERT_ERRNO(read(fd, rec, bytes), EAGAIN);
+		ASSERT_EQ(munmap(rec, bytes), 0);
+		p = rw_map_pages(watches);
+	}
+	EXPECT_EQ(st->total_reported, 2 * watches);
 	close(fd);
 }
 

@@ -199,10 +199,10 @@ enum regwatch_reason {
  * read() returns whole records only, each dirty watch exactly once.
  * EINVAL if the buffer is smaller than one record; EAGAIN under O_NONBLOCK
  * (or RWF_NOWAIT) when nothing is pending, otherwise it blocks until one
- * is; EFAULT if nothing could be copied (records not copied stay pending).
- * A read() with room for more than 8 records borrows a page of kernel
- * memory for its duration, to hand out up to a page of records per step;
- * without one it goes 8 at a time: read() never fails with ENOMEM.
+ * is; EFAULT if nothing could be copied (records not copied stay pending:
+ * a watch leaves the pending list only once its record is in the buffer).
+ * Records are written straight into the buffer, without kernel memory of
+ * their own: read() never fails with ENOMEM.
  * readv()/preadv2() work the same way on the iovecs taken as one buffer:
  * records are written back to back and may straddle two iovecs, the total
  * length is what counts (at least one record), and the call blocks only

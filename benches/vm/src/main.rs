@@ -15,6 +15,7 @@
 mod driver;
 mod first_touch;
 mod munmap_cost;
+mod paired;
 mod perftest;
 mod plan;
 mod raw_verbs;

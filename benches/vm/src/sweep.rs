@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::paired::PairedRatio;
 use crate::plan::{median, Figure, Metric, Plan, Variant, WARM_UP, WINDOW};
 
 /// Seed of the bytes every message carries.
@@ -81,6 +82,18 @@ fn interleaved(
     Ok(())
 }
 
+/// Every contender's ratio to raw verbs in the rounds just measured (samples in round order).
+fn paired_ratios(contenders: &[Contender<'_>], metric: Metric, bytes: usize) -> Vec<PairedRatio> {
+    let Some(baseline) = contenders.iter().find(|c| c.variant == Variant::RawVerbs) else {
+        return Vec::new();
+    };
+    contenders
+        .iter()
+        .filter(|c| c.variant != Variant::RawVerbs)
+        .filter_map(|c| PairedRatio::new(c.variant, metric, bytes, &c.samples, &baseline.samples))
+        .collect()
+}
+
 /// Fails unless every received buffer holds the payload.
 fn check_received(contender: &Contender<'_>, bytes: usize, payload: &[u8]) -> Result<()> {
     let exchange = &*contender.exchange;
@@ -98,7 +111,8 @@ fn check_received(contender: &Contender<'_>, bytes: usize, payload: &[u8]) -> Re
 }
 
 /// Every size of `plan` through every exchange, interleaved; rank 0 prints a latency and a
-/// bandwidth figure per variant and size.
+/// bandwidth figure per variant and size, and every variant's paired ratio to raw verbs SEND
+/// (the median of its per-round ratios, with that median's 95% interval).
 ///
 /// # Errors
 /// A failed transfer, or received bytes that differ from the payload.
@@ -127,8 +141,12 @@ pub fn sweep(exchanges: Vec<(Variant, &mut dyn Exchange)>, rank: usize, plan: Pl
                 }
             })
             .with_context(|| format!("{metric} of {bytes}-byte messages"))?;
-            for contender in &mut contenders {
+            for contender in &contenders {
                 check_received(contender, bytes, &payload[..bytes])?;
+            }
+            // Before the medians sort each contender's samples out of round order.
+            let ratios = paired_ratios(&contenders, metric, bytes);
+            for contender in &mut contenders {
                 let median = median(&mut contender.samples).context("no repetitions")?;
                 let value = if ping_pong {
                     median / 2.0
@@ -146,6 +164,11 @@ pub fn sweep(exchanges: Vec<(Variant, &mut dyn Exchange)>, rank: usize, plan: Pl
                         repetitions,
                     };
                     println!("{figure}");
+                }
+            }
+            if rank == 0 {
+                for ratio in ratios {
+                    println!("{ratio}");
                 }
             }
         }

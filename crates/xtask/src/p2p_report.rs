@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+mod paired;
+
+use paired::{PairedRatios, RATIO_PREFIX};
+
 const FIGURE_PREFIX: &str = "REGCACHE-BENCH ";
 const SKIP_PREFIX: &str = "REGCACHE-BENCH-SKIP ";
 const LATENCY: &str = "latency_us";
@@ -66,6 +70,8 @@ pub struct Figures {
     values: BTreeMap<String, BTreeMap<String, BTreeMap<usize, f64>>>,
     /// Variants that could not run, with the reason.
     skipped: Vec<(String, String)>,
+    /// Medians of per-round ratios to raw verbs, with their intervals.
+    ratios: PairedRatios,
 }
 
 impl Figures {
@@ -73,7 +79,9 @@ impl Figures {
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Self> {
         let mut figures = Self::default();
         for line in lines {
-            if let Some(at) = line.find(SKIP_PREFIX) {
+            if let Some(at) = line.find(RATIO_PREFIX) {
+                paired::parse_line(&mut figures.ratios, &line[at + RATIO_PREFIX.len()..])?;
+            } else if let Some(at) = line.find(SKIP_PREFIX) {
                 let rest = &line[at + SKIP_PREFIX.len()..];
                 let (what, why) = rest.split_once(' ').unwrap_or((rest, ""));
                 let skip = (what.to_owned(), why.to_owned());
@@ -306,7 +314,23 @@ impl Figures {
                 "\nStreaming bandwidth (windows of 8 messages; median), ratio to raw verbs:\n\n",
             );
             out.push_str(&self.table(BANDWIDTH, "MB/s"));
-            let _ = write!(out, "\n{}", self.verdict());
+            for (metric, what) in [
+                (LATENCY, "latency over raw verbs SEND's: above 1 is slower"),
+                (
+                    BANDWIDTH,
+                    "bandwidth over raw verbs SEND's: below 1 is slower",
+                ),
+            ] {
+                let table = self.paired_table(metric);
+                if !table.is_empty() {
+                    let _ = write!(
+                        out,
+                        "\nPaired ratios ({what}): the median of the ratios of the same \
+                         round, [the 95% confidence interval of that median]:\n\n{table}"
+                    );
+                }
+            }
+            let _ = write!(out, "\n{}{}", self.verdict(), self.copied_verdict());
         }
         for table in [self.first_touch_table(), self.munmap_table()] {
             if !table.is_empty() {

@@ -106,6 +106,9 @@ pub fn expect_rxe1() -> bool {
     expect_flag("REGCACHE_EXPECT_RXE1")
 }
 
+/// Inline bytes a [`Side`]'s queue pair asks for (Soft-RoCE grants up to 512).
+pub const SIDE_INLINE_BYTES: u32 = 64;
+
 /// One end of an RC connection: its device, PD, a CQ for both directions and the QP.
 #[derive(Debug)]
 pub struct Side {
@@ -120,7 +123,8 @@ pub struct Side {
 }
 
 impl Side {
-    /// Opens `node`'s device and creates an RC QP sending from the RoCE v2 GID of its address.
+    /// Opens `node`'s device and creates an RC QP sending from the RoCE v2 GID of its address,
+    /// with [`SIDE_INLINE_BYTES`] of inline data.
     ///
     /// # Panics
     ///
@@ -142,7 +146,11 @@ impl Side {
             });
         let pd = ProtectionDomain::new(&ctx).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         let cq = CompletionQueue::new(&ctx, 128).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-        let qp = QueuePair::create_rc(&pd, &cq, &cq, QpConfig::new(FIRST_PORT, gid.index))
+        let config = QpConfig {
+            max_inline_data: SIDE_INLINE_BYTES,
+            ..QpConfig::new(FIRST_PORT, gid.index)
+        };
+        let qp = QueuePair::create_rc(&pd, &cq, &cq, config)
             .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         Self { ctx, pd, cq, qp }
     }

@@ -20,6 +20,9 @@ pub enum Variant {
     AlwaysRegister,
     /// SEND/RECV on buffers registered once up front, no p2p in the loop.
     RawVerbs,
+    /// As [`Variant::RawVerbs`], but a message as short as the queue pair's inline limit goes
+    /// inline (copied into the work request), as p2p's copied ones do.
+    RawVerbsInline,
     /// p2p's rendezvous (announce, RDMA READ, notice) by hand on buffers registered once up
     /// front: the same trips on the wire as p2p's, without p2p and without registration.
     RawVerbsRead,
@@ -27,8 +30,9 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in the order of the report's columns.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::RawVerbs,
+        Self::RawVerbsInline,
         Self::RawVerbsRead,
         Self::CachePinned,
         Self::CacheOdp,
@@ -41,7 +45,9 @@ impl Variant {
         match self {
             Self::CachePinned => "pinned",
             Self::CacheOdp => "odp",
-            Self::AlwaysRegister | Self::RawVerbs | Self::RawVerbsRead => "off",
+            Self::AlwaysRegister | Self::RawVerbs | Self::RawVerbsInline | Self::RawVerbsRead => {
+                "off"
+            }
         }
     }
 
@@ -51,6 +57,7 @@ impl Variant {
             Self::CacheOdp => "p2p-cache-odp",
             Self::AlwaysRegister => "p2p-always-register",
             Self::RawVerbs => "raw-verbs",
+            Self::RawVerbsInline => "raw-verbs-inline",
             Self::RawVerbsRead => "raw-verbs-read",
         }
     }

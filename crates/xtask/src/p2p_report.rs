@@ -26,8 +26,12 @@ const ALWAYS_REGISTER: &str = "p2p-always-register";
 /// A series of a table or plot: its name as printed by p2p-bench, its heading.
 type Column = (&'static str, &'static str);
 /// Columns, in order.
-const COLUMNS: [Column; 7] = [
+const COLUMNS: [Column; 8] = [
     (RAW, "raw verbs SEND, registered once"),
+    (
+        "raw-verbs-inline",
+        "raw verbs SEND, inline up to 512 B, registered once",
+    ),
     (RAW_READ, "raw verbs READ rendezvous, registered once"),
     (CACHED, "p2p + cache (pinned)"),
     (CACHED_ODP, "p2p + cache (ODP)"),

@@ -205,7 +205,10 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
-pub(crate) fn splitmix64(x: u64) -> u64 {
+/// splitmix64's output function: a well-mixed 64-bit value for every `x` (the soak's random
+/// stream, the patterns, the benchmark's round orders).
+#[must_use]
+pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

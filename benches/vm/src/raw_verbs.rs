@@ -4,8 +4,9 @@
 //! (a small SEND announces it, the receiver RDMA-READs, a small SEND says it is done). The
 //! ranks' communicator only carries the endpoints, the buffer's key, and a barrier.
 //!
-//! Completions are waited for with p2p's policy (poll, yield for a while, then sleep 50 µs
-//! between polls) so the comparison measures protocol and registration, not polling.
+//! Completions are waited for with p2p's own policy ([`p2p::IdleWait`]: poll, yield for a
+//! while, then sleep between polls) so the comparison measures protocol and registration, not
+//! polling.
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use p2p::Communicator;
+use p2p::{Communicator, IdleWait};
 use verbs::{
     AccessFlags, CompletionQueue, Context, Gid, OwnedMemoryRegion, ProtectionDomain, QpConfig,
     QpEndpoint, QueuePair, WcOpcode, FIRST_PORT,
@@ -30,10 +31,6 @@ const CONTROL_BYTES: usize = 8;
 /// address and remote key.
 const ENDPOINT_BYTES: usize = 27;
 const HELLO_BYTES: usize = ENDPOINT_BYTES + 12;
-/// Polls without a completion before the waiter starts sleeping (p2p's value).
-const SPINS_BEFORE_SLEEP: u32 = 100;
-/// Sleep between polls of an idle waiter (p2p's value).
-const IDLE_SLEEP: Duration = Duration::from_micros(50);
 /// Bound on one wait: a lost completion fails the run instead of hanging it.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 const ENDPOINT_TAG: u32 = 10;
@@ -263,7 +260,7 @@ impl RawVerbs {
     fn wait(&mut self, sends: usize, recvs: usize) -> Result<()> {
         let sends = sends + std::mem::take(&mut self.deferred_sends);
         let start = Instant::now();
-        let mut idle_polls = 0;
+        let mut idle = IdleWait::default();
         while self.unclaimed_sends < sends || self.unclaimed_recvs < recvs {
             match self.cq.poll()? {
                 Some(completion) if completion.opcode == WcOpcode::Recv => {
@@ -274,11 +271,11 @@ impl RawVerbs {
                     self.filled.push_back((slot, completion.byte_len as usize));
                     self.post_recv(slot)?;
                     self.unclaimed_recvs += 1;
-                    idle_polls = 0;
+                    idle.progressed();
                 }
                 Some(_) => {
                     self.unclaimed_sends += 1;
-                    idle_polls = 0;
+                    idle.progressed();
                 }
                 None if start.elapsed() > WAIT_LIMIT => bail!(
                     "no completion within {WAIT_LIMIT:?} (have {} of {sends} sends, {} of \
@@ -286,11 +283,7 @@ impl RawVerbs {
                     self.unclaimed_sends,
                     self.unclaimed_recvs
                 ),
-                None if idle_polls < SPINS_BEFORE_SLEEP => {
-                    idle_polls += 1;
-                    std::thread::yield_now();
-                }
-                None => std::thread::sleep(IDLE_SLEEP),
+                None => idle.idle(),
             }
         }
         self.unclaimed_sends -= sends;

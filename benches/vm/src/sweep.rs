@@ -219,7 +219,10 @@ mod tests {
             for (before, &n) in by.iter().enumerate() {
                 if after != before {
                     let share = n as f64 / expected;
-                    assert!((0.9..1.1).contains(&share), "{after} after {before}: {share}");
+                    assert!(
+                        (0.9..1.1).contains(&share),
+                        "{after} after {before}: {share}"
+                    );
                 }
             }
         }

@@ -136,10 +136,13 @@ impl Connection {
     ) -> Result<(Header, usize), PeerFailure> {
         let start = self.recv_pool.offset(index);
         let mut head = [0; HEADER_LEN];
-        self.recv_pool
-            .region
-            .read_at(start, &mut head)
-            .map_err(|err| format!("reading a receive bounce buffer failed: {err}"))?;
+        // A SEND with immediate data has no header to read (`wire::parse_message` reads none).
+        if imm_data.is_none() {
+            self.recv_pool
+                .region
+                .read_at(start, &mut head)
+                .map_err(|err| format!("reading a receive bounce buffer failed: {err}"))?;
+        }
         let limits = ReceiveLimits {
             capacity: self.recv_pool.buffer_len,
             eager_below: thresholds.rendezvous(),

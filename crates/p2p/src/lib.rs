@@ -48,6 +48,7 @@ mod bootstrap;
 mod comm;
 mod connection;
 mod error;
+mod idle;
 mod launch;
 mod matching;
 mod operation;
@@ -58,6 +59,7 @@ mod wire;
 
 pub use comm::Communicator;
 pub use error::{Error, Result, Violation};
+pub use idle::IdleWait;
 pub use launch::LaunchConfig;
 pub use matching::{Source, Status, TagMatch, ANY_SOURCE, ANY_TAG};
 pub use operation::Request;

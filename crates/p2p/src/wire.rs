@@ -60,7 +60,8 @@ pub(crate) struct ReceiveLimits {
 /// What a SEND of `byte_len` bytes with immediate data `imm_data` carries: its header and the
 /// offset of an eager payload from the start of the message. `head` holds the first
 /// [`HEADER_LEN`] bytes of the receive bounce buffer the SEND landed in (only the first
-/// `byte_len` of them came with it).
+/// `byte_len` of them came with it); a SEND with immediate data has no header, and `head` is
+/// not read then.
 ///
 /// Total: any input gives a message or the [`Violation`] it commits, never a panic. A message
 /// that parses fits its buffer: an eager one is shorter than `limits.eager_below` and its

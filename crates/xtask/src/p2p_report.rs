@@ -381,10 +381,11 @@ impl Figures {
             let png = dir.join(format!("{stem}-{file}.png"));
             let script = format!(
                 "set terminal pngcairo noenhanced size 1100,700\nset output '{}'\n\
-                 set title '{title}'\nset logscale xy\nset grid\nset xrange [4:32e6]\n\
+                 set title {}\nset logscale xy\nset grid\nset xrange [4:32e6]\n\
                  set xlabel 'message size (bytes)'\nset ylabel '{label}'\n\
                  set key left top\nplot {}\n",
                 png.display(),
+                gnuplot_string(title),
                 plots.join(", \\\n  ")
             );
             let script_path = dir.join(format!("{stem}-{file}.gp"));
@@ -395,6 +396,12 @@ impl Figures {
         }
         Ok(pngs)
     }
+}
+
+/// `text` as a gnuplot single-quoted string (a quote inside is doubled), such as the title
+/// of a stock module's run, "Debian's rdma_rxe".
+fn gnuplot_string(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// At least three significant digits, and no more decimals than one above 100.
@@ -430,6 +437,11 @@ mod tests {
 [p2p-cache-odp rank 0] REGCACHE-BENCH-SKIP p2p-cache-odp the ODP self-test failed
 REGCACHE-BENCH ib_read_lat latency_us 65536 90.000 100
 ";
+
+    #[test]
+    fn a_quote_in_a_gnuplot_string_is_doubled() {
+        assert_eq!(gnuplot_string("Debian's rxe"), "'Debian''s rxe'");
+    }
 
     #[test]
     fn ratios_are_taken_against_raw_verbs() {

@@ -1,7 +1,7 @@
 //! `bench regwatch`, `bench p2p` and `bench hit-path`.
 
 use super::vm::prepare;
-use super::{Context, SUITE_TIMEOUT};
+use super::{Context, P2P_BENCH_TIMEOUT, SUITE_TIMEOUT};
 use crate::artefacts;
 use crate::host;
 use crate::kernels::Kernel;
@@ -127,7 +127,7 @@ pub fn bench_p2p(ctx: &Context, selector: &str, rxe: Rxe, plan: Plan) -> Result<
     let mode = p2p_bench_mode(&stage.guest_dir, swap.as_deref(), plan);
     let run = prepared
         .guest()
-        .run(kernel, &stage.exec_line(kernel, &mode), SUITE_TIMEOUT)?;
+        .run(kernel, &stage.exec_line(kernel, &mode), P2P_BENCH_TIMEOUT)?;
     let verdict = verdict::judge(&run);
     let out_dir = ctx.workspace.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;

@@ -106,6 +106,9 @@ pub fn expect_rxe1() -> bool {
     expect_flag("REGCACHE_EXPECT_RXE1")
 }
 
+/// Inline bytes a [`Side`]'s queue pair asks for (Soft-RoCE grants up to 512).
+pub const SIDE_INLINE_BYTES: u32 = 64;
+
 /// One end of an RC connection: its device, PD, a CQ for both directions and the QP.
 #[derive(Debug)]
 pub struct Side {
@@ -120,7 +123,8 @@ pub struct Side {
 }
 
 impl Side {
-    /// Opens `node`'s device and creates an RC QP sending from the RoCE v2 GID of its address.
+    /// Opens `node`'s device and creates an RC QP sending from the RoCE v2 GID of its address,
+    /// with [`SIDE_INLINE_BYTES`] of inline data.
     ///
     /// # Panics
     ///
@@ -142,7 +146,11 @@ impl Side {
             });
         let pd = ProtectionDomain::new(&ctx).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         let cq = CompletionQueue::new(&ctx, 128).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-        let qp = QueuePair::create_rc(&pd, &cq, &cq, QpConfig::new(FIRST_PORT, gid.index))
+        let config = QpConfig {
+            max_inline_data: SIDE_INLINE_BYTES,
+            ..QpConfig::new(FIRST_PORT, gid.index)
+        };
+        let qp = QueuePair::create_rc(&pd, &cq, &cq, config)
             .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         Self { ctx, pd, cq, qp }
     }
@@ -197,7 +205,10 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
-pub(crate) fn splitmix64(x: u64) -> u64 {
+/// splitmix64's output function: a well-mixed 64-bit value for every `x` (the soak's random
+/// stream, the patterns, the benchmark's round orders).
+#[must_use]
+pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

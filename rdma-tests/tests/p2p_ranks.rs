@@ -94,6 +94,9 @@ fn sizes(comm: &mut Communicator, with_64_mib: bool) {
     let lens = [
         0,
         1,
+        // Soft-RoCE's inline limit, which p2p asks for first: inline, then a bounce buffer.
+        512,
+        513,
         eager - 1,
         eager,
         eager + 1,
@@ -102,10 +105,10 @@ fn sizes(comm: &mut Communicator, with_64_mib: bool) {
         rendezvous + 1,
         MIB,
     ];
-    // A tag with the top bit set does not fit a zero-copy SEND's immediate data: that message
-    // carries a header instead.
-    let high_tag = (u32::MAX, eager + 1);
-    for (tag, len) in (0u32..).zip(lens).chain([high_tag]) {
+    // A tag with the top bit set does not fit an eager SEND's immediate data: that message,
+    // copied or zero-copy, carries a header instead.
+    let high_tags = [(u32::MAX - 1, 1), (u32::MAX, eager + 1)];
+    for (tag, len) in (0u32..).zip(lens).chain(high_tags) {
         let data = pattern(len, seed(tag, len));
         if comm.rank() == 0 {
             ok(comm.send(&data, 1, tag), "send");

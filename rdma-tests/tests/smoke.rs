@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdma_tests::{
     assert_same_bytes, connected_pair, error_chain, expect_odp, expect_rxe1, pattern,
-    require_devices, Node, Side, RXE0, RXE1,
+    require_devices, Node, Side, RXE0, RXE1, SIDE_INLINE_BYTES,
 };
 use verbs::{
     AccessFlags, Context, Error, GidType, Mtu, OwnedMemoryRegion, PortState, Prefetch,
@@ -294,6 +294,51 @@ fn write_read_send_round_trip(a: Node, b: Node) {
         &expected[4096..4096 + message_len],
         &recv.to_vec(),
         "SEND/RECV buffer",
+    );
+    inline_send_with_imm(&initiator, &responder, &recv, &expected);
+}
+
+/// An inline SEND with immediate data of as many bytes as the queue pair allows arrives with
+/// its bytes and its immediate data; one byte more is refused before it reaches the device.
+fn inline_send_with_imm(
+    initiator: &Side,
+    responder: &Side,
+    recv: &OwnedMemoryRegion,
+    expected: &[u8],
+) {
+    let max = initiator.qp.max_inline_data() as usize;
+    assert!(
+        max >= SIDE_INLINE_BYTES as usize,
+        "granted {max} inline bytes"
+    );
+    unwrap(
+        responder
+            .qp
+            .post_recv(5, &[unwrap(recv.mr().sge(0, max), "recv sge")]),
+        "post RECV for the inline SEND",
+    );
+    let too_long = initiator.qp.post_send_inline(6, &expected[..=max], None);
+    assert!(
+        matches!(&too_long, Err(Error::PostSend { source, .. })
+            if source.raw_os_error() == Some(libc::EINVAL)),
+        "{too_long:?}"
+    );
+    unwrap(
+        initiator
+            .qp
+            .post_send_inline(7, &expected[..max], Some(0x8000_0007)),
+        "post inline SEND",
+    );
+    let sent = initiator.expect_completion("inline SEND");
+    assert_eq!((sent.wr_id, sent.opcode), (7, WcOpcode::Send));
+    let received = responder.expect_completion("RECV of the inline SEND");
+    assert_eq!((received.wr_id, received.opcode), (5, WcOpcode::Recv));
+    assert_eq!(received.byte_len as usize, max);
+    assert_eq!(received.imm_data, Some(0x8000_0007));
+    assert_same_bytes(
+        &expected[..max],
+        &recv.to_vec()[..max],
+        "inline SEND buffer",
     );
 }
 

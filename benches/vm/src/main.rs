@@ -15,6 +15,7 @@
 mod driver;
 mod first_touch;
 mod munmap_cost;
+mod paired;
 mod perftest;
 mod plan;
 mod raw_verbs;
@@ -94,6 +95,7 @@ fn rank(plan: Plan) -> Result<()> {
     // raw queue pair's endpoints.
     let mut off = join(&base, Variant::AlwaysRegister, 0).context("joining with the cache off")?;
     let mut raw = RawVerbs::connect(&mut off, &device, addr, plan, Protocol::SendRecv)?;
+    let mut raw_inline = RawVerbs::connect(&mut off, &device, addr, plan, Protocol::SendInline)?;
     let mut raw_read = RawVerbs::connect(&mut off, &device, addr, plan, Protocol::ReadRendezvous)?;
     let mut always_register = ThroughP2p::new(off, plan)?;
     let mut cached = Vec::new();
@@ -116,6 +118,7 @@ fn rank(plan: Plan) -> Result<()> {
     }
     let mut exchanges: Vec<(Variant, &mut dyn Exchange)> = vec![
         (Variant::RawVerbs, &mut raw),
+        (Variant::RawVerbsInline, &mut raw_inline),
         (Variant::RawVerbsRead, &mut raw_read),
     ];
     for (variant, through) in &mut cached {

@@ -22,6 +22,9 @@ const CONNECT_PAUSE: Duration = Duration::from_millis(500);
 const PERFTEST_MAX_BYTES: usize = 1 << 23;
 /// perftest refuses fewer iterations than this.
 const PERFTEST_MIN_ITERATIONS: usize = 5;
+/// perftest runs after the interleaved variants, as a reference, and needs no more than the
+/// median of this many (the variants' 1,000 rounds are for their paired ratios).
+const PERFTEST_MAX_ITERATIONS: usize = 100;
 /// perftest's `t_typical` column: the median.
 const MEDIAN_COLUMN: usize = 4;
 
@@ -130,7 +133,9 @@ pub fn run(tool: &str, plan: Plan, places: &[Place; 2]) -> Result<()> {
             println!("p2p-bench: {tool} takes at most {PERFTEST_MAX_BYTES} bytes; {bytes} skipped");
             continue;
         }
-        let iterations = plan.round_trips(bytes).max(PERFTEST_MIN_ITERATIONS);
+        let iterations = plan
+            .round_trips(bytes)
+            .clamp(PERFTEST_MIN_ITERATIONS, PERFTEST_MAX_ITERATIONS);
         let Some(median) = measure(tool, bytes, iterations, port, places, gids)? else {
             continue;
         };

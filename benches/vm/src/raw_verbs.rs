@@ -1,10 +1,12 @@
 //! The references: a queue pair of its own with every buffer registered once up front, moving
-//! each message either by one SEND into a posted receive, or by p2p's rendezvous done by hand
+//! each message either by one SEND into a posted receive (in one variant inline when it fits,
+//! as p2p's short copied messages go), or by p2p's rendezvous done by hand
 //! (a small SEND announces it, the receiver RDMA-READs, a small SEND says it is done). The
 //! ranks' communicator only carries the endpoints, the buffer's key, and a barrier.
 //!
-//! Completions are waited for with p2p's policy (poll, yield for a while, then sleep 50 µs
-//! between polls) so the comparison measures protocol and registration, not polling.
+//! Completions are waited for with p2p's own policy ([`p2p::IdleWait`]: poll, yield for a
+//! while, then sleep between polls) so the comparison measures protocol and registration, not
+//! polling.
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use p2p::Communicator;
+use p2p::{Communicator, IdleWait};
 use verbs::{
     AccessFlags, CompletionQueue, Context, Gid, OwnedMemoryRegion, ProtectionDomain, QpConfig,
     QpEndpoint, QueuePair, WcOpcode, FIRST_PORT,
@@ -29,19 +31,20 @@ const CONTROL_BYTES: usize = 8;
 /// address and remote key.
 const ENDPOINT_BYTES: usize = 27;
 const HELLO_BYTES: usize = ENDPOINT_BYTES + 12;
-/// Polls without a completion before the waiter starts sleeping (p2p's value).
-const SPINS_BEFORE_SLEEP: u32 = 100;
-/// Sleep between polls of an idle waiter (p2p's value).
-const IDLE_SLEEP: Duration = Duration::from_micros(50);
 /// Bound on one wait: a lost completion fails the run instead of hanging it.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 const ENDPOINT_TAG: u32 = 10;
+/// Inline bytes the `SendInline` queue pair asks for: Soft-RoCE's limit, and p2p's first ask.
+const INLINE_WANTED: u32 = 512;
 
 /// How a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     /// One SEND into a receive posted in advance.
     SendRecv,
+    /// As `SendRecv`, inline (copied into the work request) when the message fits the
+    /// queue pair's inline limit ([`INLINE_WANTED`]).
+    SendInline,
     /// A SEND announces the message, the receiver RDMA-READs it from the sender's registered
     /// buffer, and a SEND tells the sender it may reuse the buffer.
     ReadRendezvous,
@@ -58,6 +61,8 @@ pub struct RawVerbs {
     qp: QueuePair,
     cq: Arc<CompletionQueue>,
     send: OwnedMemoryRegion,
+    /// The first bytes of the payload, which inline SENDs copy from (empty unless inline).
+    inline_payload: Vec<u8>,
     /// `RECV_SLOTS` slots of `slot_len` bytes, each always posted again as soon as its
     /// completion is seen, then one slot the rendezvous' READs land in.
     recv: OwnedMemoryRegion,
@@ -141,9 +146,14 @@ impl RawVerbs {
         let pd = ProtectionDomain::new(&ctx)?;
         let depth = u32::try_from(2 * RECV_SLOTS + 2)?;
         let cq = CompletionQueue::new(&ctx, depth)?;
+        let max_inline_data = match protocol {
+            Protocol::SendInline => INLINE_WANTED,
+            Protocol::SendRecv | Protocol::ReadRendezvous => 0,
+        };
         let qp_config = QpConfig {
             max_send_wr: depth,
             max_recv_wr: depth,
+            max_inline_data,
             ..QpConfig::new(FIRST_PORT, gid.index)
         };
         let qp = QueuePair::create_rc(&pd, &cq, &cq, qp_config)?;
@@ -153,7 +163,10 @@ impl RawVerbs {
             slot_len,
             AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ,
         )?;
-        send.write_at(0, &rdma_tests::pattern(slot_len, PAYLOAD_SEED))?;
+        let payload = rdma_tests::pattern(slot_len, PAYLOAD_SEED);
+        send.write_at(0, &payload)?;
+        let inline_len = (qp.max_inline_data() as usize).min(slot_len);
+        let inline_payload = payload[..inline_len].to_vec();
         let recv =
             OwnedMemoryRegion::new(&pd, (RECV_SLOTS + 1) * slot_len, AccessFlags::LOCAL_WRITE)?;
         let mut theirs = [0u8; HELLO_BYTES];
@@ -167,6 +180,7 @@ impl RawVerbs {
             qp,
             cq,
             send,
+            inline_payload,
             recv,
             slot_len,
             filled: VecDeque::with_capacity(RECV_SLOTS),
@@ -189,7 +203,10 @@ impl RawVerbs {
     }
 
     fn post_send(&self, bytes: usize) -> Result<()> {
-        self.qp.post_send(0, &[self.send.sge(0, bytes)?])?;
+        match self.inline_payload.get(..bytes) {
+            Some(inline) => self.qp.post_send_inline(0, inline, None)?,
+            None => self.qp.post_send(0, &[self.send.sge(0, bytes)?])?,
+        }
         Ok(())
     }
 
@@ -208,7 +225,7 @@ impl RawVerbs {
     /// The sending side of one message: SEND it, or announce it and wait for the notice.
     fn send_one(&mut self, bytes: usize) -> Result<()> {
         match self.protocol {
-            Protocol::SendRecv => {
+            Protocol::SendRecv | Protocol::SendInline => {
                 self.post_send(bytes)?;
                 self.wait(1, 0)
             }
@@ -243,7 +260,7 @@ impl RawVerbs {
     fn wait(&mut self, sends: usize, recvs: usize) -> Result<()> {
         let sends = sends + std::mem::take(&mut self.deferred_sends);
         let start = Instant::now();
-        let mut idle_polls = 0;
+        let mut idle = IdleWait::default();
         while self.unclaimed_sends < sends || self.unclaimed_recvs < recvs {
             match self.cq.poll()? {
                 Some(completion) if completion.opcode == WcOpcode::Recv => {
@@ -254,11 +271,11 @@ impl RawVerbs {
                     self.filled.push_back((slot, completion.byte_len as usize));
                     self.post_recv(slot)?;
                     self.unclaimed_recvs += 1;
-                    idle_polls = 0;
+                    idle.progressed();
                 }
                 Some(_) => {
                     self.unclaimed_sends += 1;
-                    idle_polls = 0;
+                    idle.progressed();
                 }
                 None if start.elapsed() > WAIT_LIMIT => bail!(
                     "no completion within {WAIT_LIMIT:?} (have {} of {sends} sends, {} of \
@@ -266,11 +283,7 @@ impl RawVerbs {
                     self.unclaimed_sends,
                     self.unclaimed_recvs
                 ),
-                None if idle_polls < SPINS_BEFORE_SLEEP => {
-                    idle_polls += 1;
-                    std::thread::yield_now();
-                }
-                None => std::thread::sleep(IDLE_SLEEP),
+                None => idle.idle(),
             }
         }
         self.unclaimed_sends -= sends;
@@ -297,7 +310,7 @@ impl Exchange for RawVerbs {
     fn window(&mut self, bytes: usize) -> Result<()> {
         if self.rank == 0 {
             let (message, notices) = match self.protocol {
-                Protocol::SendRecv => (bytes, 0),
+                Protocol::SendRecv | Protocol::SendInline => (bytes, 0),
                 Protocol::ReadRendezvous => (CONTROL_BYTES, WINDOW),
             };
             for _ in 0..WINDOW {

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::paired::PairedRatio;
 use crate::plan::{median, Figure, Metric, Plan, Variant, WARM_UP, WINDOW};
 
 /// Seed of the bytes every message carries.
@@ -50,10 +51,28 @@ struct Contender<'a> {
     samples: Vec<f64>,
 }
 
-/// Times `once` on every contender in turn, `repetitions` rounds after [`WARM_UP`] untimed
-/// ones: interleaving puts every variant under the same drift of an emulated machine's speed,
-/// and each round starts one contender further on, so none always runs right after the same
-/// other one. Leaves each contender's samples in µs.
+/// Seed of the rounds' orders.
+const ROUND_SEED: u64 = 0x0bde_5eed;
+
+/// The order in which the `count` contenders run in `round`: a shuffle drawn from the round's
+/// number, so the same on both ranks (they must run the same variant at the same time). Over
+/// the rounds every contender runs first, last and right after every other one equally often
+/// in expectation, so what one variant leaves behind (work in the kernel, evicted caches)
+/// weighs on no other more than on the rest. A rotation would not do: it keeps each
+/// contender's predecessor.
+fn round_order(round: usize, count: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).collect();
+    for last in (1..count).rev() {
+        let draw = rdma_tests::splitmix64(ROUND_SEED ^ ((round * count + last) as u64));
+        order.swap(last, (draw % (last as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// Times `once` on every contender, in a new order each round ([`round_order`]),
+/// `repetitions` rounds after [`WARM_UP`] untimed ones: interleaving puts every variant under
+/// the same drift of an emulated machine's speed. Leaves each contender's samples in µs, in
+/// round order.
 fn interleaved(
     contenders: &mut [Contender<'_>],
     repetitions: usize,
@@ -63,8 +82,8 @@ fn interleaved(
         contender.samples.clear();
     }
     for round in 0..WARM_UP + repetitions {
-        contenders.rotate_left(1);
-        for contender in contenders.iter_mut() {
+        for index in round_order(round, contenders.len()) {
+            let contender = &mut contenders[index];
             let start = Instant::now();
             let variant = contender.variant;
             once(&mut *contender.exchange).with_context(|| format!("{variant}"))?;
@@ -79,6 +98,18 @@ fn interleaved(
         }
     }
     Ok(())
+}
+
+/// Every contender's ratio to raw verbs in the rounds just measured (samples in round order).
+fn paired_ratios(contenders: &[Contender<'_>], metric: Metric, bytes: usize) -> Vec<PairedRatio> {
+    let Some(baseline) = contenders.iter().find(|c| c.variant == Variant::RawVerbs) else {
+        return Vec::new();
+    };
+    contenders
+        .iter()
+        .filter(|c| c.variant != Variant::RawVerbs)
+        .filter_map(|c| PairedRatio::new(c.variant, metric, bytes, &c.samples, &baseline.samples))
+        .collect()
 }
 
 /// Fails unless every received buffer holds the payload.
@@ -98,7 +129,8 @@ fn check_received(contender: &Contender<'_>, bytes: usize, payload: &[u8]) -> Re
 }
 
 /// Every size of `plan` through every exchange, interleaved; rank 0 prints a latency and a
-/// bandwidth figure per variant and size.
+/// bandwidth figure per variant and size, and every variant's paired ratio to raw verbs SEND
+/// (the median of its per-round ratios, with that median's 95% interval).
 ///
 /// # Errors
 /// A failed transfer, or received bytes that differ from the payload.
@@ -127,8 +159,12 @@ pub fn sweep(exchanges: Vec<(Variant, &mut dyn Exchange)>, rank: usize, plan: Pl
                 }
             })
             .with_context(|| format!("{metric} of {bytes}-byte messages"))?;
-            for contender in &mut contenders {
+            for contender in &contenders {
                 check_received(contender, bytes, &payload[..bytes])?;
+            }
+            // Before the medians sort each contender's samples out of round order.
+            let ratios = paired_ratios(&contenders, metric, bytes);
+            for contender in &mut contenders {
                 let median = median(&mut contender.samples).context("no repetitions")?;
                 let value = if ping_pong {
                     median / 2.0
@@ -148,7 +184,47 @@ pub fn sweep(exchanges: Vec<(Variant, &mut dyn Exchange)>, rank: usize, plan: Pl
                     println!("{figure}");
                 }
             }
+            if rank == 0 {
+                for ratio in ratios {
+                    println!("{ratio}");
+                }
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contender_follows_every_other_about_equally_often() {
+        let (count, rounds) = (5, 20_000);
+        let mut follows = vec![vec![0usize; count]; count];
+        for round in 0..rounds {
+            let order = round_order(round, count);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..count).collect::<Vec<_>>(), "a permutation");
+            assert_eq!(order, round_order(round, count), "the same on both ranks");
+            for pair in order.windows(2) {
+                follows[pair[1]][pair[0]] += 1;
+            }
+        }
+        // Each of the count·(count−1) ordered pairs is adjacent in (count−1)/(count·(count−1))
+        // of the rounds' count−1 adjacencies.
+        let expected = rounds as f64 / count as f64;
+        for (after, by) in follows.iter().enumerate() {
+            for (before, &n) in by.iter().enumerate() {
+                if after != before {
+                    let share = n as f64 / expected;
+                    assert!(
+                        (0.9..1.1).contains(&share),
+                        "{after} after {before}: {share}"
+                    );
+                }
+            }
+        }
+    }
 }

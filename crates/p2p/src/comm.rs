@@ -2,12 +2,13 @@
 //! the completions of the queue pairs.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use verbs::{Completion, CompletionQueue, Mtu, ProtectionDomain, WcOpcode};
 
 use crate::connection::{Outgoing, Peers};
 use crate::error::{Error, PeerFailure, Result, Violation};
+use crate::idle::IdleWait;
 use crate::launch::LaunchConfig;
 use crate::matching::{Matcher, Source, Status, TagMatch};
 use crate::operation::{Operation, Operations, Request, State, UserBuffer};
@@ -19,12 +20,6 @@ use crate::wire::{Header, WorkRequest};
 mod incoming;
 
 use incoming::Arrived;
-
-/// Polls without progress before a waiter starts sleeping between polls.
-const SPINS_BEFORE_SLEEP: u32 = 100;
-/// Sleep between polls of an idle waiter: short, but leaves the CPU to the peers and to the
-/// (software) provider.
-const IDLE_SLEEP: Duration = Duration::from_micros(50);
 
 /// One rank of a job: connected to every other rank by an RC queue pair.
 ///
@@ -308,7 +303,7 @@ impl Communicator {
 
     fn wait_op(&mut self, id: u64, operation: &'static str) -> Result<Status> {
         let start = Instant::now();
-        let mut idle_polls = 0;
+        let mut idle = IdleWait::default();
         loop {
             match self.ops.get_mut(id) {
                 None => return Err(Error::UnknownRequest { id }),
@@ -327,12 +322,9 @@ impl Communicator {
                 });
             }
             if self.progress()? > 0 {
-                idle_polls = 0;
-            } else if idle_polls < SPINS_BEFORE_SLEEP {
-                idle_polls += 1;
-                std::thread::yield_now();
+                idle.progressed();
             } else {
-                std::thread::sleep(IDLE_SLEEP);
+                idle.idle();
             }
         }
     }

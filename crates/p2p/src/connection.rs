@@ -43,6 +43,16 @@ impl BouncePool {
     }
 }
 
+/// What an outgoing SEND carries besides a header, if it has one.
+#[derive(Debug, Clone, Copy)]
+enum Payload<'a> {
+    /// Bytes copied into the send bounce buffer or, short enough, into the work request
+    /// (inline); none for a request to send or a FIN.
+    Copied(&'a [u8]),
+    /// The user's buffer, sent from its cached registration (zero-copy eager).
+    Registered(verbs::Sge),
+}
+
 /// A message waiting for a send bounce buffer, in the order it must go out.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -126,10 +136,13 @@ impl Connection {
     ) -> Result<(Header, usize), PeerFailure> {
         let start = self.recv_pool.offset(index);
         let mut head = [0; HEADER_LEN];
-        self.recv_pool
-            .region
-            .read_at(start, &mut head)
-            .map_err(|err| format!("reading a receive bounce buffer failed: {err}"))?;
+        // A SEND with immediate data has no header to read (`wire::parse_message` reads none).
+        if imm_data.is_none() {
+            self.recv_pool
+                .region
+                .read_at(start, &mut head)
+                .map_err(|err| format!("reading a receive bounce buffer failed: {err}"))?;
+        }
         let limits = ReceiveLimits {
             capacity: self.recv_pool.buffer_len,
             eager_below: thresholds.rendezvous(),
@@ -177,46 +190,60 @@ impl Connection {
             let wr_id = WorkRequest::SendBounce { peer, index }.id();
             self.send_completes[index as usize] = outgoing.eager_op;
             let header = outgoing.header;
-            // What follows the header in the bounce buffer (a copied payload), and the user's
-            // buffer as the SEND's second element when it goes zero-copy.
-            let (copied, zero_copy): (&[u8], _) =
-                match outgoing.eager_op.and_then(|id| operations.get_mut(id)) {
-                    Some(Operation {
-                        buffer,
-                        state:
-                            State::Sending {
-                                registration: Some(registration),
-                            },
-                        ..
-                    }) => {
-                        // The length fits: it is below the rendezvous threshold.
-                        (
-                            &[],
-                            Some(registration.sge(buffer.ptr(), buffer.len() as u32)),
-                        )
-                    }
-                    Some(op) => {
-                        let (ptr, len) = (op.buffer.ptr().cast_const(), op.buffer.len());
-                        // SAFETY: an eager send's buffer holds `len` readable bytes (a borrowed
-                        // slice whose call is waiting, or an owned vector) and is not written
-                        // while the operation is in progress.
-                        (unsafe { std::slice::from_raw_parts(ptr, len) }, None)
-                    }
-                    None => (&[], None),
-                };
-            let posted = match (zero_copy, wire::zero_copy_imm(header.tag)) {
-                // No header: a message of whole pages takes no extra packet.
-                (Some(payload), Some(imm)) => self.qp.post_send_with_imm(wr_id, &[payload], imm),
-                _ => {
-                    let pool = &mut self.send_pool;
-                    let start = pool.offset(index);
-                    pool.region
+            let payload = match outgoing.eager_op.and_then(|id| operations.get_mut(id)) {
+                Some(Operation {
+                    buffer,
+                    state:
+                        State::Sending {
+                            registration: Some(registration),
+                        },
+                    ..
+                }) => {
+                    // The length fits: it is below the rendezvous threshold.
+                    Payload::Registered(registration.sge(buffer.ptr(), buffer.len() as u32))
+                }
+                Some(op) => {
+                    let (ptr, len) = (op.buffer.ptr().cast_const(), op.buffer.len());
+                    // SAFETY: an eager send's buffer holds `len` readable bytes (a borrowed
+                    // slice whose call is waiting, or an owned vector) and is not written
+                    // while the operation is in progress.
+                    Payload::Copied(unsafe { std::slice::from_raw_parts(ptr, len) })
+                }
+                None => Payload::Copied(&[]),
+            };
+            // Eager messages whose tag fits the immediate data go without a header: a message
+            // of whole pages takes no extra packet, a short one no header to write and read.
+            let headerless = outgoing.eager_op.and(wire::headerless_imm(header.tag));
+            let start = self.send_pool.offset(index);
+            let posted = match (payload, headerless) {
+                (Payload::Registered(sge), Some(imm)) => {
+                    self.qp.post_send_with_imm(wr_id, &[sge], imm)
+                }
+                (Payload::Copied(bytes), Some(imm))
+                    if bytes.len() <= self.qp.max_inline_data() as usize =>
+                {
+                    self.qp.post_send_inline(wr_id, bytes, Some(imm))
+                }
+                (Payload::Copied(bytes), Some(imm)) => {
+                    let region = &mut self.send_pool.region;
+                    region
+                        .write_at(start, bytes)
+                        .and_then(|()| region.sge(start, bytes.len()))
+                        .and_then(|sge| self.qp.post_send_with_imm(wr_id, &[sge], imm))
+                }
+                (payload, None) => {
+                    let copied = match payload {
+                        Payload::Copied(bytes) => bytes,
+                        Payload::Registered(_) => &[],
+                    };
+                    let region = &mut self.send_pool.region;
+                    region
                         .write_at(start, &header.encode())
-                        .and_then(|()| pool.region.write_at(start + HEADER_LEN, copied))
-                        .and_then(|()| pool.region.sge(start, HEADER_LEN + copied.len()))
-                        .and_then(|header| match zero_copy {
-                            Some(payload) => self.qp.post_send(wr_id, &[header, payload]),
-                            None => self.qp.post_send(wr_id, &[header]),
+                        .and_then(|()| region.write_at(start + HEADER_LEN, copied))
+                        .and_then(|()| region.sge(start, HEADER_LEN + copied.len()))
+                        .and_then(|head| match payload {
+                            Payload::Registered(sge) => self.qp.post_send(wr_id, &[head, sge]),
+                            Payload::Copied(_) => self.qp.post_send(wr_id, &[head]),
                         })
                 }
             };

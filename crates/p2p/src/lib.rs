@@ -5,8 +5,11 @@
 //! others connect, and rank 0 hands every rank the endpoints of the queue pairs aimed at it.
 //! Rank, size and root address come from the launcher's environment ([`LaunchConfig`]).
 //!
-//! Messages shorter than the eager threshold (8 KiB) are copied into a pre-registered bounce
-//! buffer and travel in one SEND. Messages from there up to the rendezvous threshold (256 KiB)
+//! Messages shorter than the eager threshold (8 KiB) are copied and travel in one SEND: into
+//! the work request itself (inline) when they are as short as the queue pair's inline limit
+//! (asked of the device at set-up; 512 bytes on Soft-RoCE), else into a pre-registered bounce
+//! buffer; with their tag in the immediate data and no header (like zero-copy eager ones,
+//! below) unless the tag needs the top bit. Messages from there up to the rendezvous threshold (256 KiB)
 //! also travel in one SEND, zero-copy: the sender registers its buffer through the
 //! registration cache (`regcache`) and SENDs straight from it, the tag in the immediate data;
 //! the receiver copies the payload out of its bounce buffer. Longer ones use rendezvous: the sender
@@ -45,6 +48,7 @@ mod bootstrap;
 mod comm;
 mod connection;
 mod error;
+mod idle;
 mod launch;
 mod matching;
 mod operation;
@@ -55,6 +59,7 @@ mod wire;
 
 pub use comm::Communicator;
 pub use error::{Error, Result, Violation};
+pub use idle::IdleWait;
 pub use launch::LaunchConfig;
 pub use matching::{Source, Status, TagMatch, ANY_SOURCE, ANY_TAG};
 pub use operation::Request;

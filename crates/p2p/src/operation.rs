@@ -1,6 +1,6 @@
 //! Operations: what a send or a receive holds while it is in progress, and their table by id.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::matching::Status;
@@ -132,9 +132,13 @@ pub(crate) fn truncation(status: Status, capacity: usize) -> Error {
 }
 
 /// The operations of a communicator, by id; an id is never reused.
+///
+/// A B-tree, not a hash map: a blocking call looks its operation up on every poll, and the
+/// few operations in progress sit in one node, found by comparing integers rather than by
+/// SipHash.
 #[derive(Debug, Default)]
 pub(crate) struct Operations {
-    by_id: HashMap<u64, Operation>,
+    by_id: BTreeMap<u64, Operation>,
     next_id: u64,
 }
 

@@ -5,7 +5,9 @@ use crate::wire::HEADER_LEN;
 /// The ways a message travels, from the shortest messages to the longest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
-    /// Copied behind its header into a send bounce buffer; one SEND.
+    /// One SEND, copied: into the work request when it is as short as the queue pair's inline
+    /// limit, else into a send bounce buffer; without a header when the tag fits the
+    /// immediate data.
     Copied,
     /// One SEND straight from the sender's cached registration into a receive bounce buffer.
     ZeroCopyEager,

@@ -50,6 +50,32 @@ fn roce_v2_gid(ctx: &Context) -> Result<u8> {
         })
 }
 
+/// Inline bytes asked of a device, most first, before none: a copied message this short goes
+/// in the work request itself, with no copy into a bounce buffer and no memory region for the
+/// device to look up. No verb reports a device's limit (Soft-RoCE's is 512), so a refused
+/// queue pair is asked again for less.
+const INLINE_LADDER: [u32; 3] = [512, 256, 64];
+
+/// An RC queue pair of `config` with as many inline bytes as the device grants from
+/// [`INLINE_LADDER`], else none.
+fn create_qp(
+    pd: &Arc<ProtectionDomain>,
+    send_cq: &Arc<CompletionQueue>,
+    recv_cq: &Arc<CompletionQueue>,
+    config: QpConfig,
+) -> verbs::Result<QueuePair> {
+    let with_inline = |max_inline_data| QpConfig {
+        max_inline_data,
+        ..config
+    };
+    for max_inline_data in INLINE_LADDER {
+        if let Ok(qp) = QueuePair::create_rc(pd, send_cq, recv_cq, with_inline(max_inline_data)) {
+            return Ok(qp);
+        }
+    }
+    QueuePair::create_rc(pd, send_cq, recv_cq, with_inline(0))
+}
+
 /// Opens the device of `config`, creates a queue pair per peer with bounce buffers sized for
 /// `thresholds`, makes the cache of user buffers with `cache` (given the protection domain and
 /// the path MTU), exchanges endpoints through rank 0, connects at the port's active MTU, posts
@@ -106,7 +132,7 @@ pub(crate) fn connect(
             BouncePool::new(&pd, count, buffer_len, access)
                 .map_err(setup_error(dev, "registering bounce buffers"))
         };
-        let qp = QueuePair::create_rc(&pd, &send_cq, &recv_cq, qp_config)
+        let qp = create_qp(&pd, &send_cq, &recv_cq, qp_config)
             .map_err(setup_error(dev, "creating a queue pair"))?;
         connections.push(Some(Connection::new(
             qp,

@@ -36,16 +36,16 @@ pub(crate) struct Header {
 /// Encoded size of a [`Header`].
 pub(crate) const HEADER_LEN: usize = 40;
 
-/// Immediate data of a zero-copy eager SEND that carries no header: this bit, and the tag in
-/// the low 31 bits (MPI's tags are non-negative `int`s); the length is the SEND's. A message
-/// whose tag needs the top bit goes with a header instead. Every other SEND has no immediate
-/// data.
-const ZERO_COPY_IMM: u32 = 1 << 31;
+/// Immediate data of an eager SEND that carries no header, copied or zero-copy: this bit, and
+/// the tag in the low 31 bits (MPI's tags are non-negative `int`s); the length is the SEND's.
+/// A message whose tag needs the top bit goes with a header instead. Every other SEND has no
+/// immediate data.
+const HEADERLESS_IMM: u32 = 1 << 31;
 
-/// The immediate data of a zero-copy eager SEND of `tag` without a header, or `None` when the
-/// tag needs the top bit (the message then goes with a header).
-pub(crate) fn zero_copy_imm(tag: u32) -> Option<u32> {
-    (tag & ZERO_COPY_IMM == 0).then_some(ZERO_COPY_IMM | tag)
+/// The immediate data of an eager SEND of `tag` without a header, or `None` when the tag needs
+/// the top bit (the message then goes with a header).
+pub(crate) fn headerless_imm(tag: u32) -> Option<u32> {
+    (tag & HEADERLESS_IMM == 0).then_some(HEADERLESS_IMM | tag)
 }
 
 /// What a receive bounce buffer admits.
@@ -60,7 +60,8 @@ pub(crate) struct ReceiveLimits {
 /// What a SEND of `byte_len` bytes with immediate data `imm_data` carries: its header and the
 /// offset of an eager payload from the start of the message. `head` holds the first
 /// [`HEADER_LEN`] bytes of the receive bounce buffer the SEND landed in (only the first
-/// `byte_len` of them came with it).
+/// `byte_len` of them came with it); a SEND with immediate data has no header, and `head` is
+/// not read then.
 ///
 /// Total: any input gives a message or the [`Violation`] it commits, never a panic. A message
 /// that parses fits its buffer: an eager one is shorter than `limits.eager_below` and its
@@ -79,8 +80,8 @@ pub(crate) fn parse_message(
         });
     }
     let (header, payload_at) = match imm_data {
-        Some(imm) if imm & ZERO_COPY_IMM != 0 => {
-            (Header::eager(imm & !ZERO_COPY_IMM, byte_len, 0), 0)
+        Some(imm) if imm & HEADERLESS_IMM != 0 => {
+            (Header::eager(imm & !HEADERLESS_IMM, byte_len, 0), 0)
         }
         Some(imm) => return Err(Violation::UnknownImmediate { imm }),
         None if byte_len < HEADER_LEN => return Err(Violation::TruncatedHeader { byte_len }),

@@ -76,6 +76,11 @@ pub struct QpConfig {
     pub remote_access: AccessFlags,
     /// Local ACK timeout exponent: 4.096 µs × 2^`ack_timeout`.
     pub ack_timeout: u8,
+    /// Bytes a SEND may carry inline, in the work request itself
+    /// ([`QueuePair::post_send_inline`]); 0 for none. Devices refuse more
+    /// than they support (no verb reports their limit: ask, and ask for less
+    /// on failure), and may grant more ([`QueuePair::max_inline_data`]).
+    pub max_inline_data: u32,
 }
 
 impl QpConfig {
@@ -95,6 +100,7 @@ impl QpConfig {
             max_rd_atomic: 1,
             remote_access: AccessFlags::REMOTE_READ | AccessFlags::REMOTE_WRITE,
             ack_timeout: 17,
+            max_inline_data: 0,
         }
     }
 }
@@ -107,6 +113,8 @@ impl QpConfig {
 pub struct QueuePair {
     raw: NonNull<ibv_qp>,
     qpn: u32,
+    /// Inline bytes the device granted.
+    max_inline_data: u32,
     endpoint: QpEndpoint,
     config: QpConfig,
     pd: Arc<ProtectionDomain>,
@@ -156,7 +164,7 @@ impl QueuePair {
                 max_recv_wr: config.max_recv_wr,
                 max_send_sge: config.max_send_sge,
                 max_recv_sge: config.max_recv_sge,
-                max_inline_data: 0,
+                max_inline_data: config.max_inline_data,
             },
             qp_type: ibv_qp_type::IBV_QPT_RC,
             sq_sig_all: 0,
@@ -172,6 +180,8 @@ impl QueuePair {
         Ok(Self {
             raw,
             qpn,
+            // `ibv_create_qp` wrote the capabilities it granted back into `init`.
+            max_inline_data: init.cap.max_inline_data,
             endpoint: QpEndpoint {
                 qpn,
                 psn: random_psn(),
@@ -373,6 +383,48 @@ impl QueuePair {
         )
     }
 
+    /// Bytes a SEND may carry inline ([`QueuePair::post_send_inline`]): at
+    /// least what [`QpConfig::max_inline_data`] asked for.
+    #[must_use]
+    pub fn max_inline_data(&self) -> u32 {
+        self.max_inline_data
+    }
+
+    /// Posts a SEND of `data` copied into the work request (inline), with
+    /// immediate data if `imm_data` is given: no memory region, and `data`
+    /// may be reused as soon as this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PostSend`] with `EINVAL` when `data` is longer than
+    /// [`QueuePair::max_inline_data`], else with the errno of `ibv_post_send`.
+    pub fn post_send_inline(&self, wr_id: u64, data: &[u8], imm_data: Option<u32>) -> Result<()> {
+        let opcode = match imm_data {
+            Some(_) => ibv_wr_opcode::IBV_WR_SEND_WITH_IMM,
+            None => ibv_wr_opcode::IBV_WR_SEND,
+        };
+        let length = u32::try_from(data.len())
+            .ok()
+            .filter(|&length| length <= self.max_inline_data);
+        let Some(length) = length else {
+            return Err(Error::PostSend {
+                qpn: self.qpn,
+                wr_id,
+                opcode: "SEND",
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        };
+        // Inline, the provider copies `length` bytes from `addr` while posting;
+        // it ignores the key.
+        let sge = Sge {
+            addr: data.as_ptr() as u64,
+            length,
+            lkey: 0,
+        };
+        let inline = ibv_send_flags::IBV_SEND_INLINE.0;
+        self.post_send_wr_flagged(wr_id, opcode, &[sge], None, imm_data, inline)
+    }
+
     fn post_send_wr(
         &self,
         wr_id: u64,
@@ -380,6 +432,19 @@ impl QueuePair {
         local: &[Sge],
         remote: Option<(u64, u32)>,
         imm_data: Option<u32>,
+    ) -> Result<()> {
+        self.post_send_wr_flagged(wr_id, opcode, local, remote, imm_data, 0)
+    }
+
+    /// Posts one signalled send-queue work request with `extra_flags`.
+    fn post_send_wr_flagged(
+        &self,
+        wr_id: u64,
+        opcode: ibv_wr_opcode::Type,
+        local: &[Sge],
+        remote: Option<(u64, u32)>,
+        imm_data: Option<u32>,
+        extra_flags: u32,
     ) -> Result<()> {
         let opcode_name = match opcode {
             ibv_wr_opcode::IBV_WR_RDMA_WRITE => "RDMA WRITE",
@@ -403,7 +468,7 @@ impl QueuePair {
         wr.sg_list = local.as_ptr().cast::<ibv_sge>().cast_mut();
         wr.num_sge = num_sge;
         wr.opcode = opcode;
-        wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+        wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0 | extra_flags;
         if let Some((remote_addr, rkey)) = remote {
             wr.wr.rdma = rdma_sys::rdma_t { remote_addr, rkey };
         }
@@ -415,7 +480,9 @@ impl QueuePair {
         // SAFETY: the QP is alive; `wr` and the `Sge` array it points to (same
         // layout as `ibv_sge`, asserted in mr.rs) live across the call, and the
         // provider copies them before returning. Local memory is only reached
-        // through `lkey`s of registered regions, which the HCA bounds-checks.
+        // through `lkey`s of registered regions, which the HCA bounds-checks,
+        // or, inline, by the provider during the call, from the bytes of a
+        // slice borrowed across it (`post_send_inline`).
         let ret = unsafe { ibv_post_send(self.raw.as_ptr(), &raw mut wr, &raw mut bad_wr) };
         if ret != 0 {
             return Err(post_error(returned_os_error(ret)));

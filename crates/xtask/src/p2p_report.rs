@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+mod paired;
+
+use paired::{PairedRatios, RATIO_PREFIX};
+
 const FIGURE_PREFIX: &str = "REGCACHE-BENCH ";
 const SKIP_PREFIX: &str = "REGCACHE-BENCH-SKIP ";
 const LATENCY: &str = "latency_us";
@@ -22,8 +26,12 @@ const ALWAYS_REGISTER: &str = "p2p-always-register";
 /// A series of a table or plot: its name as printed by p2p-bench, its heading.
 type Column = (&'static str, &'static str);
 /// Columns, in order.
-const COLUMNS: [Column; 7] = [
+const COLUMNS: [Column; 8] = [
     (RAW, "raw verbs SEND, registered once"),
+    (
+        "raw-verbs-inline",
+        "raw verbs SEND, inline up to 512 B, registered once",
+    ),
     (RAW_READ, "raw verbs READ rendezvous, registered once"),
     (CACHED, "p2p + cache (pinned)"),
     (CACHED_ODP, "p2p + cache (ODP)"),
@@ -66,6 +74,8 @@ pub struct Figures {
     values: BTreeMap<String, BTreeMap<String, BTreeMap<usize, f64>>>,
     /// Variants that could not run, with the reason.
     skipped: Vec<(String, String)>,
+    /// Medians of per-round ratios to raw verbs, with their intervals.
+    ratios: PairedRatios,
 }
 
 impl Figures {
@@ -73,7 +83,9 @@ impl Figures {
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Self> {
         let mut figures = Self::default();
         for line in lines {
-            if let Some(at) = line.find(SKIP_PREFIX) {
+            if let Some(at) = line.find(RATIO_PREFIX) {
+                paired::parse_line(&mut figures.ratios, &line[at + RATIO_PREFIX.len()..])?;
+            } else if let Some(at) = line.find(SKIP_PREFIX) {
                 let rest = &line[at + SKIP_PREFIX.len()..];
                 let (what, why) = rest.split_once(' ').unwrap_or((rest, ""));
                 let skip = (what.to_owned(), why.to_owned());
@@ -306,7 +318,23 @@ impl Figures {
                 "\nStreaming bandwidth (windows of 8 messages; median), ratio to raw verbs:\n\n",
             );
             out.push_str(&self.table(BANDWIDTH, "MB/s"));
-            let _ = write!(out, "\n{}", self.verdict());
+            for (metric, what) in [
+                (LATENCY, "latency over raw verbs SEND's: above 1 is slower"),
+                (
+                    BANDWIDTH,
+                    "bandwidth over raw verbs SEND's: below 1 is slower",
+                ),
+            ] {
+                let table = self.paired_table(metric);
+                if !table.is_empty() {
+                    let _ = write!(
+                        out,
+                        "\nPaired ratios ({what}): the median of the ratios of the same \
+                         round, [the 95% confidence interval of that median]:\n\n{table}"
+                    );
+                }
+            }
+            let _ = write!(out, "\n{}{}", self.verdict(), self.copied_verdict());
         }
         for table in [self.first_touch_table(), self.munmap_table()] {
             if !table.is_empty() {
@@ -353,10 +381,11 @@ impl Figures {
             let png = dir.join(format!("{stem}-{file}.png"));
             let script = format!(
                 "set terminal pngcairo noenhanced size 1100,700\nset output '{}'\n\
-                 set title '{title}'\nset logscale xy\nset grid\nset xrange [4:32e6]\n\
+                 set title {}\nset logscale xy\nset grid\nset xrange [4:32e6]\n\
                  set xlabel 'message size (bytes)'\nset ylabel '{label}'\n\
                  set key left top\nplot {}\n",
                 png.display(),
+                gnuplot_string(title),
                 plots.join(", \\\n  ")
             );
             let script_path = dir.join(format!("{stem}-{file}.gp"));
@@ -367,6 +396,12 @@ impl Figures {
         }
         Ok(pngs)
     }
+}
+
+/// `text` as a gnuplot single-quoted string (a quote inside is doubled), such as the title
+/// of a stock module's run, "Debian's rdma_rxe".
+fn gnuplot_string(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// At least three significant digits, and no more decimals than one above 100.
@@ -402,6 +437,11 @@ mod tests {
 [p2p-cache-odp rank 0] REGCACHE-BENCH-SKIP p2p-cache-odp the ODP self-test failed
 REGCACHE-BENCH ib_read_lat latency_us 65536 90.000 100
 ";
+
+    #[test]
+    fn a_quote_in_a_gnuplot_string_is_doubled() {
+        assert_eq!(gnuplot_string("Debian's rxe"), "'Debian''s rxe'");
+    }
 
     #[test]
     fn ratios_are_taken_against_raw_verbs() {

@@ -43,12 +43,12 @@ fn unknown_kinds_are_refused() {
 #[test]
 fn messages_parse_from_immediate_data_or_header() {
     let unread = [0xee; HEADER_LEN];
-    let imm = zero_copy_imm(7).expect("a tag without the top bit");
+    let imm = headerless_imm(7).expect("a tag without the top bit");
     assert_eq!(
         parse_message(Some(imm), 60, LIMITS, &unread),
         Ok((Header::eager(7, 60, 0), 0))
     );
-    assert_eq!(zero_copy_imm(ZERO_COPY_IMM | 7), None);
+    assert_eq!(headerless_imm(HEADERLESS_IMM | 7), None);
 
     let header = Header::eager(7, 50, 3);
     assert_eq!(
@@ -98,7 +98,7 @@ fn each_malformed_message_is_its_violation() {
         ),
         (
             parse_message(
-                Some(zero_copy_imm(1).unwrap()),
+                Some(headerless_imm(1).unwrap()),
                 64,
                 LIMITS,
                 &[0; HEADER_LEN],
@@ -226,7 +226,7 @@ proptest! {
                 match imm_data {
                     Some(imm) => {
                         prop_assert_eq!(payload_at, 0);
-                        prop_assert_eq!(Some(imm), zero_copy_imm(header.tag));
+                        prop_assert_eq!(Some(imm), headerless_imm(header.tag));
                     }
                     None => {
                         prop_assert_eq!(payload_at, HEADER_LEN);
@@ -251,7 +251,7 @@ proptest! {
             }
             Err(Violation::UnknownImmediate { imm }) => {
                 prop_assert_eq!(imm_data, Some(imm));
-                prop_assert!(imm & ZERO_COPY_IMM == 0);
+                prop_assert!(imm & HEADERLESS_IMM == 0);
             }
             Err(Violation::TruncatedHeader { byte_len: reported }) => {
                 prop_assert_eq!(reported, byte_len);
@@ -305,7 +305,7 @@ proptest! {
             parse_message(None, byte_len, limits, &header.encode()),
             Ok((header, HEADER_LEN))
         );
-        if let (Kind::Eager, true, Some(imm)) = (kind, zero_copy, zero_copy_imm(tag)) {
+        if let (Kind::Eager, true, Some(imm)) = (kind, zero_copy, headerless_imm(tag)) {
             let carried = byte_len - HEADER_LEN;
             prop_assert_eq!(
                 parse_message(Some(imm), carried, limits, &[0; HEADER_LEN]),

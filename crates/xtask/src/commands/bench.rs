@@ -1,7 +1,7 @@
 //! `bench regwatch`, `bench p2p` and `bench hit-path`.
 
 use super::vm::{guest_environment, prepare, Prepared};
-use super::{Context, SUITE_TIMEOUT};
+use super::{Context, P2P_BENCH_TIMEOUT, SUITE_TIMEOUT};
 use crate::artefacts;
 use crate::host;
 use crate::kernels::{Configuration, Kernel, Rxe};
@@ -112,7 +112,7 @@ fn bench_p2p_in(
     let run = prepared.guest().run(
         kernel,
         &stage.exec_line_in(&environment, plan.guest_mode()),
-        SUITE_TIMEOUT,
+        P2P_BENCH_TIMEOUT,
     )?;
     let verdict = verdict::judge(&run);
     let out_dir = ctx.workspace.join("target/bench");

@@ -8,7 +8,8 @@ use anyhow::{bail, Result};
 /// QEMU and mmdebstrap for the guest, modprobe and busybox for virtme-ng's
 /// initramfs (and `file`, with which virtme-ng checks that busybox is
 /// static), the 6.1 kernel headers for the module's build matrix, UCX for the
-/// reference benchmark, and gnuplot for the latency plots.
+/// reference benchmark, gnuplot for the latency plots, and git (the fixed
+/// rdma_rxe's build is keyed by `git patch-id`).
 pub const HOST_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -24,6 +25,7 @@ pub const HOST_PACKAGES: &[&str] = &[
     "linux-headers-amd64",
     "libucx-dev",
     "gnuplot-nox",
+    "git",
 ];
 
 pub fn is_root() -> bool {

@@ -180,9 +180,10 @@ pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
 
 /// What `vm boot-check` asks of the guest: the guest script has brought
 /// rdma_rxe up and loaded regwatch (it fails the run otherwise); this shows
-/// both are really there.
-const BOOT_CHECK: &str = "test -e /sys/class/infiniband/rxe0 && test -c /dev/regwatch \
-     && echo \"boot check: rxe0 up ($(cat /sys/class/infiniband/rxe0/ports/1/state)), \
+/// both are really there: rxe0's port active, /dev/regwatch a device.
+const BOOT_CHECK: &str = "grep -q ACTIVE /sys/class/infiniband/rxe0/ports/1/state \
+     && test -c /dev/regwatch \
+     && echo \"boot check: rxe0 port $(cat /sys/class/infiniband/rxe0/ports/1/state), \
      /dev/regwatch present\"";
 
 /// `vm boot-check --kernel K`: one guest per selected kernel with only the

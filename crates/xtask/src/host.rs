@@ -6,8 +6,10 @@ use anyhow::{bail, Result};
 /// Debian bookworm packages the host needs (docker/Dockerfile installs them
 /// too): the verbs headers for `rdma-sys` (and libclang for its bindgen),
 /// QEMU and mmdebstrap for the guest, modprobe and busybox for virtme-ng's
-/// initramfs, the 6.1 kernel headers for the module's build matrix, UCX for the reference benchmark, and gnuplot
-/// for the latency plots.
+/// initramfs (and `file`, with which virtme-ng checks that busybox is
+/// static), the 6.1 kernel headers for the module's build matrix, UCX for the
+/// reference benchmark, gnuplot for the latency plots, and git (the fixed
+/// rdma_rxe's build is keyed by `git patch-id`).
 pub const HOST_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -19,9 +21,11 @@ pub const HOST_PACKAGES: &[&str] = &[
     "python3-venv",
     "kmod",
     "busybox-static",
+    "file",
     "linux-headers-amd64",
     "libucx-dev",
     "gnuplot-nox",
+    "git",
 ];
 
 pub fn is_root() -> bool {

@@ -29,6 +29,7 @@ mod kernels;
 mod kmod;
 mod p2p_report;
 mod rootfs;
+mod rust_version;
 mod rxe_fix;
 mod sh;
 mod stage;
@@ -57,12 +58,16 @@ struct Cli {
 enum Top {
     /// The main job: boot the newest kernel and show what regcache does.
     Demo,
-    /// Everything: rustfmt, clippy, unit tests, the loom models, the harness
-    /// self-test, the module's build matrix and the VM suite on every kernel under test.
+    /// Everything: rustfmt, clippy, the rust-version check, unit tests, the loom
+    /// models, the harness self-test, the module's build matrix, the VM suite on
+    /// every kernel under test and the development image (one guest boot in it).
     Test,
     /// The loom model checks of regcache-core's lock-free core (hazard pointers, last
     /// hit), built with `--cfg loom` in target/loom.
     Loom,
+    /// Check the workspace with Debian bookworm's rustc-web of the workspace's
+    /// rust-version (downloaded into target/rust-version, not installed).
+    RustVersion,
     /// The Soft-RoCE VM harness.
     #[command(subcommand)]
     Vm(VmCommand),
@@ -165,6 +170,12 @@ enum VmCommand {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Boot a guest per kernel with only the module staged and check that
+    /// rdma_rxe gives rxe0 and regwatch /dev/regwatch (quick: builds no tests).
+    BootCheck {
+        #[arg(long, default_value = "lts")]
+        kernel: String,
+    },
     /// Prove the harness reports a failing command and a kernel warning.
     Selftest,
     /// Build the patched rdma_rxe (kernel-patches/rxe) and run its reproducer
@@ -203,10 +214,12 @@ fn dispatch(cli: Cli) -> Result<()> {
         Top::Demo => demo::demo(&ctx),
         Top::Test => check::test_everything(&ctx),
         Top::Loom => check::loom(&ctx),
+        Top::RustVersion => rust_version::check(&ctx.workspace),
         Top::Vm(VmCommand::Setup) => vm::prepare(&ctx).map(drop),
         Top::Vm(VmCommand::Test { kernel }) => vm::vm_test(&ctx, &kernel),
         Top::Vm(VmCommand::Shell { kernel }) => vm::vm_shell(&ctx, &kernel),
         Top::Vm(VmCommand::Run { kernel, command }) => vm::vm_run(&ctx, &kernel, &command),
+        Top::Vm(VmCommand::BootCheck { kernel }) => vm::vm_boot_check(&ctx, &kernel),
         Top::Vm(VmCommand::Selftest) => vm::vm_selftest(&ctx),
         Top::Vm(VmCommand::RxeFix { kernel }) => vm::vm_rxe_fix(&ctx, &kernel),
         Top::Kmod(KmodCommand::Build) => check::kmod_build(&ctx),

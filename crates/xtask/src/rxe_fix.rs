@@ -73,7 +73,13 @@ pub fn patch_files(workspace: &Path) -> Result<Vec<PathBuf>> {
 /// message does not rebuild the module.
 fn patch_hash(patches: &[PathBuf]) -> Result<String> {
     let script = "cat \"$@\" | git patch-id --verbatim | sha256sum";
-    let digest = sh::output(cmd("sh", ["-c", script, "sh"]).args(patches))?;
+    // From `/`: patch-id needs no repository, but git dies on a broken one,
+    // such as a worktree's `.git` file in a container that lacks its target.
+    let digest = sh::output(
+        cmd("sh", ["-c", script, "sh"])
+            .args(patches)
+            .current_dir("/"),
+    )?;
     let hex = digest.split_whitespace().next().unwrap_or_default();
     // e3b0c442...: the SHA-256 of nothing, when git found no diff.
     if hex.len() < 16 || hex.starts_with("e3b0c44298fc1c14") {

@@ -1,9 +1,11 @@
 //! `test`, every check in order, and `kmod build`, the module's build matrix.
 
+use super::docker;
 use super::vm::{self, prepare};
 use super::Context;
 use crate::host;
 use crate::kmod;
+use crate::rust_version;
 use crate::sh::{self, cmd};
 use crate::stage::Stage;
 use anyhow::{bail, Result};
@@ -76,6 +78,10 @@ pub fn test_everything(ctx: &Context) -> Result<()> {
                 ])
             }),
         ),
+        (
+            "rust-version: the workspace with Debian's rustc-web of that version",
+            Box::new(|| rust_version::check(&ctx.workspace)),
+        ),
         ("unit tests", Box::new(|| cargo(&["test", "--workspace"]))),
         ("loom models", Box::new(|| loom(ctx))),
         ("VM harness selftest", Box::new(|| vm::vm_selftest(ctx))),
@@ -84,6 +90,10 @@ pub fn test_everything(ctx: &Context) -> Result<()> {
         steps.push(("regwatch build matrix", Box::new(|| kmod_build(ctx))));
     }
     steps.push(("VM suite", Box::new(|| vm::vm_test(ctx, "all"))));
+    steps.push((
+        "the development image (docker/Dockerfile): build, one guest boot in it",
+        Box::new(|| docker::check_image(ctx)),
+    ));
     let mut failed = Vec::new();
     for (name, body) in &steps {
         if let Err(error) = sh::step(name, body) {

@@ -5,6 +5,7 @@ use super::{Context, COMMAND_TIMEOUT, SUITE_TIMEOUT};
 use crate::artefacts;
 use crate::host;
 use crate::kernels::{self, Configuration, Kernel, Rxe};
+use crate::kmod;
 use crate::rootfs::Rootfs;
 use crate::rxe_fix;
 use crate::stage::Stage;
@@ -173,6 +174,45 @@ pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
         if !verdict.ok() {
             bail!("{}: {}", kernel.release, verdict.summary());
         }
+    }
+    Ok(())
+}
+
+/// What `vm boot-check` asks of the guest: the guest script has brought
+/// rdma_rxe up and loaded regwatch (it fails the run otherwise); this shows
+/// both are really there: rxe0's port active, /dev/regwatch a device.
+const BOOT_CHECK: &str = "grep -q ACTIVE /sys/class/infiniband/rxe0/ports/1/state \
+     && test -c /dev/regwatch \
+     && echo \"boot check: rxe0 port $(cat /sys/class/infiniband/rxe0/ports/1/state), \
+     /dev/regwatch present\"";
+
+/// `vm boot-check --kernel K`: one guest per selected kernel with only the
+/// module staged (no test executables built): rdma_rxe must give rxe0 and
+/// regwatch /dev/regwatch. The least a guest boot needs, for the container
+/// image's check in `cargo xtask test`.
+pub fn vm_boot_check(ctx: &Context, selector: &str) -> Result<()> {
+    let prepared = prepare(ctx)?;
+    let kernels = prepared.select_kernels(selector)?;
+    let stage = Stage::fresh(&prepared.rootfs)?;
+    kmod::stage_required_module(
+        &ctx.workspace,
+        &prepared.rootfs,
+        &stage,
+        &kernels,
+        kmod::With::Nothing,
+        "vm boot-check",
+    )?;
+    let line = format!("sh -c {}", shell_quote(BOOT_CHECK));
+    for kernel in &kernels {
+        let verdict = run_command(&prepared, &stage, kernel, &line)?;
+        if !verdict.ok() {
+            bail!(
+                "{}: no rxe0 or no /dev/regwatch: {}",
+                kernel.release,
+                verdict.summary()
+            );
+        }
+        eprintln!("    {}: rxe0 and /dev/regwatch present", kernel.release);
     }
     Ok(())
 }

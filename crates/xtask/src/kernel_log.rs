@@ -15,6 +15,7 @@ const FAILURE_PATTERNS: &[&str] = &[
     "refcount_t:",
     "UBSAN",
     "KASAN",
+    "Kernel panic",
 ];
 
 /// Whether a kernel-log line fails the run.

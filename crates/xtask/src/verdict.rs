@@ -82,11 +82,33 @@ pub fn judge(run: &GuestRun) -> Verdict {
             .push(format!("guest command exited with status {code}")),
     }
     if !saw_kernel_log {
-        verdict
-            .problems
-            .push("the guest never printed its kernel log (crash or timeout?)".to_owned());
+        verdict.problems.push(format!(
+            "the guest never printed its kernel log (crash or timeout?) after {} s; \
+             the last lines of its console, kernel lines included:\n{}",
+            run.elapsed.as_secs(),
+            console_tail(&run.output)
+        ));
     }
     verdict
+}
+
+/// How many console lines a run without its kernel log shows: enough for a
+/// panic's reason or the init's last words.
+const CONSOLE_TAIL_LINES: usize = 40;
+
+/// The end of a guest's console, indented, with the timestamped kernel lines
+/// that the live echo leaves out: when the guest dies before the harness's
+/// kernel-log dump, these are the only record of why.
+fn console_tail(output: &[String]) -> String {
+    let start = output.len().saturating_sub(CONSOLE_TAIL_LINES);
+    if start == output.len() {
+        return "        (the guest printed nothing)".to_owned();
+    }
+    output[start..]
+        .iter()
+        .map(|line| format!("        | {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The number libtest prints before `label` in a `test result:` line such as
@@ -155,6 +177,20 @@ mod tests {
         let verdict = judge(&run(&["REGCACHE-RESULT pass smoke-0123"], None));
         assert!(!verdict.ok());
         assert_eq!(verdict.problems.len(), 2, "{}", verdict.summary());
+    }
+
+    #[test]
+    fn a_run_without_its_kernel_log_shows_the_console_tail() {
+        let mut lines = vec!["an early line"; CONSOLE_TAIL_LINES];
+        lines.push("[    3.000000] Kernel panic - not syncing: VFS: Unable to mount root fs");
+        let verdict = judge(&run(&lines, Some(255)));
+        let problem = verdict
+            .problems
+            .iter()
+            .find(|problem| problem.contains("never printed its kernel log"))
+            .expect("the missing kernel log is a problem");
+        assert!(problem.contains("Unable to mount root fs"), "{problem}");
+        assert_eq!(problem.matches("        | ").count(), CONSOLE_TAIL_LINES);
     }
 
     #[test]

@@ -226,10 +226,17 @@ fn run_in_image(ctx: &Context, image: &Image, command: &[String]) -> Result<()> 
     seed_vm_cache(&ctx.vm_dir, &image.vm_cache)?;
     // The host's PID namespace: the harness names its stages in the rootfs
     // by process id and removes those of dead processes, so runs sharing
-    // the cache must see each other's processes.
-    let mut run = image
-        .engine
-        .command(["run", "--rm", "--privileged", "--pid=host"]);
+    // the cache must see each other's processes. The host's network: the
+    // container serves nothing, and podman installed without recommends (as
+    // here, on a fresh machine) gets another network stack than one set up
+    // by hand, so a network of its own is one difference less.
+    let mut run = image.engine.command([
+        "run",
+        "--rm",
+        "--privileged",
+        "--pid=host",
+        "--network=host",
+    ]);
     let mounts = [
         (ctx.workspace.as_path(), SRC_MOUNT, ""),
         (image.vm_cache.as_path(), VM_MOUNT, ""),

@@ -188,6 +188,10 @@ pub struct Guest<'a> {
     /// nodes, which the kernel warns about at boot).
     pub memory_gib: u32,
     pub cpus: u32,
+    /// The kernel's boot console on the run's output (virtme-ng discards
+    /// it otherwise): captured but not echoed, being timestamped, so that a
+    /// guest dying before its kernel-log dump leaves the reason behind.
+    pub boot_console: bool,
 }
 
 impl Guest<'_> {
@@ -210,6 +214,9 @@ impl Guest<'_> {
         command.args(["--exec", exec]);
         if self.accel == Accel::Tcg {
             command.arg("--disable-kvm");
+        }
+        if self.boot_console {
+            command.arg("--verbose");
         }
         let path = std::env::var("PATH").unwrap_or_default();
         command.env(

@@ -36,6 +36,7 @@ impl Prepared {
             accel: self.accel,
             memory_gib: GUEST_MEMORY_GIB,
             cpus: GUEST_CPUS,
+            boot_console: false,
         }
     }
 
@@ -150,12 +151,12 @@ fn shell_quote(word: &str) -> String {
 /// Runs the guest script's `run` mode with `command_line` on `kernel` and
 /// judges the run.
 fn run_command(
-    prepared: &Prepared,
+    guest: &Guest,
     stage: &Stage,
     kernel: &Kernel,
     command_line: &str,
 ) -> Result<Verdict> {
-    let run = prepared.guest().run(
+    let run = guest.run(
         kernel,
         &stage.exec_line(kernel, &format!("run {command_line}")),
         COMMAND_TIMEOUT,
@@ -170,7 +171,7 @@ pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
     let stage = artefacts::stage_suite(&ctx.workspace, &prepared.rootfs, &kernels)?;
     let line: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
     for kernel in &kernels {
-        let verdict = run_command(&prepared, &stage, kernel, &line.join(" "))?;
+        let verdict = run_command(&prepared.guest(), &stage, kernel, &line.join(" "))?;
         if !verdict.ok() {
             bail!("{}: {}", kernel.release, verdict.summary());
         }
@@ -189,7 +190,8 @@ const BOOT_CHECK: &str = "grep -q ACTIVE /sys/class/infiniband/rxe0/ports/1/stat
 /// `vm boot-check --kernel K`: one guest per selected kernel with only the
 /// module staged (no test executables built): rdma_rxe must give rxe0 and
 /// regwatch /dev/regwatch. The least a guest boot needs, for the container
-/// image's check in `cargo xtask test`.
+/// image's check in `cargo xtask test`. The boot console is kept, and a
+/// failed boot is tried once more, so that a failure in CI says why.
 pub fn vm_boot_check(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernels = prepared.select_kernels(selector)?;
@@ -203,8 +205,12 @@ pub fn vm_boot_check(ctx: &Context, selector: &str) -> Result<()> {
         "vm boot-check",
     )?;
     let line = format!("sh -c {}", shell_quote(BOOT_CHECK));
+    let guest = Guest {
+        boot_console: true,
+        ..prepared.guest()
+    };
     for kernel in &kernels {
-        let mut verdict = run_command(&prepared, &stage, kernel, &line)?;
+        let mut verdict = run_command(&guest, &stage, kernel, &line)?;
         if !verdict.ok() {
             // One more boot, said aloud: a guest of a fresh container has
             // died once without a word on the console in CI where every
@@ -214,7 +220,7 @@ pub fn vm_boot_check(ctx: &Context, selector: &str) -> Result<()> {
                 kernel.release,
                 verdict.summary()
             );
-            verdict = run_command(&prepared, &stage, kernel, &line)?;
+            verdict = run_command(&guest, &stage, kernel, &line)?;
         }
         if !verdict.ok() {
             bail!(
@@ -255,7 +261,7 @@ pub fn vm_selftest(ctx: &Context) -> Result<()> {
     ];
     let mut wrong = Vec::new();
     for (name, command, should_pass) in cases {
-        let verdict = run_command(&prepared, &stage, kernel, command)?;
+        let verdict = run_command(&prepared.guest(), &stage, kernel, command)?;
         let judged = if verdict.ok() { "pass" } else { "failure" };
         let right = verdict.ok() == should_pass;
         eprintln!(
@@ -304,7 +310,7 @@ pub fn vm_rxe_fix(ctx: &Context, selector: &str) -> Result<()> {
             swap = patched.swap_command
         );
         let verdict = run_command(
-            &prepared,
+            &prepared.guest(),
             &stage,
             kernel,
             &format!("sh -c {}", shell_quote(&script)),

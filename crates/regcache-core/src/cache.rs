@@ -303,17 +303,24 @@ impl<R: Registrar, I: InvalidationSource> Cache<R, I> {
     }
 
     /// A miss; when the invalidation source has no room for another watch, evicts the idle
-    /// registrations (giving their watches back) and tries once more.
+    /// registrations (giving their watches back), or waits for a watch another thread is
+    /// giving back, and tries again, as long as either frees a watch.
     fn miss(&self, start: usize, end: usize, access: Access) -> Result<Registration<R, I>> {
         let _span =
             tracing::debug_span!("regcache.miss", addr = start, len = end - start).entered();
         Counters::add(&self.backend.counters.misses, 1);
-        match self.register_missing(start, end, access) {
-            Err(err) if err.is_out_of_watch_room() && self.evict_idle() > 0 => {
-                tracing::debug!("regcache: no room for another watch; evicted idle registrations");
-                self.register_missing(start, end, access)
+        loop {
+            let unwatched = self.backend.unwatches_done();
+            match self.register_missing(start, end, access) {
+                Err(err)
+                    if err.is_out_of_watch_room()
+                        && (self.evict_idle() > 0
+                            || self.backend.watch_given_back_since(unwatched)) =>
+                {
+                    tracing::debug!("regcache: no room for another watch; a watch was freed");
+                }
+                result => return result,
             }
-            result => result,
         }
     }
 

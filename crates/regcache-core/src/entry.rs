@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::access::Access;
@@ -19,6 +19,11 @@ pub(crate) struct Backend<R: Registrar, I: InvalidationSource> {
     pub(crate) counters: Counters,
     /// Releases of entries dropped while the cache's lock was held (see [`DeferReleases`]).
     deferred: Mutex<Vec<Release<R, I>>>,
+    /// Deferred releases holding a watch, counted when deferred and again once unwatched: a
+    /// miss that finds no watch room while another thread still gives one back waits for it
+    /// ([`Backend::watch_given_back_since`]) instead of failing.
+    unwatches_deferred: AtomicU64,
+    unwatches_done: AtomicU64,
 }
 
 /// What an entry hands back when its last reference drops.
@@ -42,7 +47,37 @@ impl<R: Registrar, I: InvalidationSource> Backend<R, I> {
             source,
             counters: Counters::default(),
             deferred: Mutex::new(Vec::new()),
+            unwatches_deferred: AtomicU64::new(0),
+            unwatches_done: AtomicU64::new(0),
         }
+    }
+
+    /// How many deferred unwatches have finished: the mark a caller about to watch passes to
+    /// [`Backend::watch_given_back_since`] should the watch find no room.
+    pub(crate) fn unwatches_done(&self) -> u64 {
+        self.unwatches_done.load(SeqCst)
+    }
+
+    /// Whether a watch was given back by a deferred release since `mark`
+    /// ([`Backend::unwatches_done`]), waiting for one while another thread is still making
+    /// such an unwatch; `false` when none finished since and none is under way.
+    ///
+    /// Both counts only grow, `done` never past `deferred`, each raised after the step it
+    /// counts (`SeqCst`). Reading `done` and then `deferred` equal means nothing was under way
+    /// at the second read. A deferred unwatch is made by the thread that deferred it right
+    /// after unlocking, never waiting on this one, so the wait ends.
+    pub(crate) fn watch_given_back_since(&self, mark: u64) -> bool {
+        let done = self.unwatches_done.load(SeqCst);
+        if done != mark {
+            return true;
+        }
+        if self.unwatches_deferred.load(SeqCst) == done {
+            return false;
+        }
+        while self.unwatches_done.load(SeqCst) == mark {
+            std::thread::yield_now();
+        }
+        true
     }
 
     /// Until the guard drops, the entries of this back end whose last reference this thread
@@ -105,7 +140,11 @@ impl<R: Registrar, I: InvalidationSource> Drop for DeferReleases<'_, R, I> {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         for release in deferred {
+            let watched = release.watch.is_some();
             self.backend.deregister(release);
+            if watched {
+                self.backend.unwatches_done.fetch_add(1, SeqCst);
+            }
         }
     }
 }
@@ -224,6 +263,9 @@ impl<R: Registrar, I: InvalidationSource> Drop for Entry<R, I> {
                 .deferred
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            if release.watch.is_some() {
+                self.backend.unwatches_deferred.fetch_add(1, SeqCst);
+            }
             deferred.push(release);
         } else {
             self.backend.deregister(release);

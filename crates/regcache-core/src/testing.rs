@@ -59,6 +59,8 @@ struct World {
     registrations: u64,
     deregistrations: u64,
     drains: u64,
+    /// Watches refused for want of a free slot (`ENOSPC`).
+    refused_watches: u64,
     double_deregistrations: u64,
     fail_deregistrations: bool,
     max_registration_bytes: Option<usize>,
@@ -252,6 +254,11 @@ impl FakeMemory {
         self.world().double_deregistrations
     }
 
+    /// Watches refused so far because every slot was taken.
+    pub fn refused_watches(&self) -> u64 {
+        self.world().refused_watches
+    }
+
     /// Watches not yet unwatched.
     pub fn active_watches(&self) -> usize {
         self.world().watches.iter().flatten().count()
@@ -385,10 +392,10 @@ impl InvalidationSource for FakeInvalidation {
 
     fn watch(&self, addr: usize, len: usize, cookie: u64) -> io::Result<FakeWatch> {
         let mut world = self.memory.world();
-        let slot = world
-            .free_slots
-            .pop()
-            .ok_or_else(|| io::Error::from_raw_os_error(28))?;
+        let Some(slot) = world.free_slots.pop() else {
+            world.refused_watches += 1;
+            return Err(io::Error::from_raw_os_error(28));
+        };
         let seq = world.next_seq;
         world.next_seq += 1;
         world.watches[slot] = Some(WatchRecord {

@@ -1,13 +1,14 @@
 //! Misses register outside the cache's lock: concurrent misses on the same or overlapping
 //! ranges keep one registration, leak none, and a change that lands between a registration and
 //! its re-check under the lock is never indexed nor handed out. Evicted and invalidated
-//! registrations are deregistered outside the lock too.
+//! registrations are deregistered outside the lock too, and a miss short of a watch slot waits
+//! for one that another thread is giving back.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use regcache_core::testing::{
     FakeInvalidation, FakeMemory, FakeRegion, FakeRegistrar, FakeWatch, PAGE,
@@ -265,4 +266,64 @@ fn an_invalidated_registration_is_deregistered_without_the_lock() {
         changer.map(BASE, PAGE);
         cache.flush_invalidations().unwrap();
     });
+}
+
+/// With one watch slot, taken by an idle registration that another thread is evicting and whose
+/// unwatch that thread has not made yet (its deregistration blocked, after the lock), a miss
+/// finds no watch room and nothing idle to evict: it waits for the watch being given back
+/// instead of failing with `ENOSPC`.
+#[test]
+fn a_miss_waits_for_a_watch_another_thread_gives_back() {
+    let memory = FakeMemory::new(1);
+    let far = BASE + 64 * PAGE;
+    memory.map(BASE, PAGE);
+    memory.map(far, PAGE);
+    let gate = Arc::new(Gate::default());
+    let registrar = BlocksADeregistration {
+        registrar: memory.registrar(),
+        gate: Arc::clone(&gate),
+    };
+    let cache = Cache::new(
+        registrar,
+        memory.invalidation(),
+        Policy::Pinned,
+        Limits::default(),
+    );
+    drop(cache.cached_reg(ptr(BASE), PAGE, RW).unwrap());
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    *gate.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some((entered_tx, release_rx));
+    std::thread::scope(|scope| {
+        let evictor = scope.spawn(|| assert_eq!(cache.evict_idle(), 1));
+        entered
+            .recv_timeout(BLOCK_LIMIT)
+            .expect("the registration of BASE was not deregistered");
+        let misser = scope.spawn(|| {
+            cache
+                .cached_reg(ptr(far), PAGE, RW)
+                .map(|registration| registration.lkey())
+        });
+        let refused_by = Instant::now() + BLOCK_LIMIT;
+        while memory.refused_watches() == 0 && Instant::now() < refused_by {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            memory.refused_watches(),
+            1,
+            "the miss never lacked a watch slot"
+        );
+        release
+            .send(())
+            .expect("the deregistration waits for its release");
+        evictor.join().unwrap();
+        let lkey = misser
+            .join()
+            .unwrap()
+            .expect("the miss failed instead of waiting for the watch being given back");
+        assert!(memory.is_current(lkey, far, PAGE));
+    });
+    assert!(!gate.timed_out.load(Relaxed));
+    drop(cache);
+    assert_eq!(memory.live(), (0, 0), "leaked registrations");
+    assert_eq!(memory.active_watches(), 0);
 }

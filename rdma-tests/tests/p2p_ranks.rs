@@ -54,6 +54,7 @@ fn rank_entry() {
         "sizes" => sizes(&mut comm, false),
         "sizes_and_64_mib" => sizes(&mut comm, true),
         "order" => order(&mut comm),
+        "flood" => flood(&mut comm),
         "wildcards_and_ring" => wildcards_and_ring(&mut comm),
         "truncation" => truncation(&mut comm),
         "dead_peer" => dead_peer(&mut comm),
@@ -84,6 +85,50 @@ fn expect_message(comm: &mut Communicator, source: usize, tag: u32, len: usize, 
     let status = ok(comm.recv(&mut buf, source, tag), "recv");
     assert_eq!(status, Status { source, tag, len });
     assert_same_bytes(&pattern(len, seed(tag, len)), &buf[..len], "received bytes");
+}
+
+/// Messages each rank sends in `flood`: several times the bounce buffers of a connection.
+const FLOOD_MESSAGES: u32 = 150;
+
+/// Both ranks start sending at once more messages than a connection has send and receive
+/// bounce buffers, copied, zero-copy and rendezvous in turn, and only then post their
+/// receives: every send bounce buffer, every posted receive and the READs in flight are
+/// outstanding together, and their completions all go to the communicator's one CQ, which
+/// must hold them (one too small loses completions, and a wait then fails). Every message
+/// arrives whole, matched by its tag.
+fn flood(comm: &mut Communicator) {
+    let peer = 1 - comm.rank();
+    let lens = [
+        8,
+        comm.eager_threshold() + 100,
+        comm.rendezvous_threshold() + 100,
+    ];
+    let len_of = |tag: u32| lens[tag as usize % lens.len()];
+    let sends: Vec<_> = (0..FLOOD_MESSAGES)
+        .map(|tag| {
+            let payload = pattern(len_of(tag), seed(tag, len_of(tag)));
+            ok(comm.isend(payload, peer, tag), "isend")
+        })
+        .collect();
+    let receives: Vec<_> = (0..FLOOD_MESSAGES)
+        .map(|tag| ok(comm.irecv(vec![0; len_of(tag)], peer, tag), "irecv"))
+        .collect();
+    for (tag, request) in (0..FLOOD_MESSAGES).zip(receives) {
+        let (status, buf) = ok(comm.wait(request), "wait for a receive");
+        let len = len_of(tag);
+        assert_eq!(
+            status,
+            Status {
+                source: peer,
+                tag,
+                len
+            }
+        );
+        assert_same_bytes(&pattern(len, seed(tag, len)), &buf, "flooded message");
+    }
+    for request in sends {
+        ok(comm.wait(request), "wait for a send");
+    }
 }
 
 /// Rank 0 sends every size to rank 1, which checks it and sends it back: both sides of the
@@ -631,6 +676,11 @@ fn run_on_rxe0(scenario: &'static str, ranks: usize) {
 #[test]
 fn messages_match_in_order_by_source_and_tag() {
     run_on_rxe0("order", 2);
+}
+
+#[test]
+fn a_flood_both_ways_fills_every_bounce_buffer_and_loses_no_completion() {
+    run_on_rxe0("flood", 2);
 }
 
 #[test]

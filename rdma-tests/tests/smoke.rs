@@ -9,7 +9,7 @@ use rdma_tests::{
 };
 use verbs::{
     AccessFlags, Context, Error, GidType, Mtu, OwnedMemoryRegion, PortState, Prefetch,
-    ProtectionDomain, WcOpcode, FIRST_PORT,
+    ProtectionDomain, WcOpcode, FIRST_PORT, POLL_BATCH,
 };
 
 const MIB: usize = 1 << 20;
@@ -370,4 +370,66 @@ fn cross_device_rc_write_read_send_rxe0_to_rxe1() {
         return;
     }
     round_trip_and_teardown(RXE0, RXE1);
+}
+
+/// More completions than one batch holds come out of `poll_batch` all, in posting order, in
+/// batches of at most `POLL_BATCH`, each saying whether it was full.
+#[test]
+fn a_batched_poll_takes_every_completion_in_order() {
+    if require_devices().is_none() {
+        return;
+    }
+    let (initiator, responder) = connected_pair(RXE0, RXE0, Mtu::Mtu1024);
+    let source = unwrap(
+        OwnedMemoryRegion::new(&initiator.pd, 64, AccessFlags::LOCAL_WRITE),
+        "source",
+    );
+    let target = unwrap(
+        OwnedMemoryRegion::new(
+            &responder.pd,
+            64,
+            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
+        ),
+        "target",
+    );
+    let count = 2 * POLL_BATCH + 3;
+    for wr_id in 0..count as u64 {
+        let sge = unwrap(source.sge(0, 64), "source sge");
+        unwrap(
+            initiator
+                .qp
+                .post_write(wr_id, &[sge], target.mr().addr(), target.mr().rkey()),
+            "post RDMA WRITE",
+        );
+    }
+    let mut taken = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while taken.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} completions",
+            taken.len()
+        );
+        let batch = unwrap(initiator.cq.poll_batch(), "poll a batch");
+        let full = batch.was_full();
+        let before = taken.len();
+        for completion in batch {
+            let completion = unwrap(completion, "a WRITE's completion");
+            assert_eq!(completion.opcode, WcOpcode::RdmaWrite);
+            taken.push(completion.wr_id);
+        }
+        let polled = taken.len() - before;
+        assert!(polled <= POLL_BATCH, "{polled} in one batch");
+        assert_eq!(full, polled == POLL_BATCH, "{polled} polled, full {full}");
+        if polled == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(taken, (0..count as u64).collect::<Vec<_>>());
+    assert!(
+        unwrap(initiator.cq.poll_batch(), "poll the empty CQ")
+            .next()
+            .is_none(),
+        "nothing more"
+    );
 }

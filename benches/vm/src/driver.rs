@@ -15,6 +15,9 @@ use crate::ADDR_VAR;
 
 /// First TCP port of the ranks' bootstraps; each communicator uses the next one.
 const BOOTSTRAP_PORT: u16 = 18_600;
+/// A command (words split at spaces) rank 0 runs under, to profile it, e.g.
+/// `valgrind --tool=callgrind --callgrind-out-file=/tmp/rank0.out`.
+const RANK0_WRAPPER_VAR: &str = "P2P_BENCH_RANK0_WRAPPER";
 
 /// Where a rank runs: its device and address, and the network namespace it must enter.
 #[derive(Debug, Clone, Copy)]
@@ -110,10 +113,22 @@ fn run_ranks(plan: Plan, places: &[Place; 2]) -> Result<()> {
     if plan.is_quick() {
         args.push("--quick".to_owned());
     }
+    if let Some(cap) = plan.cap() {
+        args.extend(["--max-size".to_owned(), cap.to_string()]);
+    }
     let root = format!("{}:{BOOTSTRAP_PORT}", places[0].node.addr);
     let mut ranks = Vec::new();
+    let wrapper = std::env::var(RANK0_WRAPPER_VAR).unwrap_or_default();
     for (rank, place) in places.iter().enumerate() {
-        let mut command = place.command(&exe, &args);
+        let mut command = match wrapper.split_whitespace().collect::<Vec<_>>().split_first() {
+            Some((program, words)) if rank == 0 => {
+                let mut wrapped: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+                wrapped.push(exe.display().to_string());
+                wrapped.extend(args.iter().cloned());
+                place.command(Path::new(program), &wrapped)
+            }
+            _ => place.command(&exe, &args),
+        };
         command
             .env("P2P_RANK", rank.to_string())
             .env("P2P_SIZE", "2")
@@ -167,8 +182,8 @@ pub fn run_everything(plan: Plan) -> Result<()> {
         }
     }
     // Not in the short plan: the suite and the demo run that on every kernel, and its
-    // tables are the p2p figures.
-    if !plan.is_quick() {
+    // tables are the p2p figures. Nor in a capped one, which asks about small messages.
+    if !plan.is_quick() && plan.cap().is_none() {
         println!("p2p-bench: measuring first-touch and munmap");
         if let Err(error) = crate::first_touch::run() {
             failures.push(format!("first-touch: {error:#}"));

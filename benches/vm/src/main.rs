@@ -2,9 +2,12 @@
 //! run inside the project's VM by `cargo xtask bench p2p` (and, with `--quick`, by the demo).
 //!
 //! ```text
-//! p2p-bench [--quick]          every variant, then perftest, between rxe0 and rxe1, then
-//!                              (without --quick) first-touch
-//! p2p-bench rank [--quick]     one rank; started by the line above
+//! p2p-bench [--quick] [--max-size BYTES]
+//!                              every variant, then perftest, between rxe0 and rxe1, then
+//!                              (without --quick or --max-size) first-touch; --max-size
+//!                              drops the plan's sizes above BYTES
+//! p2p-bench rank [--quick] [--max-size BYTES]
+//!                              one rank; started by the line above
 //! p2p-bench first-touch        only the first transfer of fresh buffers and munmap costs
 //! ```
 //!
@@ -37,22 +40,42 @@ const ADDR_VAR: &str = "P2P_BENCH_ADDR";
 /// The cache's mode, read by every communicator as it is created.
 const MODE_VAR: &str = "REGCACHE_MODE";
 
+const USAGE: &str = "usage: p2p-bench [--quick] [--max-size BYTES] | p2p-bench rank [--quick] \
+     [--max-size BYTES] | p2p-bench first-touch";
+
+/// The plan the options ask for, and the other arguments.
+fn parse_args(args: &[String]) -> Result<(Plan, Vec<&str>)> {
+    let (mut quick, mut cap, mut positional) = (false, None, Vec::new());
+    let mut args = args.iter().map(String::as_str);
+    while let Some(arg) = args.next() {
+        match arg {
+            "--quick" => quick = true,
+            "--max-size" => {
+                let bytes = args.next().context("--max-size needs a number of bytes")?;
+                let bytes: usize = bytes
+                    .parse()
+                    .with_context(|| format!("--max-size {bytes}: not a number of bytes"))?;
+                cap = Some(bytes);
+            }
+            _ => positional.push(arg),
+        }
+    }
+    let plan = Plan::new(quick);
+    let plan = match cap {
+        Some(cap) => plan.up_to(cap)?,
+        None => plan,
+    };
+    Ok((plan, positional))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|arg| arg == "--quick");
-    let positional: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|arg| *arg != "--quick")
-        .collect();
-    let result = match positional.as_slice() {
-        [] => driver::run_everything(Plan::new(quick)),
-        ["rank"] => rank(Plan::new(quick)),
-        ["first-touch"] if !quick => first_touch::run(),
-        _ => Err(anyhow::anyhow!(
-            "usage: p2p-bench [--quick] | p2p-bench rank [--quick] | p2p-bench first-touch"
-        )),
-    };
+    let result = parse_args(&args).and_then(|(plan, positional)| match positional.as_slice() {
+        [] => driver::run_everything(plan),
+        ["rank"] => rank(plan),
+        ["first-touch"] if plan == Plan::new(false) => first_touch::run(),
+        _ => Err(anyhow::anyhow!(USAGE)),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -132,6 +132,8 @@ pub const WARM_UP: usize = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
     quick: bool,
+    /// The largest size measured, when the run is capped ([`Plan::up_to`]).
+    cap: Option<usize>,
 }
 
 const KIB: usize = 1 << 10;
@@ -158,7 +160,31 @@ impl Plan {
     /// The full sweep (8 B to 16 MiB), or with `quick` four sizes up to 1 MiB and fewer
     /// repetitions (the demo's table).
     pub fn new(quick: bool) -> Self {
-        Self { quick }
+        Self { quick, cap: None }
+    }
+
+    /// This plan without its sizes above `cap` bytes: a run of minutes that answers a question
+    /// about small messages (the repetitions per size stay those of the whole plan).
+    ///
+    /// # Errors
+    /// When no size of the plan is that small.
+    pub fn up_to(self, cap: usize) -> anyhow::Result<Self> {
+        let capped = Self {
+            cap: Some(cap),
+            ..self
+        };
+        if capped.sizes().is_empty() {
+            anyhow::bail!(
+                "no message size of the plan is at most {cap} bytes (the smallest is {})",
+                self.sizes().first().copied().unwrap_or(0)
+            );
+        }
+        Ok(capped)
+    }
+
+    /// The cap of [`Plan::up_to`], if any.
+    pub fn cap(self) -> Option<usize> {
+        self.cap
     }
 
     /// Whether this is the demo's short plan.
@@ -168,11 +194,13 @@ impl Plan {
 
     /// Message sizes in bytes, ascending.
     pub fn sizes(self) -> &'static [usize] {
-        if self.quick {
+        let sizes: &'static [usize] = if self.quick {
             &QUICK_SIZES
         } else {
             &FULL_SIZES
-        }
+        };
+        let cap = self.cap.unwrap_or(usize::MAX);
+        &sizes[..sizes.partition_point(|&bytes| bytes <= cap)]
     }
 
     /// The largest message.
@@ -235,6 +263,19 @@ mod tests {
         assert_eq!(plan.max_size(), 16 * MIB);
         assert!(plan.sizes().contains(&(64 * KIB)));
         assert!(plan.sizes().windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn a_capped_plan_keeps_the_sizes_up_to_its_cap() {
+        let capped = Plan::new(false).up_to(4 * KIB).expect("sizes from 8 B");
+        assert_eq!(capped.sizes(), [8, 32, 128, 512, 2 * KIB, 4 * KIB]);
+        assert_eq!(capped.max_size(), 4 * KIB);
+        assert_eq!(capped.round_trips(8), Plan::new(false).round_trips(8));
+        assert_eq!(
+            Plan::new(false).up_to(5000).map(Plan::max_size).ok(),
+            Some(4 * KIB)
+        );
+        assert!(Plan::new(false).up_to(7).is_err(), "no size left");
     }
 
     #[test]

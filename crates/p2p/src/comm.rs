@@ -32,8 +32,8 @@ pub struct Communicator {
     ops: Operations,
     matcher: Matcher<u64, Arrived>,
     cache: UserBufferCache,
-    send_cq: Arc<CompletionQueue>,
-    recv_cq: Arc<CompletionQueue>,
+    /// Every queue pair's sends and receives complete here.
+    cq: Arc<CompletionQueue>,
     thresholds: Thresholds,
     mtu: Mtu,
 }
@@ -81,8 +81,7 @@ impl Communicator {
         let setup::Connected {
             peers,
             cache,
-            send_cq,
-            recv_cq,
+            cq,
             mtu,
         } = setup::connect(&config, thresholds, cache)?;
         Ok(Self {
@@ -91,8 +90,7 @@ impl Communicator {
             ops: Operations::default(),
             matcher: Matcher::default(),
             cache,
-            send_cq,
-            recv_cq,
+            cq,
             thresholds,
             mtu,
         })
@@ -373,11 +371,15 @@ impl Communicator {
     /// completions were handled.
     fn progress(&mut self) -> Result<usize> {
         let mut handled = 0;
-        for cq in [Arc::clone(&self.recv_cq), Arc::clone(&self.send_cq)] {
-            loop {
-                match cq.poll() {
-                    Ok(Some(completion)) => self.on_completion(&completion),
-                    Ok(None) => break,
+        loop {
+            let batch = self
+                .cq
+                .poll_batch()
+                .map_err(|source| Error::Poll { source })?;
+            let more = batch.was_full();
+            for polled in batch {
+                match polled {
+                    Ok(completion) => self.on_completion(&completion),
                     Err(verbs::Error::WorkCompletion {
                         wr_id,
                         status,
@@ -388,6 +390,9 @@ impl Communicator {
                     Err(source) => return Err(Error::Poll { source }),
                 }
                 handled += 1;
+            }
+            if !more {
+                break;
             }
         }
         for peer in 0..self.peers.size() {

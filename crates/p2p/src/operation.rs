@@ -1,7 +1,5 @@
 //! Operations: what a send or a receive holds while it is in progress, and their table by id.
 
-use std::collections::BTreeMap;
-
 use crate::error::{Error, Result};
 use crate::matching::Status;
 use crate::registrations::UserRegistration;
@@ -131,51 +129,100 @@ pub(crate) fn truncation(status: Status, capacity: usize) -> Error {
     }
 }
 
-/// The operations of a communicator, by id; an id is never reused.
-///
-/// A B-tree, not a hash map: a blocking call looks its operation up on every poll, and the
-/// few operations in progress sit in one node, found by comparing integers rather than by
-/// SipHash.
+/// Bits of an operation id that name its slot in [`Operations`]; the bits above (up to the
+/// 56 a work-request id leaves, see `wire::WorkRequest`) count the slot's reuses.
+const SLOT_BITS: u32 = 24;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// Reuses a slot's count wraps after: 32 bits, so an id comes back only after its slot was
+/// reused 2^32 times.
+const GENERATION_MASK: u64 = u32::MAX as u64;
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Times the slot was freed; part of the id of the operation it holds.
+    generation: u64,
+    operation: Option<Operation>,
+}
+
+/// The operations of a communicator, by id: a slab of slots, so that adding, finding and
+/// removing an operation is indexing a vector (every message adds and removes one, and a
+/// blocking call looks its operation up on every poll; a B-tree cost hundreds of
+/// instructions per insert and per remove under callgrind). An id names a slot and its
+/// generation, so the id of a removed operation finds nothing, even once the slot holds
+/// another one.
 #[derive(Debug, Default)]
 pub(crate) struct Operations {
-    by_id: BTreeMap<u64, Operation>,
-    next_id: u64,
+    slots: Vec<Slot>,
+    /// Slots without an operation, reused last-freed first (its memory is likely cached).
+    free: Vec<usize>,
 }
 
 impl Operations {
     /// Adds `operation`; returns its id.
+    ///
+    /// # Panics
+    /// With 2^24 operations in progress at once.
     pub(crate) fn insert(&mut self, operation: Operation) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.by_id.insert(id, operation);
-        id
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::default());
+            self.slots.len() - 1
+        });
+        assert!(
+            (index as u64) <= SLOT_MASK,
+            "more than 2^{SLOT_BITS} operations in progress"
+        );
+        let slot = &mut self.slots[index];
+        slot.operation = Some(operation);
+        slot.generation << SLOT_BITS | index as u64
+    }
+
+    /// The slot of operation `id`, if it is still there.
+    fn slot(&self, id: u64) -> Option<&Slot> {
+        let slot = self.slots.get((id & SLOT_MASK) as usize)?;
+        (slot.generation == id >> SLOT_BITS).then_some(slot)
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&Operation> {
-        self.by_id.get(&id)
+        self.slot(id)?.operation.as_ref()
     }
 
     pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Operation> {
-        self.by_id.get_mut(&id)
+        let slot = self.slots.get_mut((id & SLOT_MASK) as usize)?;
+        if slot.generation != id >> SLOT_BITS {
+            return None;
+        }
+        slot.operation.as_mut()
     }
 
     pub(crate) fn remove(&mut self, id: u64) -> Option<Operation> {
-        self.by_id.remove(&id)
+        let index = (id & SLOT_MASK) as usize;
+        let slot = self.slots.get_mut(index)?;
+        if slot.generation != id >> SLOT_BITS {
+            return None;
+        }
+        let operation = slot.operation.take()?;
+        slot.generation = (slot.generation + 1) & GENERATION_MASK;
+        self.free.push(index);
+        Some(operation)
     }
 
     /// Ends operation `id` with `result`.
     pub(crate) fn complete(&mut self, id: u64, result: Result<Status>) {
-        if let Some(operation) = self.by_id.get_mut(&id) {
+        if let Some(operation) = self.get_mut(id) {
             operation.state = State::Done(result);
         }
     }
 
     /// The operations bound to `peer` that are still in progress.
     pub(crate) fn in_progress_with(&self, peer: usize) -> impl Iterator<Item = u64> + '_ {
-        self.by_id
+        self.slots
             .iter()
-            .filter(move |(_, op)| op.peer == Some(peer) && !op.is_done())
-            .map(|(&id, _)| id)
+            .enumerate()
+            .filter_map(move |(index, slot)| {
+                let op = slot.operation.as_ref()?;
+                (op.peer == Some(peer) && !op.is_done())
+                    .then_some(slot.generation << SLOT_BITS | index as u64)
+            })
     }
 }
 
@@ -220,6 +267,47 @@ mod tests {
         let mut failing = receive(4);
         assert_eq!(failing.complete_eager(status, |_| Err("copy")), Err("copy"));
         assert!(matches!(failing.state, State::Unmatched));
+    }
+
+    #[test]
+    fn a_removed_operation_is_gone_even_once_its_slot_is_reused() {
+        let mut operations = Operations::default();
+        let first = operations.insert(receive(1));
+        let second = operations.insert(receive(2));
+        assert_ne!(first, second);
+        assert!(operations.remove(first).is_some());
+        assert!(operations.remove(first).is_none(), "removed once");
+        let reusing = operations.insert(receive(3));
+        assert_ne!(reusing, first, "the slot is reused under a new id");
+        assert!(operations.get(first).is_none());
+        assert!(operations.get_mut(first).is_none());
+        operations.complete(first, Err(Error::UnknownRequest { id: first }));
+        assert!(matches!(
+            operations.get(reusing).map(|op| &op.state),
+            Some(State::Unmatched)
+        ));
+        assert_eq!(operations.get(second).map(|op| op.buffer.len()), Some(2));
+        assert_eq!(operations.get(reusing).map(|op| op.buffer.len()), Some(3));
+        // Ids nobody handed out find nothing either.
+        assert!(operations.get(u64::MAX).is_none());
+        assert!(operations.get(reusing + 1).is_none());
+    }
+
+    #[test]
+    fn every_id_fits_the_work_request_id_of_a_read() {
+        let mut operations = Operations::default();
+        let id = operations.insert(receive(1));
+        // Wraps the slot's generation: the largest id there is.
+        operations.slots[0].generation = GENERATION_MASK;
+        let last = operations.slots[0].generation << SLOT_BITS;
+        assert!(operations.get(last).is_some());
+        assert!(
+            last < 1 << 56,
+            "READ work-request ids carry 56 bits of the id"
+        );
+        assert!(operations.remove(last).is_some());
+        assert_eq!(operations.slots[0].generation, 0, "wrapped");
+        assert!(operations.get(id).is_none());
     }
 
     #[test]

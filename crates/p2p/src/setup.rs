@@ -23,8 +23,8 @@ use crate::registrations::UserBufferCache;
 pub(crate) struct Connected {
     pub(crate) peers: Peers,
     pub(crate) cache: UserBufferCache,
-    pub(crate) send_cq: Arc<CompletionQueue>,
-    pub(crate) recv_cq: Arc<CompletionQueue>,
+    /// The one CQ of every queue pair's sends and receives.
+    pub(crate) cq: Arc<CompletionQueue>,
     pub(crate) mtu: Mtu,
 }
 
@@ -60,8 +60,7 @@ const INLINE_LADDER: [u32; 3] = [512, 256, 64];
 /// [`INLINE_LADDER`], else none.
 fn create_qp(
     pd: &Arc<ProtectionDomain>,
-    send_cq: &Arc<CompletionQueue>,
-    recv_cq: &Arc<CompletionQueue>,
+    cq: &Arc<CompletionQueue>,
     config: QpConfig,
 ) -> verbs::Result<QueuePair> {
     let with_inline = |max_inline_data| QpConfig {
@@ -69,11 +68,11 @@ fn create_qp(
         ..config
     };
     for max_inline_data in INLINE_LADDER {
-        if let Ok(qp) = QueuePair::create_rc(pd, send_cq, recv_cq, with_inline(max_inline_data)) {
+        if let Ok(qp) = QueuePair::create_rc(pd, cq, cq, with_inline(max_inline_data)) {
             return Ok(qp);
         }
     }
-    QueuePair::create_rc(pd, send_cq, recv_cq, with_inline(0))
+    QueuePair::create_rc(pd, cq, cq, with_inline(0))
 }
 
 /// Opens the device of `config`, creates a queue pair per peer with bounce buffers sized for
@@ -110,10 +109,12 @@ pub(crate) fn connect(
     let gid_index = roce_v2_gid(&ctx)?;
     let pd = ProtectionDomain::new(&ctx).map_err(setup_error(dev, "allocating a PD"))?;
     let peers = u32::try_from(config.size).unwrap_or(u32::MAX);
-    let send_cq = CompletionQueue::new(&ctx, (SEND_BOUNCE_BUFFERS * 2).saturating_mul(peers))
-        .map_err(setup_error(dev, "creating the send CQ"))?;
-    let recv_cq = CompletionQueue::new(&ctx, RECV_BOUNCE_BUFFERS.saturating_mul(peers))
-        .map_err(setup_error(dev, "creating the receive CQ"))?;
+    // One CQ for sends and receives: a progress call that finds nothing polls once, as a
+    // hand-written verbs loop does. Room for every work request that can be outstanding: the
+    // SENDs (one per send bounce buffer), the READs and the posted receives of every peer.
+    let per_peer = SEND_BOUNCE_BUFFERS + MAX_READS as u32 + RECV_BOUNCE_BUFFERS;
+    let cq = CompletionQueue::new(&ctx, per_peer.saturating_mul(peers))
+        .map_err(setup_error(dev, "creating the CQ"))?;
     let cache = cache(Arc::clone(&pd), mtu)?;
     let qp_config = QpConfig {
         max_send_wr: SEND_BOUNCE_BUFFERS + MAX_READS as u32,
@@ -132,8 +133,8 @@ pub(crate) fn connect(
             BouncePool::new(&pd, count, buffer_len, access)
                 .map_err(setup_error(dev, "registering bounce buffers"))
         };
-        let qp = create_qp(&pd, &send_cq, &recv_cq, qp_config)
-            .map_err(setup_error(dev, "creating a queue pair"))?;
+        let qp =
+            create_qp(&pd, &cq, qp_config).map_err(setup_error(dev, "creating a queue pair"))?;
         connections.push(Some(Connection::new(
             qp,
             pool(
@@ -185,8 +186,7 @@ pub(crate) fn connect(
     Ok(Connected {
         peers: Peers::new(config.rank, connections),
         cache,
-        send_cq,
-        recv_cq,
+        cq,
         mtu,
     })
 }

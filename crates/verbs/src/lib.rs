@@ -32,7 +32,7 @@ mod qp;
 
 pub use attr::{DeviceAttrs, LinkLayer, Mtu, OdpCaps, PortAttr, PortState};
 pub use context::Context;
-pub use cq::{Completion, CompletionQueue, WcOpcode};
+pub use cq::{Completion, CompletionQueue, Polled, WcOpcode, POLL_BATCH};
 pub use device::{devices, DeviceInfo};
 pub use error::{drop_failures, error_chain, Error, Result};
 pub use gid::{Gid, GidEntry, GidType};

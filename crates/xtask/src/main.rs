@@ -133,6 +133,10 @@ enum BenchCommand {
         /// one boot each.
         #[arg(long, default_value = "backports")]
         kernel: String,
+        /// Only the sizes up to this many bytes, without first-touch and munmap (e.g. 4096:
+        /// the copied path, 8 B to 4 KiB, in minutes); the report is p2p-up-to-BYTES-*.
+        #[arg(long)]
+        max_size: Option<usize>,
     },
     /// Only the last part of `bench p2p`, in a boot of its own: the first
     /// transfer of fresh buffers (4 KiB to 16 MiB; pinned, ODP, ODP with
@@ -228,8 +232,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             capi::install(&ctx.workspace, &prefix, destdir.as_deref())
         }
         Top::Bench(BenchCommand::Regwatch { kernel }) => bench::bench_regwatch(&ctx, &kernel),
-        Top::Bench(BenchCommand::P2p { kernel }) => {
-            bench::bench_p2p(&ctx, &kernel, bench::Plan::Everything)
+        Top::Bench(BenchCommand::P2p { kernel, max_size }) => {
+            bench::bench_p2p(&ctx, &kernel, bench::Plan::Everything { max_size })
         }
         Top::Bench(BenchCommand::FirstTouch { kernel }) => {
             bench::bench_p2p(&ctx, &kernel, bench::Plan::FirstTouch)

@@ -58,8 +58,9 @@ pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
 /// What `p2p-bench` measures in the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
-    /// The p2p variants, perftest, then first-touch and munmap.
-    Everything,
+    /// The p2p variants, perftest, then first-touch and munmap; with `max_size`, only the
+    /// variants and perftest at the sizes up to that many bytes (minutes, not tens of them).
+    Everything { max_size: Option<usize> },
     /// Only first-touch and munmap (`p2p-bench first-touch`), minutes instead of the
     /// p2p sweep's tens of minutes on a loaded TCG host.
     FirstTouch,
@@ -67,10 +68,13 @@ pub enum Plan {
 
 impl Plan {
     /// The guest script's mode that runs `p2p-bench` with this plan.
-    fn guest_mode(self) -> &'static str {
+    fn guest_mode(self) -> String {
         match self {
-            Self::Everything => "p2p-bench",
-            Self::FirstTouch => "p2p-bench first-touch",
+            Self::Everything { max_size: None } => "p2p-bench".to_owned(),
+            Self::Everything {
+                max_size: Some(bytes),
+            } => format!("p2p-bench --max-size {bytes}"),
+            Self::FirstTouch => "p2p-bench first-touch".to_owned(),
         }
     }
 }
@@ -111,15 +115,18 @@ fn bench_p2p_in(
     artefacts::stage_p2p_bench(&ctx.workspace, &stage)?;
     let run = prepared.guest().run(
         kernel,
-        &stage.exec_line_in(&environment, plan.guest_mode()),
+        &stage.exec_line_in(&environment, &plan.guest_mode()),
         P2P_BENCH_TIMEOUT,
     )?;
     let verdict = verdict::judge(&run);
     let out_dir = ctx.workspace.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let (name, odp) = match plan {
-        Plan::Everything => ("p2p", "p2p-cache-odp"),
-        Plan::FirstTouch => ("p2p-first-touch", "first-touch-odp"),
+        Plan::Everything { max_size: None } => ("p2p".to_owned(), "p2p-cache-odp"),
+        Plan::Everything {
+            max_size: Some(bytes),
+        } => (format!("p2p-up-to-{bytes}"), "p2p-cache-odp"),
+        Plan::FirstTouch => ("p2p-first-touch".to_owned(), "first-touch-odp"),
     };
     let stem = match config.rxe {
         Rxe::Stock => format!("{name}-{}", kernel.release),

@@ -164,6 +164,16 @@ struct regwatch_status_run {
 
 extern atomic_long_t regwatch_live_watches;
 
+/* Slot @idx, below ctx->backed. */
+static inline struct regwatch_slot *regwatch_slot(struct regwatch_ctx *ctx,
+						  u32 idx)
+{
+	struct regwatch_slot *chunk =
+		xa_load(&ctx->chunks, idx / REGWATCH_CHUNK_SLOTS);
+
+	return &chunk[idx % REGWATCH_CHUNK_SLOTS];
+}
+
 /* main.c */
 u32 regwatch_max_slots(void);
 u32 regwatch_default_slots(void);
@@ -192,10 +202,12 @@ void regwatch_watch_cancel(struct regwatch_ctx *ctx, u32 slot, u64 cookie,
 			   u64 seq);
 bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
 			 u8 reason);
+void regwatch_teardown(struct regwatch_ctx *ctx);
+
+/* records.c */
 bool regwatch_has_pending(struct regwatch_ctx *ctx);
 unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
 				   struct iov_iter *to, unsigned int max);
-void regwatch_teardown(struct regwatch_ctx *ctx);
 
 /* status.c */
 int regwatch_status_init(void);

@@ -78,7 +78,10 @@ struct regwatch_user {
  * Kept small on purpose: a million watches must cost at most 128 bytes
  * each. The owning ctx is found through @notifier.ops (which points into the
  * ctx), so it is not stored. All fields but @notifier are protected by
- * regwatch_ctx.lock.
+ * regwatch_ctx.lock, with one exception: the watch ioctl that claimed a
+ * slot (INSERTING, which nothing else changes) moves @state to LIVE
+ * without the lock, by a release store that readers pair with an acquire
+ * where they need the notifier inserted.
  */
 struct regwatch_slot {
 	struct mmu_interval_notifier notifier;
@@ -161,8 +164,6 @@ struct regwatch_status_run {
 	u32 first;
 	u32 count;
 };
-
-extern atomic_long_t regwatch_live_watches;
 
 /* Slot @idx, below ctx->backed. */
 static inline struct regwatch_slot *regwatch_slot(struct regwatch_ctx *ctx,

@@ -185,8 +185,8 @@ out_unlock:
 
 /*
  * Takes a free slot with storage for a new watch and gives it @cookie and
- * the next seq, in the same hold of ctx->lock: the slot, or NULL with *@err
- * -ENOSPC or -ENOMEM.
+ * the next seq, and counts it in total_watched, in the same hold of
+ * ctx->lock: the slot, or NULL with *@err -ENOSPC or -ENOMEM.
  */
 static struct regwatch_slot *regwatch_claim_slot(struct regwatch_ctx *ctx,
 						 u64 cookie, u64 *seq, int *err)
@@ -205,6 +205,7 @@ static struct regwatch_slot *regwatch_claim_slot(struct regwatch_ctx *ctx,
 			*seq = ctx->next_seq;
 			ctx->next_seq += 2;
 			regwatch_status_set_seq(ctx, idx, *seq);
+			regwatch_status_count(ctx, &ctx->status->total_watched, 1);
 			spin_unlock(&ctx->lock);
 			return slot;
 		}
@@ -276,12 +277,11 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 	 * after this ioctl are the ones the watch covers.
 	 */
 	mmu_interval_read_begin(&slot->notifier);
-
-	spin_lock(&ctx->lock);
-	slot->state = REGWATCH_SLOT_LIVE;
-	regwatch_status_count(ctx, &ctx->status->total_watched, 1);
-	spin_unlock(&ctx->lock);
-	atomic_long_inc(&regwatch_live_watches);
+	/*
+	 * Without ctx->lock: only this call changes an INSERTING slot. The
+	 * release orders the insert before an unwatch that sees LIVE.
+	 */
+	smp_store_release(&slot->state, REGWATCH_SLOT_LIVE);
 
 	*slot_out = idx;
 	*seq_out = seq;
@@ -289,6 +289,7 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 
 err_release_slot:
 	spin_lock(&ctx->lock);
+	regwatch_status_count(ctx, &ctx->status->total_watched, -1);
 	regwatch_status_set_seq(ctx, idx, 0);
 	regwatch_give_back_seq(ctx, seq);
 	regwatch_free_slot(ctx, slot);
@@ -312,7 +313,9 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 	}
 	idx = slot_nr;
 	slot = regwatch_slot(ctx, idx);
-	if (slot->state != REGWATCH_SLOT_LIVE || slot->cookie != cookie ||
+	/* pairs with the release store of LIVE in regwatch_watch() */
+	if (smp_load_acquire(&slot->state) != REGWATCH_SLOT_LIVE ||
+	    slot->cookie != cookie ||
 	    (seq && (regwatch_status_seq(ctx, idx) & ~REGWATCH_SEQ_DIRTY) != seq)) {
 		spin_unlock(&ctx->lock);
 		return -EINVAL;
@@ -334,7 +337,6 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 	regwatch_free_slot(ctx, slot);
 	spin_unlock(&ctx->lock);
 	regwatch_user_uncharge(ctx->user, 1);
-	atomic_long_dec(&regwatch_live_watches);
 	return 0;
 }
 
@@ -394,12 +396,13 @@ void regwatch_watch_cancel(struct regwatch_ctx *ctx, u32 slot, u64 cookie,
 bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
 			 u8 reason)
 {
+	/* may turn from INSERTING to LIVE meanwhile: either is watched */
+	u8 state = READ_ONCE(slot->state);
 	u32 idx = slot->index;
 
 	lockdep_assert_held(&ctx->lock);
 	if (slot->dirty != REGWATCH_CLEAN ||
-	    (slot->state != REGWATCH_SLOT_INSERTING &&
-	     slot->state != REGWATCH_SLOT_LIVE))
+	    (state != REGWATCH_SLOT_INSERTING && state != REGWATCH_SLOT_LIVE))
 		return false;
 	slot->dirty = REGWATCH_PENDING;
 	slot->reason = reason;
@@ -435,7 +438,6 @@ void regwatch_teardown(struct regwatch_ctx *ctx)
 		cond_resched();
 	}
 	regwatch_user_uncharge(ctx->user, removed);
-	atomic_long_sub(removed, &regwatch_live_watches);
 	xa_for_each(&ctx->chunks, index, chunk)
 		vfree(chunk);
 	xa_destroy(&ctx->chunks);

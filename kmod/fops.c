@@ -53,6 +53,7 @@ static int regwatch_open(struct inode *inode, struct file *file)
 	ctx->free_head = REGWATCH_NO_SLOT;
 	ctx->dirty_head = REGWATCH_NO_SLOT;
 	ctx->dirty_tail = REGWATCH_NO_SLOT;
+	ctx->parked = REGWATCH_NO_SLOT;
 	ctx->next_seq = 2;
 	init_waitqueue_head(&ctx->read_wait);
 	file->private_data = ctx;

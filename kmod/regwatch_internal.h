@@ -38,8 +38,13 @@ enum regwatch_slot_state {
 	/* reserved by a watch ioctl that is still inserting its notifier */
 	REGWATCH_SLOT_INSERTING,
 	REGWATCH_SLOT_LIVE,
-	/* an unwatch is removing the notifier; the slot is not yet reusable */
+	/* its parked notifier is being removed; the slot is not yet reusable */
 	REGWATCH_SLOT_REMOVING,
+	/*
+	 * unwatched, its notifier still inserted and ignored: a watch of the
+	 * same range takes it over; the next unwatch or a full table drops it
+	 */
+	REGWATCH_SLOT_PARKED,
 };
 
 enum regwatch_dirty_state {
@@ -106,8 +111,8 @@ struct regwatch_slot {
  * @setup_lock: serialises fixing the capacity, growing @chunks and
  *	@status_pages (which allocates), and mapping status pages on a fault
  *	(so that a fault never maps a page that is about to be replaced).
- * @lock: protects the slot states, both lists, @next_seq, @high_water,
- *	@backed and every write to the status area. Taken in the invalidate
+ * @lock: protects the slot states, both lists, @parked, @next_seq,
+ *	@high_water, @backed and every write to the status area. Taken in the invalidate
  *	callback, so nothing that sleeps, allocates or faults may happen
  *	under it.
  * @chunks: chunk number -> array of REGWATCH_CHUNK_SLOTS slots (vmalloc,
@@ -126,6 +131,7 @@ struct regwatch_slot {
  * @free_head: first slot of the free list (slots freed by unwatch).
  * @dirty_head: oldest PENDING slot.
  * @dirty_tail: newest PENDING slot.
+ * @parked: the PARKED slot, or REGWATCH_NO_SLOT; at most one per fd.
  * @next_seq: sequence number for the next watch (even, starts at 2).
  * @read_wait: readers and pollers waiting for a PENDING slot.
  */
@@ -149,6 +155,7 @@ struct regwatch_ctx {
 	u32 free_head;
 	u32 dirty_head;
 	u32 dirty_tail;
+	u32 parked;
 	u64 next_seq;
 	wait_queue_head_t read_wait;
 };

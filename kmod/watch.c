@@ -10,6 +10,10 @@
  * keeps a watch at 112 bytes; a slot is on at most one list at a time (free
  * list while FREE, dirty list while PENDING). read() takes from the dirty
  * list in records.c.
+ *
+ * An unwatch leaves the slot's notifier inserted, ignored, in the fd's one
+ * parked slot: a watch of the same range takes it back without an insert,
+ * and the next unwatch, or a watch that finds the table full, removes it.
  */
 #include <linux/overflow.h>
 #include <linux/poll.h>
@@ -184,19 +188,76 @@ out_unlock:
 }
 
 /*
- * Takes a free slot with storage for a new watch and gives it @cookie and
- * the next seq, and counts it in total_watched, in the same hold of
- * ctx->lock: the slot, or NULL with *@err -ENOSPC or -ENOMEM.
+ * The parked slot, now REMOVING and no longer parked, or NULL if no slot
+ * is parked. Its caller removes the notifier: regwatch_drop_parked().
+ */
+static struct regwatch_slot *regwatch_unpark(struct regwatch_ctx *ctx)
+{
+	struct regwatch_slot *slot;
+
+	lockdep_assert_held(&ctx->lock);
+	if (ctx->parked == REGWATCH_NO_SLOT)
+		return NULL;
+	slot = regwatch_slot(ctx, ctx->parked);
+	ctx->parked = REGWATCH_NO_SLOT;
+	slot->state = REGWATCH_SLOT_REMOVING;
+	return slot;
+}
+
+/* Removes the notifier of a slot unparked by regwatch_unpark(), frees it. */
+static void regwatch_drop_parked(struct regwatch_ctx *ctx,
+				 struct regwatch_slot *slot)
+{
+	/* Waits for a running callback; the slot must not be reused before. */
+	mmu_interval_notifier_remove(&slot->notifier);
+	spin_lock(&ctx->lock);
+	regwatch_free_slot(ctx, slot);
+	spin_unlock(&ctx->lock);
+}
+
+/*
+ * The parked slot if its notifier covers exactly [@first, @end): its
+ * notifier never left the tree, so the watch needs no insert.
+ */
+static struct regwatch_slot *regwatch_revivable(struct regwatch_ctx *ctx,
+						u64 first, u64 end, u32 *idx)
+{
+	struct regwatch_slot *slot;
+
+	lockdep_assert_held(&ctx->lock);
+	if (ctx->parked == REGWATCH_NO_SLOT)
+		return NULL;
+	slot = regwatch_slot(ctx, ctx->parked);
+	if (slot->notifier.interval_tree.start != first ||
+	    slot->notifier.interval_tree.last != end - 1)
+		return NULL;
+	*idx = ctx->parked;
+	ctx->parked = REGWATCH_NO_SLOT;
+	return slot;
+}
+
+/*
+ * Takes a slot with storage for a new watch of [@first, @end) and gives it
+ * @cookie and the next seq, and counts it in total_watched, in the same
+ * hold of ctx->lock: the slot, or NULL with *@err -ENOSPC or -ENOMEM.
+ * *@revived tells whether it is the parked slot of the same range, whose
+ * notifier is still inserted. When every slot is taken, the parked one is
+ * dropped to make room.
  */
 static struct regwatch_slot *regwatch_claim_slot(struct regwatch_ctx *ctx,
-						 u64 cookie, u64 *seq, int *err)
+						 u64 first, u64 end,
+						 u64 cookie, u64 *seq,
+						 bool *revived, int *err)
 {
 	for (;;) {
 		struct regwatch_slot *slot;
 		u32 idx, next;
 
 		spin_lock(&ctx->lock);
-		slot = regwatch_alloc_slot(ctx, &idx);
+		slot = regwatch_revivable(ctx, first, end, &idx);
+		*revived = slot != NULL;
+		if (!slot)
+			slot = regwatch_alloc_slot(ctx, &idx);
 		if (slot) {
 			slot->state = REGWATCH_SLOT_INSERTING;
 			slot->dirty = REGWATCH_CLEAN;
@@ -210,7 +271,12 @@ static struct regwatch_slot *regwatch_claim_slot(struct regwatch_ctx *ctx,
 			return slot;
 		}
 		next = ctx->high_water;
+		slot = next >= ctx->nslots ? regwatch_unpark(ctx) : NULL;
 		spin_unlock(&ctx->lock);
+		if (slot) {
+			regwatch_drop_parked(ctx, slot);
+			continue;
+		}
 		if (next >= ctx->nslots) {
 			*err = -ENOSPC;
 			return NULL;
@@ -246,6 +312,7 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 {
 	struct regwatch_slot *slot;
 	u64 first, end;
+	bool revived;
 	u32 idx;
 	u64 seq;
 	int ret;
@@ -262,19 +329,25 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 	if (!regwatch_user_charge(ctx->user))
 		return -ENOSPC;
 	/* the slot's storage stays where it is until the fd is released */
-	slot = regwatch_claim_slot(ctx, cookie, &seq, &ret);
+	slot = regwatch_claim_slot(ctx, first, end, cookie, &seq, &revived,
+				   &ret);
 	if (!slot)
 		goto err_uncharge;
 	idx = slot->index;
 
-	ret = mmu_interval_notifier_insert(&slot->notifier, ctx->mm, first,
-					   end - first, &ctx->notifier_ops);
-	if (ret)
-		goto err_release_slot;
+	if (!revived) {
+		ret = mmu_interval_notifier_insert(&slot->notifier, ctx->mm,
+						   first, end - first,
+						   &ctx->notifier_ops);
+		if (ret)
+			goto err_release_slot;
+	}
 	/*
 	 * An invalidation of this range that started before the insert does
-	 * not call us. Wait for it to end, so that pages the caller looks up
-	 * after this ioctl are the ones the watch covers.
+	 * not call us (or, for a revived slot, called us while it was parked
+	 * and ignored). Wait for it to end, so that pages the caller looks up
+	 * after this ioctl are the ones the watch covers: the callback bumps
+	 * the notifier's seq in either state.
 	 */
 	mmu_interval_read_begin(&slot->notifier);
 	/*
@@ -299,11 +372,16 @@ err_uncharge:
 	return ret;
 }
 
-/* Unwatches if @slot_nr holds a live watch with @cookie (and @seq unless 0). */
+/*
+ * Unwatches if @slot_nr holds a live watch with @cookie (and @seq unless 0).
+ * The slot is parked with its notifier inserted, and the slot parked
+ * before is dropped: a watch and unwatch of the same range, the pattern of
+ * a cache that re-registers a buffer, then neither inserts nor removes.
+ */
 static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 				u64 cookie, u64 seq)
 {
-	struct regwatch_slot *slot;
+	struct regwatch_slot *slot, *dropped;
 	u32 idx;
 
 	spin_lock(&ctx->lock);
@@ -321,7 +399,9 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 		return -EINVAL;
 	}
 	/* From here the callback ignores the slot and read() cannot see it. */
-	slot->state = REGWATCH_SLOT_REMOVING;
+	dropped = regwatch_unpark(ctx);
+	slot->state = REGWATCH_SLOT_PARKED;
+	ctx->parked = idx;
 	if (slot->dirty == REGWATCH_PENDING) {
 		regwatch_dirty_unlink(ctx, slot);
 		regwatch_status_count(ctx, &ctx->status->dirty_unread, -1);
@@ -329,14 +409,9 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 	regwatch_status_set_seq(ctx, idx, 0);
 	regwatch_status_count(ctx, &ctx->status->total_unwatched, 1);
 	spin_unlock(&ctx->lock);
-
-	/* Waits for a running callback; the slot must not be reused before. */
-	mmu_interval_notifier_remove(&slot->notifier);
-
-	spin_lock(&ctx->lock);
-	regwatch_free_slot(ctx, slot);
-	spin_unlock(&ctx->lock);
 	regwatch_user_uncharge(ctx->user, 1);
+	if (dropped)
+		regwatch_drop_parked(ctx, dropped);
 	return 0;
 }
 
@@ -346,8 +421,9 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
  * @slot_nr: slot returned by regwatch_watch()
  * @cookie: cookie given to regwatch_watch()
  *
- * Once this returns, no record of the watch can be read and its notifier is
- * gone; the slot may be reused.
+ * Once this returns, no record of the watch can be read and the slot may be
+ * reused. Its notifier stays, ignored, until the next unwatch, a watch of
+ * the same range (which takes it over) or a full table needs the slot.
  *
  * Return: 0, or -EINVAL if @slot_nr holds no live watch with @cookie.
  */
@@ -432,9 +508,12 @@ void regwatch_teardown(struct regwatch_ctx *ctx)
 
 		if (slot->state == REGWATCH_SLOT_FREE)
 			continue;
-		WARN_ON_ONCE(slot->state != REGWATCH_SLOT_LIVE);
+		WARN_ON_ONCE(slot->state != REGWATCH_SLOT_LIVE &&
+			     slot->state != REGWATCH_SLOT_PARKED);
 		mmu_interval_notifier_remove(&slot->notifier);
-		removed++;
+		/* a parked slot's watch was uncharged when it was unwatched */
+		if (slot->state == REGWATCH_SLOT_LIVE)
+			removed++;
 		cond_resched();
 	}
 	regwatch_user_uncharge(ctx->user, removed);

@@ -53,6 +53,7 @@ static int regwatch_open(struct inode *inode, struct file *file)
 	ctx->free_head = REGWATCH_NO_SLOT;
 	ctx->dirty_head = REGWATCH_NO_SLOT;
 	ctx->dirty_tail = REGWATCH_NO_SLOT;
+	ctx->parked = REGWATCH_NO_SLOT;
 	ctx->next_seq = 2;
 	init_waitqueue_head(&ctx->read_wait);
 	file->private_data = ctx;
@@ -191,16 +192,27 @@ err_access_end:
 	return -EFAULT;
 }
 
+/* Reads its argument into scalars in one window, as the watch ioctl does. */
 static long regwatch_ioctl_unwatch(struct regwatch_ctx *ctx,
 				   struct regwatch_unwatch __user *uarg)
 {
-	struct regwatch_unwatch u;
+	u64 slot, cookie, reserved0, reserved1;
 
-	if (copy_from_user(&u, uarg, sizeof(u)))
+	BUILD_BUG_ON(sizeof(*uarg) != 4 * sizeof(u64));
+	if (!user_read_access_begin(uarg, sizeof(*uarg)))
 		return -EFAULT;
-	if (memchr_inv(u.reserved, 0, sizeof(u.reserved)))
+	unsafe_get_user(slot, &uarg->slot, err_access_end);
+	unsafe_get_user(cookie, &uarg->cookie, err_access_end);
+	unsafe_get_user(reserved0, &uarg->reserved[0], err_access_end);
+	unsafe_get_user(reserved1, &uarg->reserved[1], err_access_end);
+	user_read_access_end();
+	if (reserved0 || reserved1)
 		return -EINVAL;
-	return regwatch_unwatch(ctx, u.slot, u.cookie);
+	return regwatch_unwatch(ctx, slot, cookie);
+
+err_access_end:
+	user_read_access_end();
+	return -EFAULT;
 }
 
 static long regwatch_ioctl(struct file *file, unsigned int cmd,

@@ -37,7 +37,6 @@ MODULE_PARM_DESC(strict,
 		 "Protection-only changes (mprotect, fork write-protect, soft-dirty) dirty watches too, for fds opened afterwards");
 
 static atomic_long_t regwatch_live_fds = ATOMIC_LONG_INIT(0);
-atomic_long_t regwatch_live_watches = ATOMIC_LONG_INIT(0);
 
 static int regwatch_counter_get(char *buffer, const struct kernel_param *kp)
 {
@@ -48,11 +47,26 @@ static const struct kernel_param_ops regwatch_counter_ops = {
 	.get = regwatch_counter_get,
 };
 
+static long regwatch_users_watches(void);
+
+/*
+ * The sum of the per-user counts, taken when read: a module-wide counter
+ * would cost every watch and unwatch one more atomic.
+ */
+static int regwatch_live_watches_get(char *buffer,
+				     const struct kernel_param *kp)
+{
+	return sysfs_emit(buffer, "%ld\n", regwatch_users_watches());
+}
+
+static const struct kernel_param_ops regwatch_live_watches_ops = {
+	.get = regwatch_live_watches_get,
+};
+
 /* Read-only totals over all fds, so that tests can prove nothing leaked. */
 module_param_cb(live_fds, &regwatch_counter_ops, &regwatch_live_fds, 0444);
 MODULE_PARM_DESC(live_fds, "Open /dev/regwatch files (read-only)");
-module_param_cb(live_watches, &regwatch_counter_ops, &regwatch_live_watches,
-		0444);
+module_param_cb(live_watches, &regwatch_live_watches_ops, NULL, 0444);
 MODULE_PARM_DESC(live_watches, "Watches alive over all fds (read-only)");
 
 /**
@@ -163,6 +177,20 @@ void regwatch_user_put(struct regwatch_user *user)
 		kfree(user);
 	}
 	mutex_unlock(&regwatch_users_lock);
+}
+
+/* Watches alive over all users: a user stays in the table while it has an fd. */
+static long regwatch_users_watches(void)
+{
+	struct regwatch_user *user;
+	long watches = 0;
+	int bucket;
+
+	mutex_lock(&regwatch_users_lock);
+	hash_for_each(regwatch_users, bucket, user, node)
+		watches += atomic_long_read(&user->watches);
+	mutex_unlock(&regwatch_users_lock);
+	return watches;
 }
 
 /**

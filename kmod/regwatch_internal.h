@@ -38,8 +38,13 @@ enum regwatch_slot_state {
 	/* reserved by a watch ioctl that is still inserting its notifier */
 	REGWATCH_SLOT_INSERTING,
 	REGWATCH_SLOT_LIVE,
-	/* an unwatch is removing the notifier; the slot is not yet reusable */
+	/* its parked notifier is being removed; the slot is not yet reusable */
 	REGWATCH_SLOT_REMOVING,
+	/*
+	 * unwatched, its notifier still inserted and ignored: a watch of the
+	 * same range takes it over; the next unwatch or a full table drops it
+	 */
+	REGWATCH_SLOT_PARKED,
 };
 
 enum regwatch_dirty_state {
@@ -78,7 +83,10 @@ struct regwatch_user {
  * Kept small on purpose: a million watches must cost at most 128 bytes
  * each. The owning ctx is found through @notifier.ops (which points into the
  * ctx), so it is not stored. All fields but @notifier are protected by
- * regwatch_ctx.lock.
+ * regwatch_ctx.lock, with one exception: the watch ioctl that claimed a
+ * slot (INSERTING, which nothing else changes) moves @state to LIVE
+ * without the lock, by a release store that readers pair with an acquire
+ * where they need the notifier inserted.
  */
 struct regwatch_slot {
 	struct mmu_interval_notifier notifier;
@@ -103,8 +111,8 @@ struct regwatch_slot {
  * @setup_lock: serialises fixing the capacity, growing @chunks and
  *	@status_pages (which allocates), and mapping status pages on a fault
  *	(so that a fault never maps a page that is about to be replaced).
- * @lock: protects the slot states, both lists, @next_seq, @high_water,
- *	@backed and every write to the status area. Taken in the invalidate
+ * @lock: protects the slot states, both lists, @parked, @next_seq,
+ *	@high_water, @backed and every write to the status area. Taken in the invalidate
  *	callback, so nothing that sleeps, allocates or faults may happen
  *	under it.
  * @chunks: chunk number -> array of REGWATCH_CHUNK_SLOTS slots (vmalloc,
@@ -123,6 +131,7 @@ struct regwatch_slot {
  * @free_head: first slot of the free list (slots freed by unwatch).
  * @dirty_head: oldest PENDING slot.
  * @dirty_tail: newest PENDING slot.
+ * @parked: the PARKED slot, or REGWATCH_NO_SLOT; at most one per fd.
  * @next_seq: sequence number for the next watch (even, starts at 2).
  * @read_wait: readers and pollers waiting for a PENDING slot.
  */
@@ -146,6 +155,7 @@ struct regwatch_ctx {
 	u32 free_head;
 	u32 dirty_head;
 	u32 dirty_tail;
+	u32 parked;
 	u64 next_seq;
 	wait_queue_head_t read_wait;
 };
@@ -162,7 +172,15 @@ struct regwatch_status_run {
 	u32 count;
 };
 
-extern atomic_long_t regwatch_live_watches;
+/* Slot @idx, below ctx->backed. */
+static inline struct regwatch_slot *regwatch_slot(struct regwatch_ctx *ctx,
+						  u32 idx)
+{
+	struct regwatch_slot *chunk =
+		xa_load(&ctx->chunks, idx / REGWATCH_CHUNK_SLOTS);
+
+	return &chunk[idx % REGWATCH_CHUNK_SLOTS];
+}
 
 /* main.c */
 u32 regwatch_max_slots(void);
@@ -192,10 +210,12 @@ void regwatch_watch_cancel(struct regwatch_ctx *ctx, u32 slot, u64 cookie,
 			   u64 seq);
 bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
 			 u8 reason);
+void regwatch_teardown(struct regwatch_ctx *ctx);
+
+/* records.c */
 bool regwatch_has_pending(struct regwatch_ctx *ctx);
 unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
 				   struct iov_iter *to, unsigned int max);
-void regwatch_teardown(struct regwatch_ctx *ctx);
 
 /* status.c */
 int regwatch_status_init(void);

@@ -8,25 +8,19 @@
  * in proportion to the most watches it had at once, not to its capacity.
  * Both lists link slots by u32 index through regwatch_slot.next/prev, which
  * keeps a watch at 112 bytes; a slot is on at most one list at a time (free
- * list while FREE, dirty list while PENDING).
+ * list while FREE, dirty list while PENDING). read() takes from the dirty
+ * list in records.c.
+ *
+ * An unwatch leaves the slot's notifier inserted, ignored, in the fd's one
+ * parked slot: a watch of the same range takes it back without an insert,
+ * and the next unwatch, or a watch that finds the table full, removes it.
  */
 #include <linux/overflow.h>
 #include <linux/poll.h>
 #include <linux/sched/mm.h>
-#include <linux/uaccess.h>
-#include <linux/uio.h>
 #include <linux/vmalloc.h>
 
 #include "regwatch_internal.h"
-
-/* Slot @idx, below ctx->backed. */
-static struct regwatch_slot *regwatch_slot(struct regwatch_ctx *ctx, u32 idx)
-{
-	struct regwatch_slot *chunk =
-		xa_load(&ctx->chunks, idx / REGWATCH_CHUNK_SLOTS);
-
-	return &chunk[idx % REGWATCH_CHUNK_SLOTS];
-}
 
 static void regwatch_dirty_link_tail(struct regwatch_ctx *ctx,
 				     struct regwatch_slot *slot)
@@ -194,19 +188,76 @@ out_unlock:
 }
 
 /*
- * Takes a free slot with storage for a new watch and gives it @cookie and
- * the next seq, in the same hold of ctx->lock: the slot, or NULL with *@err
- * -ENOSPC or -ENOMEM.
+ * The parked slot, now REMOVING and no longer parked, or NULL if no slot
+ * is parked. Its caller removes the notifier: regwatch_drop_parked().
+ */
+static struct regwatch_slot *regwatch_unpark(struct regwatch_ctx *ctx)
+{
+	struct regwatch_slot *slot;
+
+	lockdep_assert_held(&ctx->lock);
+	if (ctx->parked == REGWATCH_NO_SLOT)
+		return NULL;
+	slot = regwatch_slot(ctx, ctx->parked);
+	ctx->parked = REGWATCH_NO_SLOT;
+	slot->state = REGWATCH_SLOT_REMOVING;
+	return slot;
+}
+
+/* Removes the notifier of a slot unparked by regwatch_unpark(), frees it. */
+static void regwatch_drop_parked(struct regwatch_ctx *ctx,
+				 struct regwatch_slot *slot)
+{
+	/* Waits for a running callback; the slot must not be reused before. */
+	mmu_interval_notifier_remove(&slot->notifier);
+	spin_lock(&ctx->lock);
+	regwatch_free_slot(ctx, slot);
+	spin_unlock(&ctx->lock);
+}
+
+/*
+ * The parked slot if its notifier covers exactly [@first, @end): its
+ * notifier never left the tree, so the watch needs no insert.
+ */
+static struct regwatch_slot *regwatch_revivable(struct regwatch_ctx *ctx,
+						u64 first, u64 end, u32 *idx)
+{
+	struct regwatch_slot *slot;
+
+	lockdep_assert_held(&ctx->lock);
+	if (ctx->parked == REGWATCH_NO_SLOT)
+		return NULL;
+	slot = regwatch_slot(ctx, ctx->parked);
+	if (slot->notifier.interval_tree.start != first ||
+	    slot->notifier.interval_tree.last != end - 1)
+		return NULL;
+	*idx = ctx->parked;
+	ctx->parked = REGWATCH_NO_SLOT;
+	return slot;
+}
+
+/*
+ * Takes a slot with storage for a new watch of [@first, @end) and gives it
+ * @cookie and the next seq, and counts it in total_watched, in the same
+ * hold of ctx->lock: the slot, or NULL with *@err -ENOSPC or -ENOMEM.
+ * *@revived tells whether it is the parked slot of the same range, whose
+ * notifier is still inserted. When every slot is taken, the parked one is
+ * dropped to make room.
  */
 static struct regwatch_slot *regwatch_claim_slot(struct regwatch_ctx *ctx,
-						 u64 cookie, u64 *seq, int *err)
+						 u64 first, u64 end,
+						 u64 cookie, u64 *seq,
+						 bool *revived, int *err)
 {
 	for (;;) {
 		struct regwatch_slot *slot;
 		u32 idx, next;
 
 		spin_lock(&ctx->lock);
-		slot = regwatch_alloc_slot(ctx, &idx);
+		slot = regwatch_revivable(ctx, first, end, &idx);
+		*revived = slot != NULL;
+		if (!slot)
+			slot = regwatch_alloc_slot(ctx, &idx);
 		if (slot) {
 			slot->state = REGWATCH_SLOT_INSERTING;
 			slot->dirty = REGWATCH_CLEAN;
@@ -215,11 +266,17 @@ static struct regwatch_slot *regwatch_claim_slot(struct regwatch_ctx *ctx,
 			*seq = ctx->next_seq;
 			ctx->next_seq += 2;
 			regwatch_status_set_seq(ctx, idx, *seq);
+			regwatch_status_count(ctx, &ctx->status->total_watched, 1);
 			spin_unlock(&ctx->lock);
 			return slot;
 		}
 		next = ctx->high_water;
+		slot = next >= ctx->nslots ? regwatch_unpark(ctx) : NULL;
 		spin_unlock(&ctx->lock);
+		if (slot) {
+			regwatch_drop_parked(ctx, slot);
+			continue;
+		}
 		if (next >= ctx->nslots) {
 			*err = -ENOSPC;
 			return NULL;
@@ -255,6 +312,7 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 {
 	struct regwatch_slot *slot;
 	u64 first, end;
+	bool revived;
 	u32 idx;
 	u64 seq;
 	int ret;
@@ -271,27 +329,32 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 	if (!regwatch_user_charge(ctx->user))
 		return -ENOSPC;
 	/* the slot's storage stays where it is until the fd is released */
-	slot = regwatch_claim_slot(ctx, cookie, &seq, &ret);
+	slot = regwatch_claim_slot(ctx, first, end, cookie, &seq, &revived,
+				   &ret);
 	if (!slot)
 		goto err_uncharge;
 	idx = slot->index;
 
-	ret = mmu_interval_notifier_insert(&slot->notifier, ctx->mm, first,
-					   end - first, &ctx->notifier_ops);
-	if (ret)
-		goto err_release_slot;
+	if (!revived) {
+		ret = mmu_interval_notifier_insert(&slot->notifier, ctx->mm,
+						   first, end - first,
+						   &ctx->notifier_ops);
+		if (ret)
+			goto err_release_slot;
+	}
 	/*
 	 * An invalidation of this range that started before the insert does
-	 * not call us. Wait for it to end, so that pages the caller looks up
-	 * after this ioctl are the ones the watch covers.
+	 * not call us (or, for a revived slot, called us while it was parked
+	 * and ignored). Wait for it to end, so that pages the caller looks up
+	 * after this ioctl are the ones the watch covers: the callback bumps
+	 * the notifier's seq in either state.
 	 */
 	mmu_interval_read_begin(&slot->notifier);
-
-	spin_lock(&ctx->lock);
-	slot->state = REGWATCH_SLOT_LIVE;
-	regwatch_status_count(ctx, &ctx->status->total_watched, 1);
-	spin_unlock(&ctx->lock);
-	atomic_long_inc(&regwatch_live_watches);
+	/*
+	 * Without ctx->lock: only this call changes an INSERTING slot. The
+	 * release orders the insert before an unwatch that sees LIVE.
+	 */
+	smp_store_release(&slot->state, REGWATCH_SLOT_LIVE);
 
 	*slot_out = idx;
 	*seq_out = seq;
@@ -299,6 +362,7 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 
 err_release_slot:
 	spin_lock(&ctx->lock);
+	regwatch_status_count(ctx, &ctx->status->total_watched, -1);
 	regwatch_status_set_seq(ctx, idx, 0);
 	regwatch_give_back_seq(ctx, seq);
 	regwatch_free_slot(ctx, slot);
@@ -308,11 +372,16 @@ err_uncharge:
 	return ret;
 }
 
-/* Unwatches if @slot_nr holds a live watch with @cookie (and @seq unless 0). */
+/*
+ * Unwatches if @slot_nr holds a live watch with @cookie (and @seq unless 0).
+ * The slot is parked with its notifier inserted, and the slot parked
+ * before is dropped: a watch and unwatch of the same range, the pattern of
+ * a cache that re-registers a buffer, then neither inserts nor removes.
+ */
 static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 				u64 cookie, u64 seq)
 {
-	struct regwatch_slot *slot;
+	struct regwatch_slot *slot, *dropped;
 	u32 idx;
 
 	spin_lock(&ctx->lock);
@@ -322,13 +391,17 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 	}
 	idx = slot_nr;
 	slot = regwatch_slot(ctx, idx);
-	if (slot->state != REGWATCH_SLOT_LIVE || slot->cookie != cookie ||
+	/* pairs with the release store of LIVE in regwatch_watch() */
+	if (smp_load_acquire(&slot->state) != REGWATCH_SLOT_LIVE ||
+	    slot->cookie != cookie ||
 	    (seq && (regwatch_status_seq(ctx, idx) & ~REGWATCH_SEQ_DIRTY) != seq)) {
 		spin_unlock(&ctx->lock);
 		return -EINVAL;
 	}
 	/* From here the callback ignores the slot and read() cannot see it. */
-	slot->state = REGWATCH_SLOT_REMOVING;
+	dropped = regwatch_unpark(ctx);
+	slot->state = REGWATCH_SLOT_PARKED;
+	ctx->parked = idx;
 	if (slot->dirty == REGWATCH_PENDING) {
 		regwatch_dirty_unlink(ctx, slot);
 		regwatch_status_count(ctx, &ctx->status->dirty_unread, -1);
@@ -336,15 +409,9 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 	regwatch_status_set_seq(ctx, idx, 0);
 	regwatch_status_count(ctx, &ctx->status->total_unwatched, 1);
 	spin_unlock(&ctx->lock);
-
-	/* Waits for a running callback; the slot must not be reused before. */
-	mmu_interval_notifier_remove(&slot->notifier);
-
-	spin_lock(&ctx->lock);
-	regwatch_free_slot(ctx, slot);
-	spin_unlock(&ctx->lock);
 	regwatch_user_uncharge(ctx->user, 1);
-	atomic_long_dec(&regwatch_live_watches);
+	if (dropped)
+		regwatch_drop_parked(ctx, dropped);
 	return 0;
 }
 
@@ -354,8 +421,9 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
  * @slot_nr: slot returned by regwatch_watch()
  * @cookie: cookie given to regwatch_watch()
  *
- * Once this returns, no record of the watch can be read and its notifier is
- * gone; the slot may be reused.
+ * Once this returns, no record of the watch can be read and the slot may be
+ * reused. Its notifier stays, ignored, until the next unwatch, a watch of
+ * the same range (which takes it over) or a full table needs the slot.
  *
  * Return: 0, or -EINVAL if @slot_nr holds no live watch with @cookie.
  */
@@ -404,213 +472,19 @@ void regwatch_watch_cancel(struct regwatch_ctx *ctx, u32 slot, u64 cookie,
 bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
 			 u8 reason)
 {
+	/* may turn from INSERTING to LIVE meanwhile: either is watched */
+	u8 state = READ_ONCE(slot->state);
 	u32 idx = slot->index;
 
 	lockdep_assert_held(&ctx->lock);
 	if (slot->dirty != REGWATCH_CLEAN ||
-	    (slot->state != REGWATCH_SLOT_INSERTING &&
-	     slot->state != REGWATCH_SLOT_LIVE))
+	    (state != REGWATCH_SLOT_INSERTING && state != REGWATCH_SLOT_LIVE))
 		return false;
 	slot->dirty = REGWATCH_PENDING;
 	slot->reason = reason;
 	regwatch_dirty_link_tail(ctx, slot);
 	regwatch_status_dirtied(ctx, idx);
 	return true;
-}
-
-/**
- * regwatch_has_pending() - whether read() would return a record now
- * @ctx: the fd
- *
- * Return: true if some watch is dirty and unread.
- */
-bool regwatch_has_pending(struct regwatch_ctx *ctx)
-{
-	return READ_ONCE(ctx->dirty_head) != REGWATCH_NO_SLOT;
-}
-
-/*
- * The user memory where @to's next byte goes, and in *@room how many whole
- * records its segment holds; NULL for a kernel iterator or a record that
- * would straddle two iovecs.
- */
-static struct regwatch_record __user *regwatch_user_room(struct iov_iter *to,
-							 unsigned int *room)
-{
-	void __user *base;
-	size_t bytes;
-
-	if (!user_backed_iter(to))
-		return NULL;
-#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 4, 0)
-	/* iter_iov_addr() and iter_iov_len() came with 6.4 */
-	if (iter_is_ubuf(to)) {
-		base = to->ubuf + to->iov_offset;
-		bytes = iov_iter_count(to);
-	} else {
-		base = to->iov->iov_base + to->iov_offset;
-		bytes = to->iov->iov_len - to->iov_offset;
-	}
-#else
-	base = iter_iov_addr(to);
-	bytes = iter_iov_len(to);
-#endif
-	bytes = min(bytes, iov_iter_count(to));
-	*room = min_t(size_t, bytes / sizeof(struct regwatch_record), U32_MAX);
-	return *room ? base : NULL;
-}
-
-/* Where the records of one run come from and how far the run may go. */
-struct regwatch_run {
-	struct regwatch_slot *chunk;
-	u32 chunk_nr;
-	struct regwatch_status_run words;
-};
-
-/*
- * The record of @slot (number @idx), field by field: an initializer would
- * clear it first on kernels built to zero stack variables.
- */
-static void regwatch_fill_record(struct regwatch_record *rec,
-				 const struct regwatch_run *run,
-				 const struct regwatch_slot *slot, u32 idx)
-{
-	rec->cookie = slot->cookie;
-	rec->seq = run->words.word[idx - run->words.first] & ~REGWATCH_SEQ_DIRTY;
-	rec->start = slot->notifier.interval_tree.start;
-	rec->end = slot->notifier.interval_tree.last + 1;
-	rec->slot = idx;
-	rec->reason = slot->reason;
-	rec->reserved = 0;
-}
-
-/*
- * Writes the records of the pending watches from *@idx on straight into
- * user memory at @dst, at most @limit, while they stay in @run's chunk and
- * status page, in one window of user access (no call may happen in it).
- * Moves each watch written to REPORTED and *@idx past it. Page faults are
- * disabled: a page that is not present (or not writable) stops the run.
- *
- * Return: the records written; *@faulted tells whether a fault stopped it.
- */
-static unsigned int regwatch_put_run(const struct regwatch_run *run,
-				     struct regwatch_record __user *dst,
-				     unsigned int limit, u32 *idx,
-				     bool *faulted)
-{
-	unsigned int done = 0;
-	u32 next = *idx;
-
-	*faulted = true;
-	if (!user_write_access_begin(dst, (size_t)limit * sizeof(*dst)))
-		return 0;
-	while (done < limit && next != REGWATCH_NO_SLOT &&
-	       next / REGWATCH_CHUNK_SLOTS == run->chunk_nr &&
-	       next - run->words.first < run->words.count) {
-		struct regwatch_slot *slot =
-			&run->chunk[next % REGWATCH_CHUNK_SLOTS];
-		struct regwatch_record __user *rec = &dst[done];
-		u64 seq = run->words.word[next - run->words.first];
-
-		unsafe_put_user(slot->cookie, &rec->cookie, err_access_end);
-		unsafe_put_user(seq & ~REGWATCH_SEQ_DIRTY, &rec->seq,
-				err_access_end);
-		unsafe_put_user(slot->notifier.interval_tree.start, &rec->start,
-				err_access_end);
-		unsafe_put_user(slot->notifier.interval_tree.last + 1, &rec->end,
-				err_access_end);
-		unsafe_put_user(next, &rec->slot, err_access_end);
-		unsafe_put_user((u32)slot->reason, &rec->reason, err_access_end);
-		unsafe_put_user(0ULL, &rec->reserved, err_access_end);
-		slot->dirty = REGWATCH_REPORTED;
-		done++;
-		next = slot->next;
-	}
-	*faulted = false;
-err_access_end:
-	user_write_access_end();
-	*idx = next;
-	return done;
-}
-
-/**
- * regwatch_take_records() - hand out the oldest pending watches
- * @ctx: the fd
- * @to: where the records go
- * @max: at most this many records
- *
- * Writes the records into @to under ctx->lock, with page faults disabled
- * (a fault could sleep, and reclaim could enter our own callback), and
- * moves each watch written to REPORTED. It stops at the first record that
- * cannot be written whole, whose watch stays pending: the caller faults
- * the destination in (fault_in_iov_iter_writeable()) and calls again. So
- * a watch leaves the dirty list only once its record is in the caller's
- * memory, and nothing is ever put back. Runs of consecutive slots (the
- * usual order of a munmap's invalidations) share one lookup of their chunk
- * and status page and go out in one window of user access, a store per
- * field: no bounce buffer, no string copy. Only a record that straddles
- * two iovecs, or a kernel destination, goes through copy_to_iter(). The
- * taken run is cut off the front of the dirty list in one step.
- *
- * Return: number of records written.
- */
-unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
-				   struct iov_iter *to, unsigned int max)
-{
-	struct regwatch_run run = {
-		.chunk_nr = REGWATCH_NO_SLOT,
-		.words = { .count = 0 },
-	};
-	struct regwatch_record rec;
-	unsigned int count = 0;
-	u32 idx;
-
-	spin_lock(&ctx->lock);
-	pagefault_disable();
-	idx = ctx->dirty_head;
-	while (count < max && idx != REGWATCH_NO_SLOT) {
-		struct regwatch_record __user *dst;
-		struct regwatch_slot *slot;
-		unsigned int room, done;
-		bool faulted;
-
-		if (idx / REGWATCH_CHUNK_SLOTS != run.chunk_nr) {
-			run.chunk_nr = idx / REGWATCH_CHUNK_SLOTS;
-			run.chunk = xa_load(&ctx->chunks, run.chunk_nr);
-		}
-		if (idx - run.words.first >= run.words.count)
-			regwatch_status_words(ctx, idx, &run.words);
-		dst = regwatch_user_room(to, &room);
-		if (dst) {
-			done = regwatch_put_run(&run, dst, min(room, max - count),
-						&idx, &faulted);
-			iov_iter_advance(to, done * sizeof(rec));
-			count += done;
-			if (faulted)
-				break;
-			continue;
-		}
-		slot = &run.chunk[idx % REGWATCH_CHUNK_SLOTS];
-		regwatch_fill_record(&rec, &run, slot, idx);
-		done = copy_to_iter(&rec, sizeof(rec), to);
-		if (done != sizeof(rec)) {
-			iov_iter_revert(to, done);
-			break;
-		}
-		slot->dirty = REGWATCH_REPORTED;
-		count++;
-		idx = slot->next;
-	}
-	pagefault_enable();
-	WRITE_ONCE(ctx->dirty_head, idx);
-	if (idx == REGWATCH_NO_SLOT)
-		ctx->dirty_tail = REGWATCH_NO_SLOT;
-	else
-		regwatch_slot(ctx, idx)->prev = REGWATCH_NO_SLOT;
-	regwatch_status_count(ctx, &ctx->status->dirty_unread, -(s64)count);
-	regwatch_status_count(ctx, &ctx->status->total_reported, count);
-	spin_unlock(&ctx->lock);
-	return count;
 }
 
 /**
@@ -634,13 +508,15 @@ void regwatch_teardown(struct regwatch_ctx *ctx)
 
 		if (slot->state == REGWATCH_SLOT_FREE)
 			continue;
-		WARN_ON_ONCE(slot->state != REGWATCH_SLOT_LIVE);
+		WARN_ON_ONCE(slot->state != REGWATCH_SLOT_LIVE &&
+			     slot->state != REGWATCH_SLOT_PARKED);
 		mmu_interval_notifier_remove(&slot->notifier);
-		removed++;
+		/* a parked slot's watch was uncharged when it was unwatched */
+		if (slot->state == REGWATCH_SLOT_LIVE)
+			removed++;
 		cond_resched();
 	}
 	regwatch_user_uncharge(ctx->user, removed);
-	atomic_long_sub(removed, &regwatch_live_watches);
 	xa_for_each(&ctx->chunks, index, chunk)
 		vfree(chunk);
 	xa_destroy(&ctx->chunks);

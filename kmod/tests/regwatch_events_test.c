@@ -159,6 +159,70 @@ TEST_F(ev, madvise_dontneed)
 	expect_dirty_once(self, &w, REGWATCH_REASON_CLEAR, gen0);
 }
 
+/*
+ * An unwatched range stays quiet, and watched again it reports changes as
+ * a new watch, however the module keeps its notifier in between.
+ */
+TEST_F(ev, rewatch_of_an_unwatched_range)
+{
+	char *p = rw_map_pages(4);
+	struct regwatch_watch a, b, c;
+	struct regwatch_record rec[SLOTS];
+	uint64_t gen0;
+
+	a = rw_watch(self->fd, p, 2 * self->page, 20);
+	ASSERT_EQ(madvise(p, self->page, MADV_DONTNEED), 0);
+	ASSERT_EQ(self->st->dirty_unread, 1);
+	ASSERT_EQ(rw_unwatch(self->fd, a.slot, a.cookie), 0);
+	ASSERT_EQ(self->st->dirty_unread, 0);
+	gen0 = rw_gen(self->st);
+	p[0] = 1;
+	ASSERT_EQ(madvise(p, 2 * self->page, MADV_DONTNEED), 0);
+	ASSERT_EQ(rw_gen(self->st), gen0);
+	ASSERT_EQ(rw_drain(self->fd, rec, SLOTS), 0);
+
+	b = rw_watch(self->fd, p, 2 * self->page, 21);
+	ASSERT_GT(b.seq, a.seq);
+	expect_clean(self, &b, gen0);
+	p[self->page] = 1;
+	ASSERT_EQ(madvise(p + self->page, self->page, MADV_DONTNEED), 0);
+	expect_dirty_once(self, &b, REGWATCH_REASON_CLEAR, gen0);
+
+	ASSERT_EQ(rw_unwatch(self->fd, b.slot, b.cookie), 0);
+	c = rw_watch(self->fd, p + 2 * self->page, self->page, 22);
+	gen0 = rw_gen(self->st);
+	ASSERT_EQ(munmap(p, 2 * self->page), 0);
+	expect_clean(self, &c, gen0);
+	ASSERT_EQ(munmap(p + 2 * self->page, 2 * self->page), 0);
+	expect_dirty_once(self, &c, REGWATCH_REASON_UNMAP, gen0);
+}
+
+/* A full table takes the slot of an unwatched range for another range. */
+TEST(full_table_reuses_an_unwatched_slot)
+{
+	int fd = rw_open(O_NONBLOCK);
+	char *p = rw_map_pages(2);
+	struct regwatch_record rec[2];
+	struct regwatch_status *st;
+	struct regwatch_watch a, b;
+
+	rw_set_capacity(fd, 1);
+	st = rw_map_status(fd, 1);
+	a = rw_watch(fd, p, rw_page(), 30);
+	ASSERT_EQ(rw_unwatch(fd, a.slot, a.cookie), 0);
+	b = rw_watch(fd, p + rw_page(), rw_page(), 31);
+	ASSERT_EQ(b.slot, a.slot);
+	ASSERT_EQ(munmap(p, rw_page()), 0);
+	ASSERT_EQ(rw_word(st, b.slot), b.seq);
+	ASSERT_EQ(rw_drain(fd, rec, 2), 0);
+	ASSERT_EQ(munmap(p + rw_page(), rw_page()), 0);
+	ASSERT_EQ(rw_drain(fd, rec, 2), 1);
+	EXPECT_EQ(rec[0].cookie, 31);
+	EXPECT_EQ(rec[0].seq, b.seq);
+	EXPECT_EQ(rec[0].reason, REGWATCH_REASON_UNMAP);
+	close(fd);
+}
+
 TEST_F(ev, madvise_free)
 {
 	char *p = rw_map_pages(4);

@@ -199,16 +199,17 @@ impl Registrar for BlocksADeregistration {
     }
 }
 
-/// A thread runs `drop_one` on a cache holding an idle registration of `BASE`'s page and no
-/// other, which must deregister that registration; while its
-/// deregistration is blocked, this thread misses (registering a page far away, which takes the
-/// lock twice) and reads the stats (the lock again). Under the lock, the deregistration would
-/// hold the lock until `BLOCK_LIMIT`.
-fn misses_go_on_during_a_deregistration(
-    memory: &FakeMemory,
-    drop_one: impl FnOnce(&Cache<BlocksADeregistration, FakeInvalidation>) + Send,
-) {
-    let far = BASE + 64 * PAGE;
+/// A cache over `memory` holding an idle registration of `BASE`'s page, whose next
+/// deregistration blocks: it says so on `entered` and waits for `release`. `BASE`'s two pages
+/// and the page at `far` are mapped.
+struct Blocked {
+    cache: Cache<BlocksADeregistration, FakeInvalidation>,
+    gate: Arc<Gate>,
+    entered: Receiver<()>,
+    release: Sender<()>,
+}
+
+fn blocked_deregistration_ahead(memory: &FakeMemory, far: usize) -> Blocked {
     memory.map(BASE, 2 * PAGE);
     memory.map(far, PAGE);
     let gate = Arc::new(Gate::default());
@@ -226,6 +227,30 @@ fn misses_go_on_during_a_deregistration(
     let (entered_tx, entered) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
     *gate.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some((entered_tx, release_rx));
+    Blocked {
+        cache,
+        gate,
+        entered,
+        release,
+    }
+}
+
+/// A thread runs `drop_one` on a cache holding an idle registration of `BASE`'s page and no
+/// other, which must deregister that registration; while its
+/// deregistration is blocked, this thread misses (registering a page far away, which takes the
+/// lock twice) and reads the stats (the lock again). Under the lock, the deregistration would
+/// hold the lock until `BLOCK_LIMIT`.
+fn misses_go_on_during_a_deregistration(
+    memory: &FakeMemory,
+    drop_one: impl FnOnce(&Cache<BlocksADeregistration, FakeInvalidation>) + Send,
+) {
+    let far = BASE + 64 * PAGE;
+    let Blocked {
+        cache,
+        gate,
+        entered,
+        release,
+    } = blocked_deregistration_ahead(memory, far);
     std::thread::scope(|scope| {
         let dropper = scope.spawn(|| drop_one(&cache));
         entered
@@ -276,23 +301,12 @@ fn an_invalidated_registration_is_deregistered_without_the_lock() {
 fn a_miss_waits_for_a_watch_another_thread_gives_back() {
     let memory = FakeMemory::new(1);
     let far = BASE + 64 * PAGE;
-    memory.map(BASE, PAGE);
-    memory.map(far, PAGE);
-    let gate = Arc::new(Gate::default());
-    let registrar = BlocksADeregistration {
-        registrar: memory.registrar(),
-        gate: Arc::clone(&gate),
-    };
-    let cache = Cache::new(
-        registrar,
-        memory.invalidation(),
-        Policy::Pinned,
-        Limits::default(),
-    );
-    drop(cache.cached_reg(ptr(BASE), PAGE, RW).unwrap());
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel();
-    *gate.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some((entered_tx, release_rx));
+    let Blocked {
+        cache,
+        gate,
+        entered,
+        release,
+    } = blocked_deregistration_ahead(&memory, far);
     std::thread::scope(|scope| {
         let evictor = scope.spawn(|| assert_eq!(cache.evict_idle(), 1));
         entered

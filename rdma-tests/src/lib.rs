@@ -8,6 +8,7 @@
 
 pub mod rig;
 pub mod soak;
+pub mod watching;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;

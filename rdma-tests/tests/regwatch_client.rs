@@ -9,13 +9,11 @@
 //! On a host without it every test prints why and returns; inside the VM
 //! (`REGCACHE_VM=1`) a missing module is a failure.
 
-mod regwatch_support;
-
-use rdma_tests::{error_chain, in_vm};
-use regwatch::{Error, Monitor, Reason, Record};
-use regwatch_support::{
+use rdma_tests::watching::{
     assert_errno, drain, map_pages, open, page, poll_readable, protect, unmap, unwatch, watch,
 };
+use rdma_tests::{error_chain, in_vm};
+use regwatch::{Error, Monitor, Reason, Record};
 
 /// Whether the fd polls readable right now.
 fn readable(monitor: &Monitor) -> bool {

@@ -8,20 +8,18 @@
 //! On a host without it every test prints why and returns; inside the VM
 //! (`REGCACHE_VM=1`) a missing module is a failure.
 
-mod regwatch_support;
-
 use std::collections::HashMap;
 use std::ptr;
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rdma_tests::watching::{
+    assert_errno, drain, map_pages, open, page, poll_readable, protect, unmap, unwatch, watch,
+};
 use rdma_tests::{error_chain, in_vm};
 use regcache::testing::XorShift;
 use regwatch::{Error, Monitor, Reason, Record, Watch};
-use regwatch_support::{
-    assert_errno, drain, map_pages, open, page, poll_readable, protect, unmap, unwatch, watch,
-};
 
 #[test]
 fn bad_input_gets_an_errno_and_changes_nothing() {

@@ -1,10 +1,10 @@
-//! What the `regwatch` client tests share: opening the device (skipping on
-//! a host without the module), mapping pages, and the calls a test makes
-//! with its failure turned into a panic that says what failed.
+//! What the `regwatch` tests share: opening the device (skipping on a host
+//! without the module), mapping pages, and the calls a test makes with its
+//! failure turned into a panic that says what failed.
 
 use std::ptr;
 
-use rdma_tests::{error_chain, in_vm};
+use crate::{error_chain, in_vm};
 use regwatch::{Builder, Error, Monitor, Record, Watch};
 
 /// Opens a monitor, or returns `None` after printing why on a host without

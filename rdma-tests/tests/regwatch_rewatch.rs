@@ -1,0 +1,94 @@
+//! [`Monitor::rewatch`] against the real module: a cache's eviction (unwatch
+//! the victim, watch the new buffer) in one system call, exactly as an
+//! unwatch followed by a watch on success, and nothing changed on failure.
+//!
+//! Like `regwatch_client.rs`, the tests skip on a host without the module
+//! and fail without it inside the VM.
+
+use regwatch::{Builder, Error, Totals};
+use regwatch_common::{assert_errno, drain, map_pages, open, page, unmap, unwatch, watch};
+
+mod regwatch_common;
+
+/// A full monitor evicts: the new watch takes the victim's slot, the
+/// victim's pending record is never reported, the new range is watched.
+#[test]
+fn rewatch_evicts_on_a_full_monitor() {
+    let Some(monitor) = open(Builder::default().capacity(2)) else {
+        return;
+    };
+    let base = map_pages(3);
+    let victim = watch(&monitor, base, 1, 1);
+    let kept = watch(&monitor, base + page(), 1, 2);
+    assert_errno(
+        monitor.watch(base + 2 * page(), 1, 3),
+        |e| matches!(e, Error::Watch { .. }),
+        libc::ENOSPC,
+        "a third watch on two slots",
+    );
+    unmap(base, page());
+    assert_eq!(monitor.dirty_unread(), 1);
+
+    let new = monitor
+        .rewatch(victim, 1, base + 2 * page(), 1, 3)
+        .expect("rewatch in place of a dirty victim");
+    assert_eq!(new.slot(), victim.slot());
+    assert!(new.seq() > kept.seq());
+    assert!(monitor.is_valid(&new));
+    assert!(!monitor.is_valid(&victim));
+    assert!(monitor.is_valid(&kept));
+    assert_eq!(monitor.dirty_unread(), 0);
+    assert!(drain(&monitor).is_empty(), "the victim's record is gone");
+    assert_eq!(
+        monitor.totals(),
+        Totals {
+            watched: 3,
+            unwatched: 1,
+            dirtied: 1,
+            reported: 0
+        }
+    );
+
+    unmap(base + 2 * page(), page());
+    let records = drain(&monitor);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].cookie, 3);
+    assert_eq!(records[0].watch, new);
+    unwatch(&monitor, kept, 2);
+    unmap(base + page(), page());
+}
+
+/// A victim that is gone (or a wrong cookie): `Error::Rewatch` with
+/// `EINVAL`, and nothing changed: no counter moved, the new range is not
+/// watched, a live victim still is.
+#[test]
+fn rewatch_of_a_gone_victim_changes_nothing() {
+    let Some(monitor) = open(Builder::default().capacity(4)) else {
+        return;
+    };
+    let base = map_pages(3);
+    let live = watch(&monitor, base, 1, 1);
+    let gone = watch(&monitor, base + page(), 1, 2);
+    unwatch(&monitor, gone, 2);
+    let before = monitor.totals();
+    for (victim, cookie, what) in [
+        (gone, 2, "an unwatched victim"),
+        (live, 9, "a wrong cookie"),
+    ] {
+        assert_errno(
+            monitor.rewatch(victim, cookie, base + 2 * page(), 1, 3),
+            |e| matches!(e, Error::Rewatch { .. }),
+            libc::EINVAL,
+            what,
+        );
+    }
+    assert_eq!(monitor.totals(), before);
+    assert!(monitor.is_valid(&live));
+    unmap(base + page(), 2 * page());
+    assert!(
+        drain(&monitor).is_empty(),
+        "the new range was never watched"
+    );
+    unwatch(&monitor, live, 1);
+    unmap(base, page());
+}

@@ -14,6 +14,9 @@
  * An unwatch leaves the slot's notifier inserted, ignored, in the fd's one
  * parked slot: a watch of the same range takes it back without an insert,
  * and the next unwatch, or a watch that finds the table full, removes it.
+ * A watch made in place of a victim (REGWATCH_WATCH_UNWATCH) never parks:
+ * it takes the victim's slot, and its notifier too when the range is the
+ * same.
  */
 #include <linux/overflow.h>
 #include <linux/poll.h>

@@ -16,6 +16,11 @@
  *                           __ATOMIC_ACQUIRE) == w.seq;
  *   read(fd, records, n * sizeof(struct regwatch_record));
  *   ioctl(fd, REGWATCH_IOC_UNWATCH, &u);
+ *   // or, instead of the unwatch, evict: unwatch w and watch a new range
+ *   w2 = (struct regwatch_watch){ .start = ..., .length = ..., .cookie = ...,
+ *       .flags = REGWATCH_WATCH_UNWATCH, .slot = w.slot,
+ *       .unwatch_cookie = w.cookie };
+ *   ioctl(fd, REGWATCH_IOC_WATCH, &w2);         // -> w2.slot == w.slot
  *
  * The fd is bound to the address space (mm) of the process that opened it.
  * Every ioctl, read, poll and mmap from another address space (a fork child

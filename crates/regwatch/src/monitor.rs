@@ -197,8 +197,9 @@ fn invalid_data(message: impl Into<String>) -> io::Error {
 ///
 /// The fd is bound to the address space that opened it. In a fork child
 /// (and in any other process holding the fd) every call that reaches the
-/// kernel — [`Monitor::watch`], [`Monitor::unwatch`], [`Monitor::drain`] —
-/// fails with `EIO` (see [`Error::raw_os_error`]) and changes nothing. The
+/// kernel — [`Monitor::watch`], [`Monitor::rewatch`], [`Monitor::unwatch`],
+/// [`Monitor::drain`] — fails with `EIO` (see [`Error::raw_os_error`]) and
+/// changes nothing. The
 /// module does not map the status area into a child, so there the
 /// status-area readers answer without loading: [`Monitor::is_valid`] is
 /// false for every watch, [`Monitor::generation`], [`Monitor::dirty_unread`]

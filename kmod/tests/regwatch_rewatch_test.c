@@ -121,6 +121,40 @@ TEST(rewatch_same_range_starts_clean)
 	close(f.fd);
 }
 
+/*
+ * Strict mode applies to the new watch, whichever way it was made: a
+ * protection change of the new range dirties it, of the victim's range
+ * (no longer watched) nothing.
+ */
+TEST(rewatch_keeps_strict_mode)
+{
+	struct regwatch_api api = { .api = REGWATCH_API,
+				    .features = REGWATCH_FEATURE_STRICT };
+	struct rewatch_fd f = rewatch_open();
+	char *p = rw_map_pages(2);
+	struct regwatch_record rec[4];
+	struct regwatch_watch a, n, m;
+
+	ASSERT_EQ(ioctl(f.fd, REGWATCH_IOC_API, &api), 0);
+	a = rw_watch(f.fd, p, 1, 1);
+	ASSERT_EQ(rw_try_rewatch(f.fd, a.slot, 1, p + rw_page(), 1, 2, &n), 0);
+	ASSERT_EQ(mprotect(p, rw_page(), PROT_READ), 0);
+	ASSERT_EQ(rw_drain(f.fd, rec, 4), 0);
+	ASSERT_EQ(mprotect(p + rw_page(), rw_page(), PROT_READ), 0);
+	ASSERT_EQ(rw_drain(f.fd, rec, 4), 1);
+	EXPECT_EQ(rec[0].cookie, 2);
+	EXPECT_EQ(rec[0].reason, REGWATCH_REASON_PROTECTION);
+	/* the same range, handed over */
+	ASSERT_EQ(rw_try_rewatch(f.fd, n.slot, 2, p + rw_page(), 1, 3, &m), 0);
+	ASSERT_EQ(mprotect(p + rw_page(), rw_page(), PROT_READ | PROT_WRITE),
+		  0);
+	ASSERT_EQ(rw_drain(f.fd, rec, 4), 1);
+	EXPECT_EQ(rec[0].cookie, 3);
+	EXPECT_EQ(rec[0].seq, m.seq);
+	EXPECT_EQ(rec[0].reason, REGWATCH_REASON_PROTECTION);
+	close(f.fd);
+}
+
 /* Every slot in use: the new watch takes the victim's. */
 TEST(rewatch_works_on_a_full_table)
 {

@@ -179,8 +179,9 @@ static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
 	if (flags & ~REGWATCH_WATCH_FLAGS || reserved)
 		return -EINVAL;
 	if (flags & REGWATCH_WATCH_UNWATCH)
-		ret = regwatch_rewatch(ctx, slot_in, unwatch_cookie, start,
-				       length, cookie, &slot, &seq);
+		ret = regwatch_watch_instead(ctx, slot_in, unwatch_cookie,
+					     start, length, cookie, &slot,
+					     &seq);
 	else if (unwatch_cookie)
 		ret = -EINVAL;
 	else

@@ -449,7 +449,7 @@ err_uncharge:
 }
 
 /**
- * regwatch_rewatch() - unwatch one watch and watch a range in its slot
+ * regwatch_watch_instead() - unwatch one watch and watch a range in its slot
  * @ctx: the fd; the caller runs in ctx->mm
  * @victim_nr: slot of the watch to unwatch
  * @victim_cookie: its cookie
@@ -467,9 +467,9 @@ err_uncharge:
  * Return: 0, or -EINVAL for a bad range or a victim that is not a live
  * watch with @victim_cookie; nothing changed then.
  */
-int regwatch_rewatch(struct regwatch_ctx *ctx, u64 victim_nr,
-		     u64 victim_cookie, u64 start, u64 length, u64 cookie,
-		     u32 *slot_out, u64 *seq_out)
+int regwatch_watch_instead(struct regwatch_ctx *ctx, u64 victim_nr,
+			   u64 victim_cookie, u64 start, u64 length,
+			   u64 cookie, u32 *slot_out, u64 *seq_out)
 {
 	struct regwatch_slot *slot;
 	u64 first, end;

@@ -101,10 +101,10 @@ static inline struct regwatch_watch rw_watch(int fd, const void *start,
 }
 
 /* REGWATCH_WATCH_UNWATCH: watch [start, +length) in place of {slot, cookie}. */
-static inline int rw_try_rewatch(int fd, uint64_t victim_slot,
-				 uint64_t victim_cookie, const void *start,
-				 uint64_t length, uint64_t cookie,
-				 struct regwatch_watch *w)
+static inline int rw_instead(int fd, uint64_t victim_slot,
+			     uint64_t victim_cookie, const void *start,
+			     uint64_t length, uint64_t cookie,
+			     struct regwatch_watch *w)
 {
 	memset(w, 0, sizeof(*w));
 	w->start = (uintptr_t)start;

@@ -58,7 +58,7 @@ pub enum Error {
     /// `REGWATCH_IOC_WATCH` with `REGWATCH_WATCH_UNWATCH` refused to watch
     /// the range in place of the victim; nothing changed.
     #[error("cannot watch {len} bytes at {start:#x} in place of slot {victim}")]
-    Rewatch {
+    WatchInsteadOf {
         /// Slot of the watch to unwatch.
         victim: u32,
         /// First byte of the range.
@@ -95,7 +95,7 @@ impl Error {
             | Self::Read(source)
             | Self::SetCapacity { source, .. }
             | Self::Watch { source, .. }
-            | Self::Rewatch { source, .. }
+            | Self::WatchInsteadOf { source, .. }
             | Self::Unwatch { source, .. } => Some(source),
         }
     }

@@ -7,7 +7,7 @@
 //! hit, skips all invalidation work while [`Monitor::generation`] stands
 //! still, and otherwise collects the dirty watches with [`Monitor::drain`].
 //! An eviction (unwatch the victim, watch the new buffer) is one system call:
-//! [`Monitor::rewatch`].
+//! [`Monitor::watch_instead_of`].
 //!
 //! ```no_run
 //! # fn main() -> Result<(), regwatch::Error> {

@@ -197,9 +197,9 @@ fn invalid_data(message: impl Into<String>) -> io::Error {
 ///
 /// The fd is bound to the address space that opened it. In a fork child
 /// (and in any other process holding the fd) every call that reaches the
-/// kernel — [`Monitor::watch`], [`Monitor::rewatch`], [`Monitor::unwatch`],
-/// [`Monitor::drain`] — fails with `EIO` (see [`Error::raw_os_error`]) and
-/// changes nothing. The
+/// kernel — [`Monitor::watch`], [`Monitor::watch_instead_of`],
+/// [`Monitor::unwatch`], [`Monitor::drain`] — fails with `EIO` (see
+/// [`Error::raw_os_error`]) and changes nothing. The
 /// module does not map the status area into a child, so there the
 /// status-area readers answer without loading: [`Monitor::is_valid`] is
 /// false for every watch, [`Monitor::generation`], [`Monitor::dirty_unread`]
@@ -312,11 +312,11 @@ impl Monitor {
     ///
     /// # Errors
     ///
-    /// [`Error::Rewatch`] with `EINVAL` when `victim` is not a live watch
-    /// with `victim_cookie` (already unwatched, e.g. by another thread, wrong
-    /// cookie) or the range is bad (as for [`Monitor::watch`]); `EIO` in a
+    /// [`Error::WatchInsteadOf`] with `EINVAL` when `victim` is not a live
+    /// watch with `victim_cookie` (already unwatched, e.g. by another
+    /// thread, wrong cookie) or the range is bad (as for [`Monitor::watch`]); `EIO` in a
     /// fork child. Nothing changed then: the victim is still watched.
-    pub fn rewatch(
+    pub fn watch_instead_of(
         &self,
         victim: Watch,
         victim_cookie: u64,
@@ -330,12 +330,13 @@ impl Monitor {
             unwatch_cookie: victim_cookie,
             ..watch_arg(start, len, cookie)
         };
-        self.watch_ioctl(arg).map_err(|source| Error::Rewatch {
-            victim: victim.slot,
-            start,
-            len,
-            source,
-        })
+        self.watch_ioctl(arg)
+            .map_err(|source| Error::WatchInsteadOf {
+                victim: victim.slot,
+                start,
+                len,
+                source,
+            })
     }
 
     fn watch_ioctl(&self, mut arg: regwatch_watch) -> io::Result<Watch> {

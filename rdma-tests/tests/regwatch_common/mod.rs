@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests of the `regwatch` client
-//! (`regwatch_client.rs`, `regwatch_rewatch.rs`).
+//! (`regwatch_client.rs`, `regwatch_watch_instead.rs`).
 
 use std::ptr;
 

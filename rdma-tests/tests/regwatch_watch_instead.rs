@@ -1,4 +1,4 @@
-//! [`Monitor::rewatch`] against the real module: a cache's eviction (unwatch
+//! [`Monitor::watch_instead_of`] against the real module: a cache's eviction (unwatch
 //! the victim, watch the new buffer) in one system call, exactly as an
 //! unwatch followed by a watch on success, and nothing changed on failure.
 //!
@@ -13,7 +13,7 @@ mod regwatch_common;
 /// A full monitor evicts: the new watch takes the victim's slot, the
 /// victim's pending record is never reported, the new range is watched.
 #[test]
-fn rewatch_evicts_on_a_full_monitor() {
+fn watch_instead_of_evicts_on_a_full_monitor() {
     let Some(monitor) = open(Builder::default().capacity(2)) else {
         return;
     };
@@ -30,8 +30,8 @@ fn rewatch_evicts_on_a_full_monitor() {
     assert_eq!(monitor.dirty_unread(), 1);
 
     let new = monitor
-        .rewatch(victim, 1, base + 2 * page(), 1, 3)
-        .expect("rewatch in place of a dirty victim");
+        .watch_instead_of(victim, 1, base + 2 * page(), 1, 3)
+        .expect("a watch instead of a dirty victim");
     assert_eq!(new.slot(), victim.slot());
     assert!(new.seq() > kept.seq());
     assert!(monitor.is_valid(&new));
@@ -58,11 +58,11 @@ fn rewatch_evicts_on_a_full_monitor() {
     unmap(base + page(), page());
 }
 
-/// A victim that is gone (or a wrong cookie): `Error::Rewatch` with
+/// A victim that is gone (or a wrong cookie): `Error::WatchInsteadOf` with
 /// `EINVAL`, and nothing changed: no counter moved, the new range is not
 /// watched, a live victim still is.
 #[test]
-fn rewatch_of_a_gone_victim_changes_nothing() {
+fn watch_instead_of_a_gone_victim_changes_nothing() {
     let Some(monitor) = open(Builder::default().capacity(4)) else {
         return;
     };
@@ -76,8 +76,8 @@ fn rewatch_of_a_gone_victim_changes_nothing() {
         (live, 9, "a wrong cookie"),
     ] {
         assert_errno(
-            monitor.rewatch(victim, cookie, base + 2 * page(), 1, 3),
-            |e| matches!(e, Error::Rewatch { .. }),
+            monitor.watch_instead_of(victim, cookie, base + 2 * page(), 1, 3),
+            |e| matches!(e, Error::WatchInsteadOf { .. }),
             libc::EINVAL,
             what,
         );

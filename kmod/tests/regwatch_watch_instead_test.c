@@ -12,14 +12,14 @@
 
 #define SLOTS 4
 
-struct rewatch_fd {
+struct instead_fd {
 	int fd;
 	struct regwatch_status *st;
 };
 
-static struct rewatch_fd rewatch_open(void)
+static struct instead_fd instead_open(void)
 {
-	struct rewatch_fd f = { .fd = rw_open(O_NONBLOCK) };
+	struct instead_fd f = { .fd = rw_open(O_NONBLOCK) };
 
 	rw_set_capacity(f.fd, SLOTS);
 	f.st = rw_map_status(f.fd, SLOTS);
@@ -45,9 +45,9 @@ static void dirty_page(char *p)
  * the new seq, its record is never read, the old range is no longer
  * watched and the new one is.
  */
-TEST(rewatch_other_range_drops_the_victims_record)
+TEST(watch_instead_other_range_drops_the_victims_record)
 {
-	struct rewatch_fd f = rewatch_open();
+	struct instead_fd f = instead_open();
 	char *p = rw_map_pages(3);
 	struct regwatch_record rec[4];
 	struct regwatch_watch a, b, n;
@@ -58,8 +58,7 @@ TEST(rewatch_other_range_drops_the_victims_record)
 	users = user_watches(f.fd);
 	dirty_page(p);
 	ASSERT_EQ(f.st->dirty_unread, 1);
-	ASSERT_EQ(rw_try_rewatch(f.fd, a.slot, 1, p + 2 * rw_page(), 1, 3, &n),
-		  0);
+	ASSERT_EQ(rw_instead(f.fd, a.slot, 1, p + 2 * rw_page(), 1, 3, &n), 0);
 	EXPECT_EQ(n.slot, a.slot);
 	EXPECT_EQ(n.seq, b.seq + 2);
 	EXPECT_EQ(rw_word(f.st, n.slot), n.seq);
@@ -88,16 +87,16 @@ TEST(rewatch_other_range_drops_the_victims_record)
  * A victim of the same range, pending or already read: the new watch
  * starts clean with its own seq, and only its own events are reported.
  */
-TEST(rewatch_same_range_starts_clean)
+TEST(watch_instead_same_range_starts_clean)
 {
-	struct rewatch_fd f = rewatch_open();
+	struct instead_fd f = instead_open();
 	char *p = rw_map_pages(1);
 	struct regwatch_record rec[4];
 	struct regwatch_watch a, n, m;
 
 	a = rw_watch(f.fd, p, 1, 1);
 	dirty_page(p);
-	ASSERT_EQ(rw_try_rewatch(f.fd, a.slot, 1, p, rw_page(), 2, &n), 0);
+	ASSERT_EQ(rw_instead(f.fd, a.slot, 1, p, rw_page(), 2, &n), 0);
 	EXPECT_EQ(n.slot, a.slot);
 	EXPECT_EQ(n.seq, a.seq + 2);
 	EXPECT_EQ(rw_word(f.st, n.slot), n.seq);
@@ -109,7 +108,7 @@ TEST(rewatch_same_range_starts_clean)
 	EXPECT_EQ(rec[0].cookie, 2);
 	EXPECT_EQ(rec[0].seq, n.seq);
 	/* a victim already reported */
-	ASSERT_EQ(rw_try_rewatch(f.fd, n.slot, 2, p, 1, 3, &m), 0);
+	ASSERT_EQ(rw_instead(f.fd, n.slot, 2, p, 1, 3, &m), 0);
 	EXPECT_EQ(rw_word(f.st, m.slot), m.seq);
 	dirty_page(p);
 	ASSERT_EQ(rw_drain(f.fd, rec, 4), 1);
@@ -126,18 +125,18 @@ TEST(rewatch_same_range_starts_clean)
  * protection change of the new range dirties it, of the victim's range
  * (no longer watched) nothing.
  */
-TEST(rewatch_keeps_strict_mode)
+TEST(watch_instead_keeps_strict_mode)
 {
 	struct regwatch_api api = { .api = REGWATCH_API,
 				    .features = REGWATCH_FEATURE_STRICT };
-	struct rewatch_fd f = rewatch_open();
+	struct instead_fd f = instead_open();
 	char *p = rw_map_pages(2);
 	struct regwatch_record rec[4];
 	struct regwatch_watch a, n, m;
 
 	ASSERT_EQ(ioctl(f.fd, REGWATCH_IOC_API, &api), 0);
 	a = rw_watch(f.fd, p, 1, 1);
-	ASSERT_EQ(rw_try_rewatch(f.fd, a.slot, 1, p + rw_page(), 1, 2, &n), 0);
+	ASSERT_EQ(rw_instead(f.fd, a.slot, 1, p + rw_page(), 1, 2, &n), 0);
 	ASSERT_EQ(mprotect(p, rw_page(), PROT_READ), 0);
 	ASSERT_EQ(rw_drain(f.fd, rec, 4), 0);
 	ASSERT_EQ(mprotect(p + rw_page(), rw_page(), PROT_READ), 0);
@@ -145,7 +144,7 @@ TEST(rewatch_keeps_strict_mode)
 	EXPECT_EQ(rec[0].cookie, 2);
 	EXPECT_EQ(rec[0].reason, REGWATCH_REASON_PROTECTION);
 	/* the same range, handed over */
-	ASSERT_EQ(rw_try_rewatch(f.fd, n.slot, 2, p + rw_page(), 1, 3, &m), 0);
+	ASSERT_EQ(rw_instead(f.fd, n.slot, 2, p + rw_page(), 1, 3, &m), 0);
 	ASSERT_EQ(mprotect(p + rw_page(), rw_page(), PROT_READ | PROT_WRITE),
 		  0);
 	ASSERT_EQ(rw_drain(f.fd, rec, 4), 1);
@@ -156,9 +155,9 @@ TEST(rewatch_keeps_strict_mode)
 }
 
 /* Every slot in use: the new watch takes the victim's. */
-TEST(rewatch_works_on_a_full_table)
+TEST(watch_instead_works_on_a_full_table)
 {
-	struct rewatch_fd f = rewatch_open();
+	struct instead_fd f = instead_open();
 	char *p = rw_map_pages(SLOTS + 1);
 	struct regwatch_watch w[SLOTS], n;
 
@@ -166,17 +165,17 @@ TEST(rewatch_works_on_a_full_table)
 		w[i] = rw_watch(f.fd, p + i * rw_page(), 1, i);
 	ASSERT_ERRNO(rw_try_watch(f.fd, p + SLOTS * rw_page(), 1, 9, &n),
 		     ENOSPC);
-	ASSERT_EQ(rw_try_rewatch(f.fd, w[1].slot, 1, p + SLOTS * rw_page(), 1,
-				 9, &n), 0);
+	ASSERT_EQ(rw_instead(f.fd, w[1].slot, 1, p + SLOTS * rw_page(), 1, 9,
+			     &n), 0);
 	EXPECT_EQ(n.slot, w[1].slot);
 	EXPECT_EQ(rw_word(f.st, n.slot), n.seq);
 	close(f.fd);
 }
 
 /* A user at max_user_watches can still evict: the victim's place passes on. */
-TEST(rewatch_works_at_the_user_limit)
+TEST(watch_instead_works_at_the_user_limit)
 {
-	struct rewatch_fd f;
+	struct instead_fd f;
 	struct regwatch_watch w, n;
 	long old_limit;
 	char *p;
@@ -184,13 +183,13 @@ TEST(rewatch_works_at_the_user_limit)
 	rw_require_device();
 	if (geteuid() != 0)
 		SKIP(, "needs root to set max_user_watches");
-	f = rewatch_open();
+	f = instead_open();
 	p = rw_map_pages(2);
 	w = rw_watch(f.fd, p, 1, 1);
 	old_limit = rw_set_module_param("max_user_watches",
 					user_watches(f.fd));
 	ASSERT_ERRNO(rw_try_watch(f.fd, p + rw_page(), 1, 2, &n), ENOSPC);
-	ASSERT_EQ(rw_try_rewatch(f.fd, w.slot, 1, p + rw_page(), 1, 2, &n), 0);
+	ASSERT_EQ(rw_instead(f.fd, w.slot, 1, p + rw_page(), 1, 2, &n), 0);
 	EXPECT_EQ(rw_word(f.st, n.slot), n.seq);
 	rw_set_module_param("max_user_watches", old_limit);
 	close(f.fd);
@@ -201,9 +200,9 @@ TEST(rewatch_works_at_the_user_limit)
  * and nothing changed: the victim is still watched, the new range is not,
  * no counter or seq moved.
  */
-TEST(rewatch_bad_victim_changes_nothing)
+TEST(watch_instead_bad_victim_changes_nothing)
 {
-	struct rewatch_fd f = rewatch_open();
+	struct instead_fd f = instead_open();
 	char *p = rw_map_pages(2);
 	struct regwatch_record rec[4];
 	struct regwatch_watch a, gone, n;
@@ -212,14 +211,15 @@ TEST(rewatch_bad_victim_changes_nothing)
 	a = rw_watch(f.fd, p, 1, 1);
 	gone = rw_watch(f.fd, q, 1, 2);
 	ASSERT_EQ(rw_unwatch(f.fd, gone.slot, 2), 0);	/* parked */
-	ASSERT_ERRNO(rw_try_rewatch(f.fd, a.slot, 7, q, 1, 3, &n), EINVAL);
-	ASSERT_ERRNO(rw_try_rewatch(f.fd, gone.slot, 2, q, 1, 3, &n), EINVAL);
-	ASSERT_ERRNO(rw_try_rewatch(f.fd, 2, 1, q, 1, 3, &n), EINVAL);
-	ASSERT_ERRNO(rw_try_rewatch(f.fd, SLOTS, 1, q, 1, 3, &n), EINVAL);
-	ASSERT_ERRNO(rw_try_rewatch(f.fd, 1ULL << 32, 1, q, 1, 3, &n), EINVAL);
-	ASSERT_ERRNO(rw_try_rewatch(f.fd, a.slot, 1, q, 0, 3, &n), EINVAL);
-	ASSERT_ERRNO(rw_try_rewatch(f.fd, a.slot, 1, (void *)0xffff800000000000ULL,
-				    4096, 3, &n), EINVAL);
+	ASSERT_ERRNO(rw_instead(f.fd, a.slot, 7, q, 1, 3, &n), EINVAL);
+	ASSERT_ERRNO(rw_instead(f.fd, gone.slot, 2, q, 1, 3, &n), EINVAL);
+	ASSERT_ERRNO(rw_instead(f.fd, 2, 1, q, 1, 3, &n), EINVAL);
+	ASSERT_ERRNO(rw_instead(f.fd, SLOTS, 1, q, 1, 3, &n), EINVAL);
+	ASSERT_ERRNO(rw_instead(f.fd, 1ULL << 32, 1, q, 1, 3, &n), EINVAL);
+	ASSERT_ERRNO(rw_instead(f.fd, a.slot, 1, q, 0, 3, &n), EINVAL);
+	ASSERT_ERRNO(rw_instead(f.fd, a.slot, 1,
+				(void *)0xffff800000000000ULL, 4096, 3, &n),
+		     EINVAL);
 	/* a victim's cookie without the flag */
 	memset(&n, 0, sizeof(n));
 	n.start = (uintptr_t)q;
@@ -245,9 +245,9 @@ TEST(rewatch_bad_victim_changes_nothing)
 }
 
 /* A read-only argument: EFAULT before anything changed. */
-TEST(rewatch_read_only_argument_changes_nothing)
+TEST(watch_instead_read_only_argument_changes_nothing)
 {
-	struct rewatch_fd f = rewatch_open();
+	struct instead_fd f = instead_open();
 	char *p = rw_map_pages(2);
 	struct regwatch_watch a, *ro;
 
@@ -289,16 +289,16 @@ static void *unwatch_racer(void *arg)
 
 /*
  * Another thread unwatching the victim at the same time: exactly one of
- * the two calls wins; when the unwatch wins, the rewatch failed and the
+ * the two calls wins; when the unwatch wins, the watch instead failed and the
  * new range is not watched. The counters add up either way.
  */
-TEST(rewatch_races_an_unwatch_of_the_victim)
+TEST(watch_instead_races_an_unwatch_of_the_victim)
 {
 	enum { rounds = 2000 };
-	struct rewatch_fd f = rewatch_open();
+	struct instead_fd f = instead_open();
 	char *p = rw_map_pages(2);
 	struct regwatch_record rec[4];
-	int rewatched = 0, unwatched = 0;
+	int instead_won = 0, unwatched = 0;
 	uint64_t cookie = 1;
 
 	for (int i = 0; i < rounds; i++) {
@@ -314,14 +314,14 @@ TEST(rewatch_races_an_unwatch_of_the_victim)
 		ASSERT_EQ(pthread_create(&thr, NULL, unwatch_racer, &r), 0);
 		pthread_barrier_wait(&r.start);
 		/* the same range and another one, in turn */
-		ret = rw_try_rewatch(f.fd, v.slot, r.cookie,
-				     p + (i & 1) * rw_page(), 1, cookie, &n);
+		ret = rw_instead(f.fd, v.slot, r.cookie,
+				 p + (i & 1) * rw_page(), 1, cookie, &n);
 		pthread_join(thr, NULL);
 		pthread_barrier_destroy(&r.start);
 		if (ret == 0) {
 			ASSERT_EQ(r.ret, -1);
 			ASSERT_EQ(r.err, EINVAL);
-			rewatched++;
+			instead_won++;
 			ASSERT_EQ(rw_unwatch(f.fd, n.slot, cookie), 0);
 		} else {
 			ASSERT_EQ(errno, EINVAL);
@@ -331,9 +331,9 @@ TEST(rewatch_races_an_unwatch_of_the_victim)
 		}
 		cookie++;
 	}
-	TH_LOG("%d rewatches won, %d unwatches won", rewatched, unwatched);
-	EXPECT_EQ(f.st->total_watched, rounds + rewatched);
-	EXPECT_EQ(f.st->total_unwatched, rounds + rewatched);
+	TH_LOG("%d watches instead won, %d unwatches won", instead_won, unwatched);
+	EXPECT_EQ(f.st->total_watched, rounds + instead_won);
+	EXPECT_EQ(f.st->total_unwatched, rounds + instead_won);
 	/* nothing is watched any more */
 	dirty_page(p);
 	dirty_page(p + rw_page());

@@ -152,7 +152,8 @@ err_access_end:
 static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
 				 struct regwatch_watch __user *uarg)
 {
-	u64 start, length, cookie, flags, slot_in, seq_in, reserved0, reserved1;
+	u64 start, length, cookie, flags, slot_in, seq_in, unwatch_cookie;
+	u64 reserved;
 	u32 slot;
 	u64 seq;
 	int ret;
@@ -166,8 +167,8 @@ static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
 	unsafe_get_user(flags, &uarg->flags, err_access_end);
 	unsafe_get_user(slot_in, &uarg->slot, err_access_end);
 	unsafe_get_user(seq_in, &uarg->seq, err_access_end);
-	unsafe_get_user(reserved0, &uarg->reserved[0], err_access_end);
-	unsafe_get_user(reserved1, &uarg->reserved[1], err_access_end);
+	unsafe_get_user(unwatch_cookie, &uarg->unwatch_cookie, err_access_end);
+	unsafe_get_user(reserved, &uarg->reserved[0], err_access_end);
 	/*
 	 * The result must be deliverable before anything changes: the out
 	 * fields are written back as they came in.
@@ -175,13 +176,23 @@ static long regwatch_ioctl_watch(struct regwatch_ctx *ctx,
 	unsafe_put_user(slot_in, &uarg->slot, err_access_end);
 	unsafe_put_user(seq_in, &uarg->seq, err_access_end);
 	user_access_end();
-	if (flags & ~REGWATCH_WATCH_FLAGS || reserved0 || reserved1)
+	if (flags & ~REGWATCH_WATCH_FLAGS || reserved)
 		return -EINVAL;
-	ret = regwatch_watch(ctx, start, length, cookie, &slot, &seq);
+	if (flags & REGWATCH_WATCH_UNWATCH)
+		ret = regwatch_watch_instead(ctx, slot_in, unwatch_cookie,
+					     start, length, cookie, &slot,
+					     &seq);
+	else if (unwatch_cookie)
+		ret = -EINVAL;
+	else
+		ret = regwatch_watch(ctx, start, length, cookie, &slot, &seq);
 	if (ret)
 		return ret;
 	if (regwatch_put_watch_out(uarg, slot, seq)) {
-		/* made read-only meanwhile by another thread */
+		/*
+		 * made read-only meanwhile by another thread; a victim
+		 * unwatched by REGWATCH_WATCH_UNWATCH stays unwatched
+		 */
 		regwatch_watch_cancel(ctx, slot, cookie, seq);
 		return -EFAULT;
 	}

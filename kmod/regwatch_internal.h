@@ -205,6 +205,9 @@ int regwatch_fix_capacity_locked(struct regwatch_ctx *ctx, u32 nslots);
 int regwatch_fix_capacity(struct regwatch_ctx *ctx, u32 nslots);
 int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 		   u64 cookie, u32 *slot_out, u64 *seq_out);
+int regwatch_watch_instead(struct regwatch_ctx *ctx, u64 victim_nr,
+			   u64 victim_cookie, u64 start, u64 length,
+			   u64 cookie, u32 *slot_out, u64 *seq_out);
 int regwatch_unwatch(struct regwatch_ctx *ctx, u64 slot_nr, u64 cookie);
 void regwatch_watch_cancel(struct regwatch_ctx *ctx, u32 slot, u64 cookie,
 			   u64 seq);

@@ -14,6 +14,9 @@
  * An unwatch leaves the slot's notifier inserted, ignored, in the fd's one
  * parked slot: a watch of the same range takes it back without an insert,
  * and the next unwatch, or a watch that finds the table full, removes it.
+ * A watch made in place of a victim (REGWATCH_WATCH_UNWATCH) never parks:
+ * it takes the victim's slot, and its notifier too when the range is the
+ * same.
  */
 #include <linux/overflow.h>
 #include <linux/poll.h>
@@ -85,6 +88,71 @@ static void regwatch_free_slot(struct regwatch_ctx *ctx,
 	slot->dirty = REGWATCH_CLEAN;
 	slot->next = ctx->free_head;
 	ctx->free_head = slot->index;
+}
+
+/*
+ * Gives @slot (its index set) a new watch with @cookie: INSERTING, clean,
+ * the next seq in its status word, counted in total_watched. Returns the
+ * seq.
+ */
+static u64 regwatch_start_watch(struct regwatch_ctx *ctx,
+				struct regwatch_slot *slot, u64 cookie)
+{
+	u64 seq = ctx->next_seq;
+
+	lockdep_assert_held(&ctx->lock);
+	slot->state = REGWATCH_SLOT_INSERTING;
+	slot->dirty = REGWATCH_CLEAN;
+	slot->cookie = cookie;
+	ctx->next_seq += 2;
+	regwatch_status_set_seq(ctx, slot->index, seq);
+	regwatch_status_count(ctx, &ctx->status->total_watched, 1);
+	return seq;
+}
+
+/*
+ * Ends the watch in @slot for read() and the status area: off the dirty
+ * list, slot word 0, counted in total_unwatched. The caller sets the
+ * slot's next state before dropping ctx->lock; from then on the callback
+ * ignores the slot.
+ */
+static void regwatch_end_watch(struct regwatch_ctx *ctx,
+			       struct regwatch_slot *slot)
+{
+	lockdep_assert_held(&ctx->lock);
+	if (slot->dirty == REGWATCH_PENDING) {
+		regwatch_dirty_unlink(ctx, slot);
+		regwatch_status_count(ctx, &ctx->status->dirty_unread, -1);
+	}
+	regwatch_status_set_seq(ctx, slot->index, 0);
+	regwatch_status_count(ctx, &ctx->status->total_unwatched, 1);
+}
+
+/* The live watch in slot @slot_nr with @cookie (and @seq unless 0), or NULL. */
+static struct regwatch_slot *regwatch_live_slot(struct regwatch_ctx *ctx,
+						u64 slot_nr, u64 cookie,
+						u64 seq)
+{
+	struct regwatch_slot *slot;
+
+	lockdep_assert_held(&ctx->lock);
+	if (slot_nr >= ctx->high_water)
+		return NULL;
+	slot = regwatch_slot(ctx, slot_nr);
+	/* pairs with the release store of LIVE in regwatch_go_live() */
+	if (smp_load_acquire(&slot->state) != REGWATCH_SLOT_LIVE ||
+	    slot->cookie != cookie ||
+	    (seq && (regwatch_status_seq(ctx, slot_nr) &
+		     ~REGWATCH_SEQ_DIRTY) != seq))
+		return NULL;
+	return slot;
+}
+
+/* Whether @slot's notifier covers exactly [@first, @end). */
+static bool regwatch_covers(struct regwatch_slot *slot, u64 first, u64 end)
+{
+	return slot->notifier.interval_tree.start == first &&
+	       slot->notifier.interval_tree.last == end - 1;
 }
 
 /**
@@ -228,8 +296,7 @@ static struct regwatch_slot *regwatch_revivable(struct regwatch_ctx *ctx,
 	if (ctx->parked == REGWATCH_NO_SLOT)
 		return NULL;
 	slot = regwatch_slot(ctx, ctx->parked);
-	if (slot->notifier.interval_tree.start != first ||
-	    slot->notifier.interval_tree.last != end - 1)
+	if (!regwatch_covers(slot, first, end))
 		return NULL;
 	*idx = ctx->parked;
 	ctx->parked = REGWATCH_NO_SLOT;
@@ -259,14 +326,8 @@ static struct regwatch_slot *regwatch_claim_slot(struct regwatch_ctx *ctx,
 		if (!slot)
 			slot = regwatch_alloc_slot(ctx, &idx);
 		if (slot) {
-			slot->state = REGWATCH_SLOT_INSERTING;
-			slot->dirty = REGWATCH_CLEAN;
-			slot->cookie = cookie;
 			slot->index = idx;
-			*seq = ctx->next_seq;
-			ctx->next_seq += 2;
-			regwatch_status_set_seq(ctx, idx, *seq);
-			regwatch_status_count(ctx, &ctx->status->total_watched, 1);
+			*seq = regwatch_start_watch(ctx, slot, cookie);
 			spin_unlock(&ctx->lock);
 			return slot;
 		}
@@ -295,6 +356,36 @@ static void regwatch_give_back_seq(struct regwatch_ctx *ctx, u64 seq)
 		ctx->next_seq = seq;
 }
 
+/* The page-rounded range [*@first, *@end) of a watch: 0 or -EINVAL. */
+static int regwatch_page_range(struct regwatch_ctx *ctx, u64 start,
+			       u64 length, u64 *first, u64 *end)
+{
+	if (!length || check_add_overflow(start, length, end) ||
+	    *end > ctx->mm->task_size)
+		return -EINVAL;
+	*first = round_down(start, PAGE_SIZE);
+	*end = round_up(*end, PAGE_SIZE);
+	return 0;
+}
+
+/*
+ * Makes the INSERTING watch in @slot, whose notifier is inserted, LIVE.
+ * An invalidation of its range that started before the insert does not
+ * call us (or, for a slot whose notifier stayed inserted, called us while
+ * the slot was ignored). Wait for it to end, so that pages the caller
+ * looks up after the ioctl are the ones the watch covers: the callback
+ * bumps the notifier's seq in every state.
+ */
+static void regwatch_go_live(struct regwatch_slot *slot)
+{
+	mmu_interval_read_begin(&slot->notifier);
+	/*
+	 * Without ctx->lock: only this call changes an INSERTING slot. The
+	 * release orders the insert before an unwatch that sees LIVE.
+	 */
+	smp_store_release(&slot->state, REGWATCH_SLOT_LIVE);
+}
+
 /**
  * regwatch_watch() - start watching a range of the fd's address space
  * @ctx: the fd; the caller runs in ctx->mm
@@ -317,12 +408,9 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 	u64 seq;
 	int ret;
 
-	if (!length || check_add_overflow(start, length, &end) ||
-	    end > ctx->mm->task_size)
-		return -EINVAL;
-	first = round_down(start, PAGE_SIZE);
-	end = round_up(end, PAGE_SIZE);
-
+	ret = regwatch_page_range(ctx, start, length, &first, &end);
+	if (ret)
+		return ret;
 	ret = regwatch_fix_capacity(ctx, 0);
 	if (ret)
 		return ret;
@@ -342,19 +430,7 @@ int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 		if (ret)
 			goto err_release_slot;
 	}
-	/*
-	 * An invalidation of this range that started before the insert does
-	 * not call us (or, for a revived slot, called us while it was parked
-	 * and ignored). Wait for it to end, so that pages the caller looks up
-	 * after this ioctl are the ones the watch covers: the callback bumps
-	 * the notifier's seq in either state.
-	 */
-	mmu_interval_read_begin(&slot->notifier);
-	/*
-	 * Without ctx->lock: only this call changes an INSERTING slot. The
-	 * release orders the insert before an unwatch that sees LIVE.
-	 */
-	smp_store_release(&slot->state, REGWATCH_SLOT_LIVE);
+	regwatch_go_live(slot);
 
 	*slot_out = idx;
 	*seq_out = seq;
@@ -372,6 +448,81 @@ err_uncharge:
 	return ret;
 }
 
+/**
+ * regwatch_watch_instead() - unwatch one watch and watch a range in its slot
+ * @ctx: the fd; the caller runs in ctx->mm
+ * @victim_nr: slot of the watch to unwatch
+ * @victim_cookie: its cookie
+ * @start: first byte of the range to watch
+ * @length: bytes
+ * @cookie: cookie of the new watch
+ * @slot_out: slot of the new watch (the victim's)
+ * @seq_out: seq of the new watch
+ *
+ * The victim's slot, and its charge against max_user_watches, pass to the
+ * new watch: no slot to find, nothing to allocate, no limit to hit. A
+ * victim of the same page-rounded range hands over its inserted notifier;
+ * another has its notifier removed and inserted again on the new range.
+ *
+ * Return: 0, or -EINVAL for a bad range or a victim that is not a live
+ * watch with @victim_cookie; nothing changed then.
+ */
+int regwatch_watch_instead(struct regwatch_ctx *ctx, u64 victim_nr,
+			   u64 victim_cookie, u64 start, u64 length,
+			   u64 cookie, u32 *slot_out, u64 *seq_out)
+{
+	struct regwatch_slot *slot;
+	u64 first, end;
+	u64 seq;
+	int ret;
+
+	ret = regwatch_page_range(ctx, start, length, &first, &end);
+	if (ret)
+		return ret;
+	spin_lock(&ctx->lock);
+	slot = regwatch_live_slot(ctx, victim_nr, victim_cookie, 0);
+	if (!slot) {
+		spin_unlock(&ctx->lock);
+		return -EINVAL;
+	}
+	/* From here on the call cannot fail: the victim is gone for good. */
+	regwatch_end_watch(ctx, slot);
+	if (regwatch_covers(slot, first, end)) {
+		seq = regwatch_start_watch(ctx, slot, cookie);
+		spin_unlock(&ctx->lock);
+		goto out_live;
+	}
+	/* the callback ignores the slot until it holds the new watch */
+	slot->state = REGWATCH_SLOT_REMOVING;
+	spin_unlock(&ctx->lock);
+	/* Waits for a running callback, which may still see the victim. */
+	mmu_interval_notifier_remove(&slot->notifier);
+	/*
+	 * Fails only when the mm has no interval tree yet (making one
+	 * allocates) or for an empty or overflowing range: the victim's
+	 * insert made the tree and the range was checked above.
+	 */
+	ret = mmu_interval_notifier_insert(&slot->notifier, ctx->mm, first,
+					   end - first, &ctx->notifier_ops);
+	if (WARN_ON_ONCE(ret))
+		goto err_free_slot;
+	spin_lock(&ctx->lock);
+	seq = regwatch_start_watch(ctx, slot, cookie);
+	spin_unlock(&ctx->lock);
+out_live:
+	regwatch_go_live(slot);
+	*slot_out = slot->index;
+	*seq_out = seq;
+	return 0;
+
+err_free_slot:
+	spin_lock(&ctx->lock);
+	regwatch_free_slot(ctx, slot);
+	spin_unlock(&ctx->lock);
+	regwatch_user_uncharge(ctx->user, 1);
+	return ret;
+}
+
 /*
  * Unwatches if @slot_nr holds a live watch with @cookie (and @seq unless 0).
  * The slot is parked with its notifier inserted, and the slot parked
@@ -382,32 +533,18 @@ static int regwatch_unwatch_seq(struct regwatch_ctx *ctx, u64 slot_nr,
 				u64 cookie, u64 seq)
 {
 	struct regwatch_slot *slot, *dropped;
-	u32 idx;
 
 	spin_lock(&ctx->lock);
-	if (slot_nr >= ctx->high_water) {
-		spin_unlock(&ctx->lock);
-		return -EINVAL;
-	}
-	idx = slot_nr;
-	slot = regwatch_slot(ctx, idx);
-	/* pairs with the release store of LIVE in regwatch_watch() */
-	if (smp_load_acquire(&slot->state) != REGWATCH_SLOT_LIVE ||
-	    slot->cookie != cookie ||
-	    (seq && (regwatch_status_seq(ctx, idx) & ~REGWATCH_SEQ_DIRTY) != seq)) {
+	slot = regwatch_live_slot(ctx, slot_nr, cookie, seq);
+	if (!slot) {
 		spin_unlock(&ctx->lock);
 		return -EINVAL;
 	}
 	/* From here the callback ignores the slot and read() cannot see it. */
+	regwatch_end_watch(ctx, slot);
 	dropped = regwatch_unpark(ctx);
 	slot->state = REGWATCH_SLOT_PARKED;
-	ctx->parked = idx;
-	if (slot->dirty == REGWATCH_PENDING) {
-		regwatch_dirty_unlink(ctx, slot);
-		regwatch_status_count(ctx, &ctx->status->dirty_unread, -1);
-	}
-	regwatch_status_set_seq(ctx, idx, 0);
-	regwatch_status_count(ctx, &ctx->status->total_unwatched, 1);
+	ctx->parked = slot->index;
 	spin_unlock(&ctx->lock);
 	regwatch_user_uncharge(ctx->user, 1);
 	if (dropped)

@@ -123,7 +123,7 @@ TEST(watch_bad_input_changes_nothing)
 	memset(&w, 0, sizeof(w));
 	w.start = (uintptr_t)p;
 	w.length = 1;
-	w.flags = 1;
+	w.flags = REGWATCH_WATCH_FLAGS + 1;	/* the lowest unknown bit */
 	ASSERT_ERRNO(ioctl(fd, REGWATCH_IOC_WATCH, &w), EINVAL);
 	w.flags = 1ULL << 63;
 	ASSERT_ERRNO(ioctl(fd, REGWATCH_IOC_WATCH, &w), EINVAL);

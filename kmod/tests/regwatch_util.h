@@ -100,6 +100,22 @@ static inline struct regwatch_watch rw_watch(int fd, const void *start,
 	return w;
 }
 
+/* REGWATCH_WATCH_UNWATCH: watch [start, +length) in place of {slot, cookie}. */
+static inline int rw_instead(int fd, uint64_t victim_slot,
+			     uint64_t victim_cookie, const void *start,
+			     uint64_t length, uint64_t cookie,
+			     struct regwatch_watch *w)
+{
+	memset(w, 0, sizeof(*w));
+	w->start = (uintptr_t)start;
+	w->length = length;
+	w->cookie = cookie;
+	w->flags = REGWATCH_WATCH_UNWATCH;
+	w->slot = victim_slot;
+	w->unwatch_cookie = victim_cookie;
+	return ioctl(fd, REGWATCH_IOC_WATCH, w);
+}
+
 static inline int rw_unwatch(int fd, uint64_t slot, uint64_t cookie)
 {
 	struct regwatch_unwatch u = { .slot = slot, .cookie = cookie };

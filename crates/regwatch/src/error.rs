@@ -55,6 +55,20 @@ pub enum Error {
         /// [`Monitor::user_watches`]: crate::Monitor::user_watches
         source: io::Error,
     },
+    /// `REGWATCH_IOC_WATCH` with `REGWATCH_WATCH_UNWATCH` refused to watch
+    /// the range in place of the victim; nothing changed.
+    #[error("cannot watch {len} bytes at {start:#x} in place of slot {victim}")]
+    WatchInsteadOf {
+        /// Slot of the watch to unwatch.
+        victim: u32,
+        /// First byte of the range.
+        start: usize,
+        /// Length of the range in bytes.
+        len: usize,
+        /// `EINVAL`: the victim is not a live watch with that cookie, or
+        /// the range is bad; ...
+        source: io::Error,
+    },
     /// `REGWATCH_IOC_UNWATCH` refused the watch.
     #[error("cannot unwatch slot {slot}")]
     Unwatch {
@@ -81,6 +95,7 @@ impl Error {
             | Self::Read(source)
             | Self::SetCapacity { source, .. }
             | Self::Watch { source, .. }
+            | Self::WatchInsteadOf { source, .. }
             | Self::Unwatch { source, .. } => Some(source),
         }
     }

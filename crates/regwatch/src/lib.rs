@@ -6,6 +6,8 @@
 //! checks [`Monitor::is_valid`] (one atomic load, no system call) on every
 //! hit, skips all invalidation work while [`Monitor::generation`] stands
 //! still, and otherwise collects the dirty watches with [`Monitor::drain`].
+//! An eviction (unwatch the victim, watch the new buffer) is one system call:
+//! [`Monitor::watch_instead_of`].
 //!
 //! ```no_run
 //! # fn main() -> Result<(), regwatch::Error> {

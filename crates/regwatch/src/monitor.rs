@@ -152,6 +152,16 @@ fn check_abi(api: &regwatch_api) -> io::Result<()> {
     Ok(())
 }
 
+fn watch_arg(start: usize, len: usize, cookie: u64) -> regwatch_watch {
+    regwatch_watch {
+        // Lossless: lib.rs admits 64-bit targets only.
+        start: start as u64,
+        length: len as u64,
+        cookie,
+        ..Default::default()
+    }
+}
+
 fn invalid_data(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
@@ -187,8 +197,9 @@ fn invalid_data(message: impl Into<String>) -> io::Error {
 ///
 /// The fd is bound to the address space that opened it. In a fork child
 /// (and in any other process holding the fd) every call that reaches the
-/// kernel — [`Monitor::watch`], [`Monitor::unwatch`], [`Monitor::drain`] —
-/// fails with `EIO` (see [`Error::raw_os_error`]) and changes nothing. The
+/// kernel — [`Monitor::watch`], [`Monitor::watch_instead_of`],
+/// [`Monitor::unwatch`], [`Monitor::drain`] — fails with `EIO` (see
+/// [`Error::raw_os_error`]) and changes nothing. The
 /// module does not map the status area into a child, so there the
 /// status-area readers answer without loading: [`Monitor::is_valid`] is
 /// false for every watch, [`Monitor::generation`], [`Monitor::dirty_unread`]
@@ -285,24 +296,54 @@ impl Monitor {
     /// kernel memory for more slots cannot be charged to the caller's memory
     /// cgroup; `EIO` in a fork child. Nothing changed then.
     pub fn watch(&self, start: usize, len: usize, cookie: u64) -> Result<Watch> {
-        let mut arg = regwatch_watch {
-            // Lossless: lib.rs admits 64-bit targets only.
-            start: start as u64,
-            length: len as u64,
-            cookie,
-            ..Default::default()
+        let arg = watch_arg(start, len, cookie);
+        self.watch_ioctl(arg)
+            .map_err(|source| Error::Watch { start, len, source })
+    }
+
+    /// Unwatches `victim` and watches `[start, start + len)` with `cookie`
+    /// in one system call (`REGWATCH_WATCH_UNWATCH`): a cache's eviction.
+    /// On success it is exactly [`Monitor::unwatch`] of `victim` followed
+    /// by [`Monitor::watch`] of the range, counted in both
+    /// [`Totals`]; the new watch takes the victim's slot, with a new seq,
+    /// and its place under `max_user_watches`, so it works on a full
+    /// monitor and at the user's limit. A victim of the same page-rounded
+    /// range is the cheapest case: its kernel notifier is handed over.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WatchInsteadOf`] with `EINVAL` when `victim` is not a live
+    /// watch with `victim_cookie` (already unwatched, e.g. by another
+    /// thread, wrong cookie) or the range is bad (as for [`Monitor::watch`]); `EIO` in a
+    /// fork child. Nothing changed then: the victim is still watched.
+    pub fn watch_instead_of(
+        &self,
+        victim: Watch,
+        victim_cookie: u64,
+        start: usize,
+        len: usize,
+        cookie: u64,
+    ) -> Result<Watch> {
+        let arg = regwatch_watch {
+            flags: uapi::REGWATCH_WATCH_UNWATCH.into(),
+            slot: victim.slot.into(),
+            unwatch_cookie: victim_cookie,
+            ..watch_arg(start, len, cookie)
         };
-        sys::ioctl(self.fd.as_fd(), &mut arg).map_err(|source| Error::Watch {
-            start,
-            len,
-            source,
-        })?;
+        self.watch_ioctl(arg)
+            .map_err(|source| Error::WatchInsteadOf {
+                victim: victim.slot,
+                start,
+                len,
+                source,
+            })
+    }
+
+    fn watch_ioctl(&self, mut arg: regwatch_watch) -> io::Result<Watch> {
+        sys::ioctl(self.fd.as_fd(), &mut arg)?;
         // The kernel's slots are below nslots, itself a u32.
-        let slot = u32::try_from(arg.slot).map_err(|_| Error::Watch {
-            start,
-            len,
-            source: invalid_data(format!("kernel returned slot {}", arg.slot)),
-        })?;
+        let slot = u32::try_from(arg.slot)
+            .map_err(|_| invalid_data(format!("kernel returned slot {}", arg.slot)))?;
         Ok(Watch { slot, seq: arg.seq })
     }
 

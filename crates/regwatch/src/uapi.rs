@@ -20,7 +20,7 @@ pub(crate) use generated::{
     regwatch_reason_REGWATCH_REASON_OTHER, regwatch_reason_REGWATCH_REASON_PROTECTION,
     regwatch_reason_REGWATCH_REASON_RELEASE, regwatch_reason_REGWATCH_REASON_UNMAP,
     regwatch_record, regwatch_status, regwatch_unwatch, regwatch_watch, REGWATCH_API,
-    REGWATCH_FEATURE_STRICT, REGWATCH_IOC_MAGIC,
+    REGWATCH_FEATURE_STRICT, REGWATCH_IOC_MAGIC, REGWATCH_WATCH_UNWATCH,
 };
 
 use std::mem::size_of;
@@ -205,6 +205,8 @@ mod tests {
         assert_eq!(offset_of!(regwatch_watch, flags), 24);
         assert_eq!(offset_of!(regwatch_watch, slot), 32);
         assert_eq!(offset_of!(regwatch_watch, seq), 40);
+        assert_eq!(offset_of!(regwatch_watch, unwatch_cookie), 48);
+        assert_eq!(offset_of!(regwatch_watch, reserved), 56);
         assert_eq!(offset_of!(regwatch_unwatch, slot), 0);
         assert_eq!(offset_of!(regwatch_unwatch, cookie), 8);
         assert_eq!(offset_of!(regwatch_capacity, slots), 0);

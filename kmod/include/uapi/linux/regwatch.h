@@ -16,6 +16,11 @@
  *                           __ATOMIC_ACQUIRE) == w.seq;
  *   read(fd, records, n * sizeof(struct regwatch_record));
  *   ioctl(fd, REGWATCH_IOC_UNWATCH, &u);
+ *   // or, instead of the unwatch, evict: unwatch w and watch a new range
+ *   w2 = (struct regwatch_watch){ .start = ..., .length = ..., .cookie = ...,
+ *       .flags = REGWATCH_WATCH_UNWATCH, .slot = w.slot,
+ *       .unwatch_cookie = w.cookie };
+ *   ioctl(fd, REGWATCH_IOC_WATCH, &w2);         // -> w2.slot == w.slot
  *
  * The fd is bound to the address space (mm) of the process that opened it.
  * Every ioctl, read, poll and mmap from another address space (a fork child
@@ -67,8 +72,15 @@
 #define REGWATCH_FEATURE_STRICT		(1ULL << 0)
 #define REGWATCH_FEATURES		(REGWATCH_FEATURE_STRICT)
 
-/* Watch flags: none defined yet; any bit set is EINVAL. */
-#define REGWATCH_WATCH_FLAGS		0ULL
+/*
+ * Watch flags; any other bit set is EINVAL.
+ *
+ * REGWATCH_WATCH_UNWATCH: the same call also unwatches the live watch
+ * {@slot, @unwatch_cookie} of struct regwatch_watch: a cache's eviction (the
+ * victim goes, the new buffer comes) in one system call. See the struct.
+ */
+#define REGWATCH_WATCH_UNWATCH		(1ULL << 0)
+#define REGWATCH_WATCH_FLAGS		(REGWATCH_WATCH_UNWATCH)
 
 /**
  * struct regwatch_api - handshake (modelled on UFFDIO_API)
@@ -127,19 +139,43 @@ struct regwatch_capacity {
  * @start: (in) first byte; rounded down to a page boundary.
  * @length: (in) bytes; the end is rounded up to a page boundary.
  * @cookie: (in) opaque, returned in records and needed to unwatch.
- * @flags: (in) must be zero (REGWATCH_WATCH_FLAGS).
- * @slot: (out) index of this watch's word in the status area.
- * @seq: (out) value of that word while the watch is valid: even, never 0,
- *	never reused on this fd.
+ * @flags: (in) REGWATCH_WATCH_FLAGS bits.
+ * @slot: (in) with REGWATCH_WATCH_UNWATCH, the slot of the watch to
+ *	unwatch (the victim), else ignored; (out) index of this watch's word
+ *	in the status area.
+ * @seq: (in) ignored; (out) value of that word while the watch is valid:
+ *	even, never 0, never reused on this fd.
+ * @unwatch_cookie: (in) with REGWATCH_WATCH_UNWATCH, the victim's cookie,
+ *	else must be zero.
  * @reserved: (in) must be zero.
  *
  * EINVAL: zero length, start + length overflows, range beyond the user
- * address space, unknown flags. ENOSPC: every slot is in use, or the user
- * has max_user_watches watches alive (compare user_watches of
+ * address space, unknown flags, a victim that is not a live watch with
+ * that cookie (REGWATCH_WATCH_UNWATCH). ENOSPC: every slot is in use, or the
+ * user has max_user_watches watches alive (compare user_watches of
  * REGWATCH_IOC_API). ENOMEM: storage for a new chunk of slots or status
  * page could not be charged. EFAULT also when @slot and @seq, the fields
  * written back, are not writable (checked before anything changes, by
  * writing them back as they came in). On any error nothing changed.
+ *
+ * REGWATCH_WATCH_UNWATCH: success is an unwatch of the victim (as
+ * REGWATCH_IOC_UNWATCH: no record of it is ever read after the call, its
+ * seq is never seen again) followed by a watch of the range, counted in
+ * total_unwatched and total_watched. The new watch takes the victim's
+ * slot and its place under max_user_watches, so it never fails with
+ * ENOSPC or ENOMEM: a full table or a user at the limit can still evict.
+ * The victim is checked first, so a victim another thread unwatched
+ * meanwhile fails with EINVAL and leaves everything as it was; once
+ * checked, nothing can fail (one exception: another thread making the
+ * argument read-only during the call gives EFAULT with the victim
+ * unwatched and no new watch, both counted as they happened). Why the
+ * victim's slot: making the new watch first and unwatching after would
+ * need a free slot and room under the limit, exactly what an evicting
+ * cache lacks; unwatching first and watching in a fresh slot could fail
+ * after the victim is gone, and a victim cannot be brought back without
+ * losing the events it ignored meanwhile. A victim watching exactly the
+ * new page-rounded range hands its notifier over with no insert or
+ * removal: the cheapest way to re-register a buffer.
  */
 struct regwatch_watch {
 	__u64 start;
@@ -148,7 +184,8 @@ struct regwatch_watch {
 	__u64 flags;
 	__u64 slot;
 	__u64 seq;
-	__u64 reserved[2];
+	__u64 unwatch_cookie;
+	__u64 reserved[1];
 };
 
 /**

@@ -6,6 +6,7 @@
 //! what the kernel must provide through `REGCACHE_EXPECT_ODP`,
 //! `REGCACHE_EXPECT_ODP_CORRECT` and `REGCACHE_EXPECT_RXE1` (`1` or `0`).
 
+pub mod ranks;
 pub mod rig;
 pub mod soak;
 pub mod watching;

@@ -2,16 +2,15 @@
 //! the completions of the queue pairs.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use verbs::{Completion, CompletionQueue, Mtu, ProtectionDomain, WcOpcode};
 
 use crate::connection::{Outgoing, Peers};
 use crate::error::{Error, PeerFailure, Result, Violation};
-use crate::idle::IdleWait;
+use crate::idle::{IdleWait, WaitTimer};
 use crate::launch::LaunchConfig;
 use crate::matching::{Matcher, Source, Status, TagMatch};
-use crate::operation::{Operation, Operations, Request, State, UserBuffer};
+use crate::operation::{Operation, Operations, Progress, Request, State, UserBuffer};
 use crate::protocol::{Protocol, Thresholds};
 use crate::registrations::UserBufferCache;
 use crate::setup;
@@ -213,13 +212,12 @@ impl Communicator {
     /// after [`Error::Timeout`] the operation is abandoned (and the connection of a send or a matched
     /// receive closed).
     pub fn wait(&mut self, request: Request) -> Result<(Status, Vec<u8>)> {
-        let operation = "nonblocking operation";
-        let result = self.wait_op(request.id, operation);
-        let op = self.abandon(request.id, operation);
-        let status = result?;
-        match op.map(|op| op.buffer) {
-            Some(UserBuffer::Owned(vec)) => Ok((status, vec)),
-            _ => Err(Error::UnknownRequest { id: request.id }),
+        let op = self.wait_op(request.id, "nonblocking operation")?;
+        let buffer = op.buffer;
+        let status = Self::finished(request.id, op.state)?;
+        match buffer {
+            UserBuffer::Owned(vec) => Ok((status, vec)),
+            UserBuffer::Borrowed { .. } => Err(Error::UnknownRequest { id: request.id }),
         }
     }
 
@@ -264,8 +262,7 @@ impl Communicator {
             None => Header::eager(tag, len, id),
         };
         let eager_op = protocol.is_eager().then_some(id);
-        connection.queue(Outgoing { header, eager_op });
-        let posted = connection.flush_outbox(dest, &mut self.ops);
+        let posted = connection.send_or_queue(Outgoing { header, eager_op }, dest, &mut self.ops);
         self.close_on_error(dest, posted);
         Ok(id)
     }
@@ -294,44 +291,52 @@ impl Communicator {
     /// Waits for a blocking call's operation and removes it, so the borrowed buffer is
     /// untouched by this communicator and the device once the call returns.
     fn finish_borrowed(&mut self, id: u64, operation: &'static str) -> Result<Status> {
-        let result = self.wait_op(id, operation);
-        self.abandon(id, operation);
-        result
+        let op = self.wait_op(id, operation)?;
+        Self::finished(id, op.state)
     }
 
-    fn wait_op(&mut self, id: u64, operation: &'static str) -> Result<Status> {
-        let start = Instant::now();
+    /// The result of operation `id` from its final `state`.
+    fn finished(id: u64, state: State) -> Result<Status> {
+        match state {
+            State::Done(result) => result,
+            _ => Err(Error::UnknownRequest { id }),
+        }
+    }
+
+    /// Waits until operation `id` is done and takes it out of the table. When the wait fails
+    /// (timeout, polling), the operation is abandoned ([`Communicator::abandon`]). The
+    /// timeout is kept by a [`WaitTimer`].
+    fn wait_op(&mut self, id: u64, operation: &'static str) -> Result<Operation> {
         let mut idle = IdleWait::default();
+        let mut timer = WaitTimer::new(self.config.timeout);
         loop {
-            match self.ops.get_mut(id) {
-                None => return Err(Error::UnknownRequest { id }),
-                Some(Operation {
-                    state: State::Done(result),
-                    ..
-                }) => {
-                    return std::mem::replace(result, Err(Error::UnknownRequest { id }));
+            match self.ops.take_if_done(id) {
+                Progress::Done(op) => return Ok(op),
+                Progress::Unknown => return Err(Error::UnknownRequest { id }),
+                Progress::Pending => {}
+            }
+            let timed_out = match self.progress() {
+                Ok(0) => timer.idle(idle.idle()),
+                Ok(_) => {
+                    idle.progressed();
+                    timer.busy()
                 }
-                Some(_) => {}
-            }
-            if start.elapsed() >= self.config.timeout {
-                return Err(Error::Timeout {
-                    operation,
-                    after: start.elapsed(),
-                });
-            }
-            if self.progress()? > 0 {
-                idle.progressed();
-            } else {
-                idle.idle();
+                Err(error) => return Err(self.abandon(id, operation, error)),
+            };
+            if let Some(after) = timed_out {
+                let timeout = Error::Timeout { operation, after };
+                return Err(self.abandon(id, operation, timeout));
             }
         }
     }
 
-    /// Removes operation `id`. One still in progress is stopped first: an unmatched receive
-    /// leaves the matcher; one bound to a peer closes that connection, which stops the device from
-    /// touching its buffer.
-    fn abandon(&mut self, id: u64, operation: &'static str) -> Option<Operation> {
-        let op = self.ops.get(id)?;
+    /// Removes operation `id`, whose wait failed with `error`; returns `error`. One still in
+    /// progress is stopped first: an unmatched receive leaves the matcher; one bound to a peer
+    /// closes that connection, which stops the device from touching its buffer.
+    fn abandon(&mut self, id: u64, operation: &'static str, error: Error) -> Error {
+        let Some(op) = self.ops.get(id) else {
+            return error;
+        };
         match (&op.state, op.peer) {
             (State::Done(_), _) => {}
             (State::Unmatched, _) => {
@@ -343,7 +348,8 @@ impl Communicator {
             }
             (_, None) => {}
         }
-        self.ops.remove(id)
+        self.ops.remove(id);
+        error
     }
 
     /// Closes the connection to `peer` when posting to it failed (`posted` is then the reason).
@@ -395,10 +401,14 @@ impl Communicator {
                 break;
             }
         }
-        for peer in 0..self.peers.size() {
-            if let Some(connection) = self.peers.get_mut(peer) {
-                let posted = connection.post_queued(peer, &mut self.ops);
-                self.close_on_error(peer, posted);
+        // Only a completion frees what queued messages and READs wait for (a send bounce
+        // buffer, a READ's turn): a poll that found none has nothing new to post.
+        if handled > 0 {
+            for peer in 0..self.peers.size() {
+                if let Some(connection) = self.peers.get_mut(peer) {
+                    let posted = connection.post_queued(peer, &mut self.ops);
+                    self.close_on_error(peer, posted);
+                }
             }
         }
         Ok(handled)

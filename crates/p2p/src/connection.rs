@@ -165,10 +165,22 @@ impl Connection {
             .and_then(Option::take)
     }
 
-    /// Queues `outgoing` behind the messages queued before it; [`Connection::flush_outbox`]
-    /// sends it.
-    pub(crate) fn queue(&mut self, outgoing: Outgoing) {
+    /// Sends `outgoing` to `peer`: at once when nothing is queued before it and a send bounce
+    /// buffer is free (a blocking call's message, as a rule), else behind the messages queued
+    /// before it, as send bounce buffers free up.
+    pub(crate) fn send_or_queue(
+        &mut self,
+        outgoing: Outgoing,
+        peer: usize,
+        operations: &mut Operations,
+    ) -> Result<(), String> {
+        if self.outbox.is_empty() {
+            if let Some(index) = self.free_send_buffers.pop() {
+                return self.post_outgoing(outgoing, peer, index, operations);
+            }
+        }
         self.outbox.push_back(outgoing);
+        self.flush_outbox(peer, operations)
     }
 
     /// Sends queued messages to `peer` while send bounce buffers are free.
@@ -177,78 +189,83 @@ impl Connection {
         peer: usize,
         operations: &mut Operations,
     ) -> Result<(), String> {
-        loop {
-            if self.outbox.is_empty() {
-                return Ok(());
-            }
-            let Some(index) = self.free_send_buffers.pop() else {
-                return Ok(());
-            };
+        while let Some(&index) = self.free_send_buffers.last() {
             let Some(outgoing) = self.outbox.pop_front() else {
-                return Ok(());
+                break;
             };
-            let wr_id = WorkRequest::SendBounce { peer, index }.id();
-            self.send_completes[index as usize] = outgoing.eager_op;
-            let header = outgoing.header;
-            let payload = match outgoing.eager_op.and_then(|id| operations.get_mut(id)) {
-                Some(Operation {
-                    buffer,
-                    state:
-                        State::Sending {
-                            registration: Some(registration),
-                        },
-                    ..
-                }) => {
-                    // The length fits: it is below the rendezvous threshold.
-                    Payload::Registered(registration.sge(buffer.ptr(), buffer.len() as u32))
-                }
-                Some(op) => {
-                    let (ptr, len) = (op.buffer.ptr().cast_const(), op.buffer.len());
-                    // SAFETY: an eager send's buffer holds `len` readable bytes (a borrowed
-                    // slice whose call is waiting, or an owned vector) and is not written
-                    // while the operation is in progress.
-                    Payload::Copied(unsafe { std::slice::from_raw_parts(ptr, len) })
-                }
-                None => Payload::Copied(&[]),
-            };
-            // Eager messages whose tag fits the immediate data go without a header: a message
-            // of whole pages takes no extra packet, a short one no header to write and read.
-            let headerless = outgoing.eager_op.and(wire::headerless_imm(header.tag));
-            let start = self.send_pool.offset(index);
-            let posted = match (payload, headerless) {
-                (Payload::Registered(sge), Some(imm)) => {
-                    self.qp.post_send_with_imm(wr_id, &[sge], imm)
-                }
-                (Payload::Copied(bytes), Some(imm))
-                    if bytes.len() <= self.qp.max_inline_data() as usize =>
-                {
-                    self.qp.post_send_inline(wr_id, bytes, Some(imm))
-                }
-                (Payload::Copied(bytes), Some(imm)) => {
-                    let region = &mut self.send_pool.region;
-                    region
-                        .write_at(start, bytes)
-                        .and_then(|()| region.sge(start, bytes.len()))
-                        .and_then(|sge| self.qp.post_send_with_imm(wr_id, &[sge], imm))
-                }
-                (payload, None) => {
-                    let copied = match payload {
-                        Payload::Copied(bytes) => bytes,
-                        Payload::Registered(_) => &[],
-                    };
-                    let region = &mut self.send_pool.region;
-                    region
-                        .write_at(start, &header.encode())
-                        .and_then(|()| region.write_at(start + HEADER_LEN, copied))
-                        .and_then(|()| region.sge(start, HEADER_LEN + copied.len()))
-                        .and_then(|head| match payload {
-                            Payload::Registered(sge) => self.qp.post_send(wr_id, &[head, sge]),
-                            Payload::Copied(_) => self.qp.post_send(wr_id, &[head]),
-                        })
-                }
-            };
-            posted.map_err(|err| format!("posting a SEND failed: {err}"))?;
+            self.free_send_buffers.pop();
+            self.post_outgoing(outgoing, peer, index, operations)?;
         }
+        Ok(())
+    }
+
+    /// Posts the SEND of `outgoing` to `peer` from send bounce buffer `index`.
+    fn post_outgoing(
+        &mut self,
+        outgoing: Outgoing,
+        peer: usize,
+        index: u32,
+        operations: &mut Operations,
+    ) -> Result<(), String> {
+        let wr_id = WorkRequest::SendBounce { peer, index }.id();
+        self.send_completes[index as usize] = outgoing.eager_op;
+        let header = outgoing.header;
+        let payload = match outgoing.eager_op.and_then(|id| operations.get_mut(id)) {
+            Some(Operation {
+                buffer,
+                state:
+                    State::Sending {
+                        registration: Some(registration),
+                    },
+                ..
+            }) => {
+                // The length fits: it is below the rendezvous threshold.
+                Payload::Registered(registration.sge(buffer.ptr(), buffer.len() as u32))
+            }
+            Some(op) => {
+                let (ptr, len) = (op.buffer.ptr().cast_const(), op.buffer.len());
+                // SAFETY: an eager send's buffer holds `len` readable bytes (a borrowed
+                // slice whose call is waiting, or an owned vector) and is not written
+                // while the operation is in progress.
+                Payload::Copied(unsafe { std::slice::from_raw_parts(ptr, len) })
+            }
+            None => Payload::Copied(&[]),
+        };
+        // Eager messages whose tag fits the immediate data go without a header: a message
+        // of whole pages takes no extra packet, a short one no header to write and read.
+        let headerless = outgoing.eager_op.and(wire::headerless_imm(header.tag));
+        let start = self.send_pool.offset(index);
+        let posted = match (payload, headerless) {
+            (Payload::Registered(sge), Some(imm)) => self.qp.post_send_with_imm(wr_id, &[sge], imm),
+            (Payload::Copied(bytes), Some(imm))
+                if bytes.len() <= self.qp.max_inline_data() as usize =>
+            {
+                self.qp.post_send_inline(wr_id, bytes, Some(imm))
+            }
+            (Payload::Copied(bytes), Some(imm)) => {
+                let region = &mut self.send_pool.region;
+                region
+                    .write_at(start, bytes)
+                    .and_then(|()| region.sge(start, bytes.len()))
+                    .and_then(|sge| self.qp.post_send_with_imm(wr_id, &[sge], imm))
+            }
+            (payload, None) => {
+                let copied = match payload {
+                    Payload::Copied(bytes) => bytes,
+                    Payload::Registered(_) => &[],
+                };
+                let region = &mut self.send_pool.region;
+                region
+                    .write_at(start, &header.encode())
+                    .and_then(|()| region.write_at(start + HEADER_LEN, copied))
+                    .and_then(|()| region.sge(start, HEADER_LEN + copied.len()))
+                    .and_then(|head| match payload {
+                        Payload::Registered(sge) => self.qp.post_send(wr_id, &[head, sge]),
+                        Payload::Copied(_) => self.qp.post_send(wr_id, &[head]),
+                    })
+            }
+        };
+        posted.map_err(|err| format!("posting a SEND failed: {err}"))
     }
 
     /// Sends what is queued and posts the READs whose turn it is ([`Connection::flush_outbox`],

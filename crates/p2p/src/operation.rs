@@ -119,6 +119,16 @@ impl Operation {
     }
 }
 
+/// Where operation `id` is, as [`Operations::take_if_done`] found it.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    /// No operation has that id (never handed out, or removed).
+    Unknown,
+    Pending,
+    /// Finished, and now removed from the table.
+    Done(Operation),
+}
+
 /// The error of a receive whose message of `status` is longer than its `capacity`.
 pub(crate) fn truncation(status: Status, capacity: usize) -> Error {
     Error::Truncated {
@@ -186,24 +196,43 @@ impl Operations {
         self.slot(id)?.operation.as_ref()
     }
 
+    /// The slot of operation `id` and its index, if the operation is still there.
+    fn slot_mut(&mut self, id: u64) -> Option<(usize, &mut Slot)> {
+        let index = (id & SLOT_MASK) as usize;
+        let slot = self.slots.get_mut(index)?;
+        (slot.generation == id >> SLOT_BITS).then_some((index, slot))
+    }
+
     pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Operation> {
-        let slot = self.slots.get_mut((id & SLOT_MASK) as usize)?;
-        if slot.generation != id >> SLOT_BITS {
-            return None;
-        }
-        slot.operation.as_mut()
+        self.slot_mut(id)?.1.operation.as_mut()
     }
 
     pub(crate) fn remove(&mut self, id: u64) -> Option<Operation> {
-        let index = (id & SLOT_MASK) as usize;
-        let slot = self.slots.get_mut(index)?;
-        if slot.generation != id >> SLOT_BITS {
-            return None;
-        }
+        let (index, _) = self.slot_mut(id)?;
+        self.vacate(index)
+    }
+
+    /// Takes the operation out of slot `index` and frees the slot under its next generation.
+    fn vacate(&mut self, index: usize) -> Option<Operation> {
+        let slot = &mut self.slots[index];
         let operation = slot.operation.take()?;
         slot.generation = (slot.generation + 1) & GENERATION_MASK;
         self.free.push(index);
         Some(operation)
+    }
+
+    /// Removes operation `id` if it is finished: a wait asks this after every poll, and the
+    /// poll that finds the operation done also takes it out (one lookup, where a lookup to
+    /// test and another to remove cost two on every blocking call).
+    pub(crate) fn take_if_done(&mut self, id: u64) -> Progress {
+        let Some((index, slot)) = self.slot_mut(id) else {
+            return Progress::Unknown;
+        };
+        match &slot.operation {
+            None => Progress::Unknown,
+            Some(op) if !op.is_done() => Progress::Pending,
+            Some(_) => self.vacate(index).map_or(Progress::Unknown, Progress::Done),
+        }
     }
 
     /// Ends operation `id` with `result`.
@@ -291,6 +320,39 @@ mod tests {
         // Ids nobody handed out find nothing either.
         assert!(operations.get(u64::MAX).is_none());
         assert!(operations.get(reusing + 1).is_none());
+    }
+
+    #[test]
+    fn only_a_finished_operation_is_taken_out_and_its_id_then_finds_nothing() {
+        let mut operations = Operations::default();
+        let id = operations.insert(receive(4));
+        assert!(matches!(operations.take_if_done(id), Progress::Pending));
+        assert!(
+            operations.get(id).is_some(),
+            "left in place while in progress"
+        );
+        let status = Status {
+            source: 1,
+            tag: 9,
+            len: 2,
+        };
+        operations.complete(id, Ok(status));
+        match operations.take_if_done(id) {
+            Progress::Done(op) => {
+                assert!(matches!(op.state, State::Done(Ok(done)) if done == status));
+                assert_eq!(op.buffer.len(), 4);
+            }
+            other => panic!("expected the finished operation, got {other:?}"),
+        }
+        assert!(operations.get(id).is_none(), "taken out");
+        assert!(matches!(operations.take_if_done(id), Progress::Unknown));
+        let reusing = operations.insert(receive(1));
+        assert_ne!(reusing, id, "the slot is reused under a new id");
+        assert!(matches!(operations.take_if_done(id), Progress::Unknown));
+        assert!(matches!(
+            operations.take_if_done(reusing),
+            Progress::Pending
+        ));
     }
 
     #[test]

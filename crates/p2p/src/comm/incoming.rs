@@ -155,8 +155,7 @@ impl Communicator {
             }
             Err(error) => {
                 op.state = State::Done(Err(error));
-                connection.queue(Outgoing::finish(cookie));
-                connection.flush_outbox(peer, &mut self.ops)
+                connection.send_or_queue(Outgoing::finish(cookie), peer, &mut self.ops)
             }
         };
         self.close_on_error(peer, posted);
@@ -175,8 +174,10 @@ impl Communicator {
             return;
         };
         connection.read_done();
-        connection.queue(Outgoing::finish(cookie));
-        let posted = connection.post_queued(peer, &mut self.ops);
+        // The READ's turn went to the next READ queued, if any.
+        let posted = connection
+            .send_or_queue(Outgoing::finish(cookie), peer, &mut self.ops)
+            .and_then(|()| connection.pump_reads(&mut self.ops));
         self.close_on_error(peer, posted);
     }
 }

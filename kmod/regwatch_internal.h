@@ -200,9 +200,12 @@ extern const struct file_operations regwatch_fops;
 /* notifier.c */
 void regwatch_notifier_init_ops(struct mmu_interval_notifier_ops *ops);
 
-/* watch.c */
+/* capacity.c */
 int regwatch_fix_capacity_locked(struct regwatch_ctx *ctx, u32 nslots);
 int regwatch_fix_capacity(struct regwatch_ctx *ctx, u32 nslots);
+int regwatch_grow(struct regwatch_ctx *ctx, u32 idx);
+
+/* watch.c */
 int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,
 		   u64 cookie, u32 *slot_out, u64 *seq_out);
 int regwatch_watch_instead(struct regwatch_ctx *ctx, u64 victim_nr,

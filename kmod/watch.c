@@ -3,10 +3,8 @@
  * regwatch: the per-fd watch table, its free list and its dirty list.
  *
  * Watches live in chunks of REGWATCH_CHUNK_SLOTS slots, found by chunk
- * number in an xarray. Chunks are allocated (with the status pages their
- * words need) only when a slot in them is first used: an fd costs memory
- * in proportion to the most watches it had at once, not to its capacity.
- * Both lists link slots by u32 index through regwatch_slot.next/prev, which
+ * number in an xarray, allocated by capacity.c when a slot in them is first
+ * used. Both lists link slots by u32 index through regwatch_slot.next/prev, which
  * keeps a watch at 112 bytes; a slot is on at most one list at a time (free
  * list while FREE, dirty list while PENDING). read() takes from the dirty
  * list in records.c.
@@ -153,106 +151,6 @@ static bool regwatch_covers(struct regwatch_slot *slot, u64 first, u64 end)
 {
 	return slot->notifier.interval_tree.start == first &&
 	       slot->notifier.interval_tree.last == end - 1;
-}
-
-/**
- * regwatch_fix_capacity_locked() - fix the capacity once
- * @ctx: the fd, ctx->setup_lock held
- * @nslots: capacity asked for by REGWATCH_IOC_SET_CAPACITY (already checked
- *	against regwatch_max_slots()), or 0 to fix the default if no capacity
- *	was fixed yet (first watch, first mmap)
- *
- * Allocates the header page of the status area only; slot storage and the
- * other status pages come with the first use of their slots.
- *
- * Return: 0; -EBUSY if @nslots is not 0 and the capacity was already fixed;
- * -ENOMEM.
- */
-int regwatch_fix_capacity_locked(struct regwatch_ctx *ctx, u32 nslots)
-{
-	u32 wanted = nslots ? nslots : regwatch_default_slots();
-	int ret;
-
-	lockdep_assert_held(&ctx->setup_lock);
-	if (ctx->nslots)
-		return nslots ? -EBUSY : 0;
-	ret = regwatch_status_alloc(ctx, wanted);
-	if (ret)
-		return ret;
-	/* pairs with the acquire loads of nslots before the status is used */
-	smp_store_release(&ctx->nslots, wanted);
-	return 0;
-}
-
-/**
- * regwatch_fix_capacity() - fix the capacity once, taking ctx->setup_lock
- * @ctx: the fd
- * @nslots: as for regwatch_fix_capacity_locked()
- *
- * Return: as regwatch_fix_capacity_locked().
- */
-int regwatch_fix_capacity(struct regwatch_ctx *ctx, u32 nslots)
-{
-	int ret;
-
-	if (!nslots && smp_load_acquire(&ctx->nslots))
-		return 0;
-	mutex_lock(&ctx->setup_lock);
-	ret = regwatch_fix_capacity_locked(ctx, nslots);
-	mutex_unlock(&ctx->setup_lock);
-	return ret;
-}
-
-/* Adds the next chunk of slots; ctx->setup_lock held. */
-static int regwatch_add_chunk(struct regwatch_ctx *ctx)
-{
-	struct regwatch_slot *chunk;
-	int ret;
-
-	lockdep_assert_held(&ctx->setup_lock);
-	chunk = __vmalloc(array_size(REGWATCH_CHUNK_SLOTS, sizeof(*chunk)),
-			  REGWATCH_GFP | __GFP_ZERO);
-	if (!chunk)
-		return -ENOMEM;
-	ret = xa_err(xa_store(&ctx->chunks, ctx->nchunks, chunk, REGWATCH_GFP));
-	if (ret) {
-		vfree(chunk);
-		return ret;
-	}
-	ctx->nchunks++;
-	return 0;
-}
-
-/*
- * Gives slot @idx storage and a status word, unless that happened already.
- * Slots are backed in order, so @idx is the first slot without.
- */
-static int regwatch_grow(struct regwatch_ctx *ctx, u32 idx)
-{
-	u32 backed;
-	int ret = 0;
-
-	mutex_lock(&ctx->setup_lock);
-	if (READ_ONCE(ctx->backed) > idx)
-		goto out_unlock;
-	if (ctx->nchunks * REGWATCH_CHUNK_SLOTS <= idx) {
-		ret = regwatch_add_chunk(ctx);
-		if (ret)
-			goto out_unlock;
-	}
-	if (regwatch_status_slots(ctx) <= idx) {
-		ret = regwatch_status_grow(ctx);
-		if (ret)
-			goto out_unlock;
-	}
-	backed = min3(ctx->nchunks * REGWATCH_CHUNK_SLOTS,
-		      regwatch_status_slots(ctx), ctx->nslots);
-	spin_lock(&ctx->lock);
-	ctx->backed = backed;
-	spin_unlock(&ctx->lock);
-out_unlock:
-	mutex_unlock(&ctx->setup_lock);
-	return ret;
 }
 
 /*

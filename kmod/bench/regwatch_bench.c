@@ -8,8 +8,8 @@
  *    the device (the API handshake) and against getppid(), the cheapest
  *    system call (issue 10: at most 6.5x); beside it the floor of any pair
  *    of calls (two ioctls the device rejects with ENOTTY) and the same
- *    work in one call (REGWATCH_WATCH_UNWATCH, a cache's eviction), each
- *    against getppid();
+ *    work in one call (REGWATCH_WATCH_UNWATCH, a cache's eviction), of the
+ *    same range and of another range each time, each against getppid();
  *  - munmap of a page no watch covers, in a process without watches and
  *    in one with a million unrelated ones: what watching costs everybody
  *    else; the kernel bytes per watch of that million, and one munmap
@@ -108,17 +108,23 @@ static double watch_unwatch_ns(int fd, char *page, uint64_t iters)
 
 /*
  * ns per watch+unwatch in one call (REGWATCH_WATCH_UNWATCH): iteration i
- * watches the page with cookie i in place of the watch of cookie i - 1,
- * so the table holds one watch throughout, as in the pair above.
+ * watches page i % @ranges of @pages with cookie i in place of the watch
+ * of cookie i - 1, so the table holds one watch throughout, as in the pair
+ * above. With one range the victim hands its notifier over; with two,
+ * each call removes the victim's notifier and inserts one for the other
+ * page.
  */
-static double fused_watch_unwatch_ns(int fd, char *page, uint64_t iters)
+static double fused_watch_unwatch_ns(int fd, char *pages, int ranges,
+				     uint64_t iters)
 {
-	struct regwatch_watch w = rw_watch(fd, page, rw_page(), 0);
+	struct regwatch_watch w = rw_watch(fd, pages, rw_page(), 0);
 	uint64_t t0 = rw_now_ns();
 	double ns;
 
 	for (uint64_t i = 1; i <= iters; i++)
-		ASSERT_EQ(rw_instead(fd, w.slot, i - 1, page, rw_page(), i, &w),
+		ASSERT_EQ(rw_instead(fd, w.slot, i - 1,
+				     pages + (i % ranges) * rw_page(),
+				     rw_page(), i, &w),
 			  0);
 	ns = (double)(rw_now_ns() - t0) / iters;
 	ASSERT_EQ(rw_unwatch(fd, w.slot, iters), 0);
@@ -179,15 +185,15 @@ static double unwatched_munmap_ns(int go[2], int result[2])
 
 /*
  * Each batch times getppid(), the API ioctl, two unknown ioctls, the pair
- * and the fused pair back to back, in an order that rotates from batch to
- * batch.
+ * and the fused pair of the same range and of alternating ranges back to
+ * back, in an order that rotates from batch to batch.
  */
 TEST(watch_unwatch_against_api_ioctl_and_getppid)
 {
-	enum { GETPPID, API, UNKNOWN_PAIR, PAIR, FUSED, KINDS };
+	enum { GETPPID, API, UNKNOWN_PAIR, PAIR, FUSED, FUSED_MOVING, KINDS };
 	uint64_t iters = env_or("REGWATCH_BENCH_ITERS", 20000) / 10;
 	int fd = rw_open(0);
-	char *page = rw_map_pages(1);
+	char *page = rw_map_pages(2);
 	double ns[KINDS][BATCHES], to_api[BATCHES], to_ppid[KINDS][BATCHES];
 
 	for (int b = 0; b < BATCHES; b++) {
@@ -208,20 +214,25 @@ TEST(watch_unwatch_against_api_ioctl_and_getppid)
 			case PAIR:
 				*at = watch_unwatch_ns(fd, page, iters);
 				break;
+			case FUSED:
+				*at = fused_watch_unwatch_ns(fd, page, 1, iters);
+				break;
 			default:
-				*at = fused_watch_unwatch_ns(fd, page, iters);
+				*at = fused_watch_unwatch_ns(fd, page, 2, iters);
 			}
 		}
 		to_api[b] = ns[PAIR][b] / ns[API][b];
 		for (int kind = 0; kind < KINDS; kind++)
 			to_ppid[kind][b] = ns[kind][b] / ns[GETPPID][b];
 	}
-	printf("regwatch-bench: %d batches of %llu, medians: getppid %.0f ns; API ioctl %.0f ns; two unknown ioctls (the floor of any pair of calls) %.0f ns; watch+unwatch pair on an empty table %.0f ns; watch+unwatch in one call (REGWATCH_WATCH_UNWATCH) %.0f ns; per-batch ratio of the pair to API %.2f (target <= 3); per-batch ratios to getppid: floor %.2f, pair %.2f (target <= 6.5), one call %.2f\n",
+	printf("regwatch-bench: %d batches of %llu, medians: getppid %.0f ns; API ioctl %.0f ns; two unknown ioctls (the floor of any pair of calls) %.0f ns; watch+unwatch pair on an empty table %.0f ns; watch+unwatch in one call (REGWATCH_WATCH_UNWATCH) %.0f ns, of another range each time %.0f ns; per-batch ratio of the pair to API %.2f (target <= 3); per-batch ratios to getppid: floor %.2f, pair %.2f (target <= 6.5), one call %.2f, of another range %.2f\n",
 	       BATCHES, (unsigned long long)iters, median(ns[GETPPID], BATCHES),
 	       median(ns[API], BATCHES), median(ns[UNKNOWN_PAIR], BATCHES),
 	       median(ns[PAIR], BATCHES), median(ns[FUSED], BATCHES),
-	       median(to_api, BATCHES), median(to_ppid[UNKNOWN_PAIR], BATCHES),
-	       median(to_ppid[PAIR], BATCHES), median(to_ppid[FUSED], BATCHES));
+	       median(ns[FUSED_MOVING], BATCHES), median(to_api, BATCHES),
+	       median(to_ppid[UNKNOWN_PAIR], BATCHES),
+	       median(to_ppid[PAIR], BATCHES), median(to_ppid[FUSED], BATCHES),
+	       median(to_ppid[FUSED_MOVING], BATCHES));
 	close(fd);
 }
 

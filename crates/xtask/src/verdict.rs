@@ -14,6 +14,11 @@ pub struct Verdict {
     pub cases_passed: u64,
     pub cases_failed: u64,
     pub problems: Vec<String>,
+    /// The guest stopped before its kernel-log dump with no test failed
+    /// and no fault on its console: the death's cause is outside what the
+    /// run can see (CI has seen it once, locally a helper once, each
+    /// passing on the next boot), so the caller may boot once more.
+    pub died_unexplained: bool,
 }
 
 impl Verdict {
@@ -82,6 +87,9 @@ pub fn judge(run: &GuestRun) -> Verdict {
             .push(format!("guest command exited with status {code}")),
     }
     if !saw_kernel_log {
+        verdict.died_unexplained = run.status.is_some()
+            && verdict.failed.is_empty()
+            && !run.output.iter().any(|line| kernel_log::is_failure(line));
         verdict.problems.push(format!(
             "the guest never printed its kernel log (crash or timeout?) after {} s; \
              the last lines of its console, kernel lines included:\n{}",
@@ -191,6 +199,23 @@ mod tests {
             .expect("the missing kernel log is a problem");
         assert!(problem.contains("Unable to mount root fs"), "{problem}");
         assert_eq!(problem.matches("        | ").count(), CONSOLE_TAIL_LINES);
+    }
+
+    #[test]
+    fn only_a_death_with_nothing_failed_and_no_fault_is_unexplained() {
+        let quiet = ["REGCACHE-RESULT pass smoke-0123", "a guest line"];
+        assert!(judge(&run(&quiet, Some(255))).died_unexplained);
+        let panicked = ["REGCACHE-RESULT pass smoke-0123", "[ 9.0] Kernel panic - x"];
+        assert!(!judge(&run(&panicked, Some(255))).died_unexplained);
+        let failed = ["REGCACHE-RESULT fail smoke-0123 (exit 1)"];
+        assert!(!judge(&run(&failed, Some(255))).died_unexplained);
+        assert!(!judge(&run(&quiet, None)).died_unexplained, "a timeout");
+        let finished = [
+            "REGCACHE-RESULT pass smoke-0123",
+            kernel_log::BEGIN_MARKER,
+            kernel_log::END_MARKER,
+        ];
+        assert!(!judge(&run(&finished, Some(1))).died_unexplained);
     }
 
     #[test]

@@ -97,34 +97,55 @@ pub fn prepare(ctx: &Context) -> Result<Prepared> {
 }
 
 /// Boots each configuration with the suite and prints a summary per
-/// configuration.
+/// configuration. The boot console is kept, so that a guest that dies
+/// leaves its kernel's last words; one that dies with nothing failed and
+/// no fault on its console is booted once more, aloud, and the second boot
+/// is the verdict.
 fn run_suite(
     ctx: &Context,
     prepared: &Prepared,
     stage: &Stage,
     configurations: &[Configuration],
 ) -> Result<()> {
+    let guest = Guest {
+        boot_console: true,
+        ..prepared.guest()
+    };
     let mut verdicts = Vec::new();
     for config in configurations {
         let environment = guest_environment(ctx, &prepared.rootfs, config)?;
-        let run = prepared.guest().run(
-            &config.kernel,
-            &stage.exec_line_in(&environment, "test"),
-            SUITE_TIMEOUT,
-        )?;
-        verdicts.push((config, verdict::judge(&run), run.elapsed));
+        let exec = stage.exec_line_in(&environment, "test");
+        let mut run = guest.run(&config.kernel, &exec, SUITE_TIMEOUT)?;
+        let mut verdict = verdict::judge(&run);
+        let booted_again = verdict.died_unexplained;
+        if booted_again {
+            eprintln!(
+                "    {}: the guest died with nothing failed and no fault on its console; \
+                 booting once more: {}",
+                config.describe(),
+                verdict.summary()
+            );
+            run = guest.run(&config.kernel, &exec, SUITE_TIMEOUT)?;
+            verdict = verdict::judge(&run);
+        }
+        verdicts.push((config, verdict, run.elapsed, booted_again));
     }
     eprintln!("==> VM suite summary");
-    for (config, verdict, elapsed) in &verdicts {
+    for (config, verdict, elapsed, booted_again) in &verdicts {
         let state = if verdict.ok() { "PASS" } else { "FAIL" };
         eprintln!(
-            "    {state} {} in {} s: {}",
+            "    {state} {}{} in {} s: {}",
             config.describe(),
+            if *booted_again {
+                " (second boot: the first died unexplained)"
+            } else {
+                ""
+            },
             elapsed.as_secs(),
             verdict.summary()
         );
     }
-    let failed = verdicts.iter().filter(|(_, v, _)| !v.ok()).count();
+    let failed = verdicts.iter().filter(|(_, v, _, _)| !v.ok()).count();
     if failed > 0 {
         bail!(
             "the VM suite failed in {failed} of {} guest configurations",

@@ -4,12 +4,14 @@
  *
  * The capacity is fixed once (REGWATCH_IOC_SET_CAPACITY, else the default
  * at the first watch or mmap) and allocates only the status area's header
- * page. Slot storage (chunks of REGWATCH_CHUNK_SLOTS in an xarray) and the
+ * page. Slot storage (chunks of REGWATCH_CHUNK_SLOTS in a table) and the
  * status pages with their words come later, in order, when a watch first
  * needs a slot beyond those backed: an fd costs memory in proportion to the
  * most watches it had at once. Both are freed only by regwatch_teardown().
  */
 #include <linux/overflow.h>
+#include <linux/slab.h>
+#include <linux/string.h>
 #include <linux/vmalloc.h>
 
 #include "regwatch_internal.h"
@@ -62,6 +64,58 @@ int regwatch_fix_capacity(struct regwatch_ctx *ctx, u32 nslots)
 	return ret;
 }
 
+/**
+ * regwatch_table_append() - add a block at the end of one of an fd's tables
+ * @ctx: the fd, ctx->setup_lock held
+ * @table: &ctx->chunks or &ctx->status_pages
+ * @block: a vmalloc'ed block, which the table owns once this succeeded
+ *
+ * A full table is copied into one twice as large first; the copy replaces
+ * it under ctx->lock, so that no look-up uses the old one once it is freed.
+ *
+ * Return: 0 or -ENOMEM (the table unchanged).
+ */
+int regwatch_table_append(struct regwatch_ctx *ctx,
+			  struct regwatch_table *table, void *block)
+{
+	void **grown = NULL, **old = NULL;
+	u32 room = table->room;
+
+	lockdep_assert_held(&ctx->setup_lock);
+	if (table->count == room) {
+		room = room ? 2 * room : 8;
+		grown = kvmalloc_array(room, sizeof(*grown), REGWATCH_GFP);
+		if (!grown)
+			return -ENOMEM;
+		if (table->count)
+			memcpy(grown, table->blocks,
+			       table->count * sizeof(*grown));
+	}
+	spin_lock(&ctx->lock);
+	if (grown) {
+		old = table->blocks;
+		table->blocks = grown;
+		table->room = room;
+	}
+	table->blocks[table->count++] = block;
+	spin_unlock(&ctx->lock);
+	kvfree(old);
+	return 0;
+}
+
+/**
+ * regwatch_table_free() - free a table and every block in it
+ * @table: a table of an fd being released
+ */
+void regwatch_table_free(struct regwatch_table *table)
+{
+	u32 i;
+
+	for (i = 0; i < table->count; i++)
+		vfree(table->blocks[i]);
+	kvfree(table->blocks);
+}
+
 /* Adds the next chunk of slots; ctx->setup_lock held. */
 static int regwatch_add_chunk(struct regwatch_ctx *ctx)
 {
@@ -73,13 +127,10 @@ static int regwatch_add_chunk(struct regwatch_ctx *ctx)
 			  REGWATCH_GFP | __GFP_ZERO);
 	if (!chunk)
 		return -ENOMEM;
-	ret = xa_err(xa_store(&ctx->chunks, ctx->nchunks, chunk, REGWATCH_GFP));
-	if (ret) {
+	ret = regwatch_table_append(ctx, &ctx->chunks, chunk);
+	if (ret)
 		vfree(chunk);
-		return ret;
-	}
-	ctx->nchunks++;
-	return 0;
+	return ret;
 }
 
 /**
@@ -99,7 +150,7 @@ int regwatch_grow(struct regwatch_ctx *ctx, u32 idx)
 	mutex_lock(&ctx->setup_lock);
 	if (READ_ONCE(ctx->backed) > idx)
 		goto out_unlock;
-	if (ctx->nchunks * REGWATCH_CHUNK_SLOTS <= idx) {
+	if (ctx->chunks.count * REGWATCH_CHUNK_SLOTS <= idx) {
 		ret = regwatch_add_chunk(ctx);
 		if (ret)
 			goto out_unlock;
@@ -109,7 +160,7 @@ int regwatch_grow(struct regwatch_ctx *ctx, u32 idx)
 		if (ret)
 			goto out_unlock;
 	}
-	backed = min3(ctx->nchunks * REGWATCH_CHUNK_SLOTS,
+	backed = min3(ctx->chunks.count * REGWATCH_CHUNK_SLOTS,
 		      regwatch_status_slots(ctx), ctx->nslots);
 	spin_lock(&ctx->lock);
 	ctx->backed = backed;

@@ -45,8 +45,6 @@ static int regwatch_open(struct inode *inode, struct file *file)
 	mmgrab(current->mm);
 	ctx->mm = current->mm;
 	ctx->mapping = file->f_mapping;
-	xa_init(&ctx->chunks);
-	xa_init(&ctx->status_pages);
 	ctx->strict = regwatch_strict_default();
 	mutex_init(&ctx->setup_lock);
 	spin_lock_init(&ctx->lock);

@@ -169,7 +169,7 @@ unsigned int regwatch_take_records(struct regwatch_ctx *ctx,
 
 		if (idx / REGWATCH_CHUNK_SLOTS != run.chunk_nr) {
 			run.chunk_nr = idx / REGWATCH_CHUNK_SLOTS;
-			run.chunk = xa_load(&ctx->chunks, run.chunk_nr);
+			run.chunk = ctx->chunks.blocks[run.chunk_nr];
 		}
 		if (idx - run.words.first >= run.words.count)
 			regwatch_status_words(ctx, idx, &run.words);

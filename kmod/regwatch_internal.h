@@ -15,7 +15,6 @@
 #include <linux/uidgid.h>
 #include <linux/version.h>
 #include <linux/wait.h>
-#include <linux/xarray.h>
 #include <linux/regwatch.h>
 
 /* Slot indices are u32; this value terminates the free and dirty lists. */
@@ -70,6 +69,26 @@ struct regwatch_user {
 };
 
 /**
+ * struct regwatch_table - an fd's blocks of storage by number
+ * @blocks: blocks 0 .. @count - 1 (vmalloc'ed chunks of slots or status
+ *	pages); kvmalloc'ed, replaced by a copy twice as large when full.
+ *	Indexed with regwatch_ctx.lock or regwatch_ctx.setup_lock held (or
+ *	while the fd is released), replaced with both held.
+ * @count: blocks in the table; written with both locks held.
+ * @room: entries @blocks has room for.
+ *
+ * Plain indexing where an xarray took an xa_load() call per look-up: the
+ * watch+unwatch pair looks up a slot and a status word twice each, and
+ * those four calls were about 40% of the module's work in the pair under
+ * TCG (benches/RESULTS.md, stop 19).
+ */
+struct regwatch_table {
+	void **blocks;
+	u32 count;
+	u32 room;
+};
+
+/**
  * struct regwatch_slot - one watch, stored in a chunk of the fd's slots
  * @notifier: interval notifier covering the page-rounded range.
  * @cookie: user cookie.
@@ -112,18 +131,16 @@ struct regwatch_slot {
  *	@status_pages (which allocates), and mapping status pages on a fault
  *	(so that a fault never maps a page that is about to be replaced).
  * @lock: protects the slot states, both lists, @parked, @next_seq,
- *	@high_water, @backed and every write to the status area. Taken in the invalidate
- *	callback, so nothing that sleeps, allocates or faults may happen
- *	under it.
+ *	@high_water, @backed and every write to the status area; with
+ *	@setup_lock, the tables of @chunks and @status_pages. Taken in the
+ *	invalidate callback, so nothing that sleeps, allocates or faults
+ *	may happen under it.
  * @chunks: chunk number -> array of REGWATCH_CHUNK_SLOTS slots (vmalloc,
- *	charged to the memcg); chunks 0 .. @nchunks - 1 exist.
- * @status_pages: page number -> page of the status area (vmalloc, charged);
- *	pages 0 .. @status_npages - 1 exist. Page 0 (the header) exists once
- *	the capacity is fixed.
+ *	charged to the memcg).
+ * @status_pages: page number -> page of the status area (vmalloc, charged).
+ *	Page 0 (the header) exists once the capacity is fixed.
  * @status: page 0 of the status area.
  * @status_size: bytes of the status area, the exact mmap() length.
- * @nchunks: chunks allocated; written under @setup_lock.
- * @status_npages: status pages allocated; written under @setup_lock.
  * @nslots: capacity; 0 until fixed, then published with release ordering
  *	after @status exists, never changed again.
  * @backed: slots below this index have storage and a status word.
@@ -143,12 +160,10 @@ struct regwatch_ctx {
 	bool strict;
 	struct mutex setup_lock;
 	spinlock_t lock;
-	struct xarray chunks;
-	struct xarray status_pages;
+	struct regwatch_table chunks;
+	struct regwatch_table status_pages;
 	struct regwatch_status *status;
 	size_t status_size;
-	u32 nchunks;
-	u32 status_npages;
 	u32 nslots;
 	u32 backed;
 	u32 high_water;
@@ -172,12 +187,15 @@ struct regwatch_status_run {
 	u32 count;
 };
 
-/* Slot @idx, below ctx->backed. */
+/*
+ * Slot @idx, below ctx->backed; ctx->lock or ctx->setup_lock held (or the
+ * fd being released). The slot stays where it is until the fd is released.
+ */
 static inline struct regwatch_slot *regwatch_slot(struct regwatch_ctx *ctx,
 						  u32 idx)
 {
 	struct regwatch_slot *chunk =
-		xa_load(&ctx->chunks, idx / REGWATCH_CHUNK_SLOTS);
+		ctx->chunks.blocks[idx / REGWATCH_CHUNK_SLOTS];
 
 	return &chunk[idx % REGWATCH_CHUNK_SLOTS];
 }
@@ -204,6 +222,9 @@ void regwatch_notifier_init_ops(struct mmu_interval_notifier_ops *ops);
 int regwatch_fix_capacity_locked(struct regwatch_ctx *ctx, u32 nslots);
 int regwatch_fix_capacity(struct regwatch_ctx *ctx, u32 nslots);
 int regwatch_grow(struct regwatch_ctx *ctx, u32 idx);
+int regwatch_table_append(struct regwatch_ctx *ctx,
+			  struct regwatch_table *table, void *block);
+void regwatch_table_free(struct regwatch_table *table);
 
 /* watch.c */
 int regwatch_watch(struct regwatch_ctx *ctx, u64 start, u64 length,

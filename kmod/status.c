@@ -48,12 +48,12 @@ static size_t regwatch_word_offset(u32 slot)
 static u64 *regwatch_word(struct regwatch_ctx *ctx, u32 slot)
 {
 	size_t offset = regwatch_word_offset(slot);
-	char *page = xa_load(&ctx->status_pages, offset >> PAGE_SHIFT);
+	char *page = ctx->status_pages.blocks[offset >> PAGE_SHIFT];
 
 	return (u64 *)(page + offset_in_page(offset));
 }
 
-/* Adds a zeroed page at index ctx->status_npages; ctx->setup_lock held. */
+/* Adds a zeroed page after the last status page; ctx->setup_lock held. */
 static int regwatch_status_add_page(struct regwatch_ctx *ctx)
 {
 	void *page;
@@ -63,14 +63,10 @@ static int regwatch_status_add_page(struct regwatch_ctx *ctx)
 	page = __vmalloc(PAGE_SIZE, REGWATCH_GFP | __GFP_ZERO);
 	if (!page)
 		return -ENOMEM;
-	ret = xa_err(xa_store(&ctx->status_pages, ctx->status_npages, page,
-			      REGWATCH_GFP));
-	if (ret) {
+	ret = regwatch_table_append(ctx, &ctx->status_pages, page);
+	if (ret)
 		vfree(page);
-		return ret;
-	}
-	ctx->status_npages++;
-	return 0;
+	return ret;
 }
 
 /**
@@ -91,7 +87,7 @@ int regwatch_status_alloc(struct regwatch_ctx *ctx, u32 nslots)
 	ret = regwatch_status_add_page(ctx);
 	if (ret)
 		return ret;
-	status = xa_load(&ctx->status_pages, 0);
+	status = ctx->status_pages.blocks[0];
 	status->abi_version = REGWATCH_API;
 	status->header_size = sizeof(*status);
 	status->nslots = nslots;
@@ -113,7 +109,7 @@ int regwatch_status_alloc(struct regwatch_ctx *ctx, u32 nslots)
  */
 int regwatch_status_grow(struct regwatch_ctx *ctx)
 {
-	u32 index = ctx->status_npages;
+	u32 index = ctx->status_pages.count;
 	int ret;
 
 	ret = regwatch_status_add_page(ctx);
@@ -133,7 +129,7 @@ int regwatch_status_grow(struct regwatch_ctx *ctx)
 u32 regwatch_status_slots(struct regwatch_ctx *ctx)
 {
 	lockdep_assert_held(&ctx->setup_lock);
-	return ((size_t)ctx->status_npages * PAGE_SIZE -
+	return ((size_t)ctx->status_pages.count * PAGE_SIZE -
 		sizeof(struct regwatch_status)) / sizeof(u64);
 }
 
@@ -143,12 +139,7 @@ u32 regwatch_status_slots(struct regwatch_ctx *ctx)
  */
 void regwatch_status_free(struct regwatch_ctx *ctx)
 {
-	unsigned long index;
-	void *page;
-
-	xa_for_each(&ctx->status_pages, index, page)
-		vfree(page);
-	xa_destroy(&ctx->status_pages);
+	regwatch_table_free(&ctx->status_pages);
 }
 
 /*
@@ -165,7 +156,8 @@ static vm_fault_t regwatch_status_fault(struct vm_fault *vmf)
 	void *page;
 
 	mutex_lock(&ctx->setup_lock);
-	page = xa_load(&ctx->status_pages, vmf->pgoff);
+	page = vmf->pgoff < ctx->status_pages.count ?
+	       ctx->status_pages.blocks[vmf->pgoff] : NULL;
 	pfn = page ? vmalloc_to_pfn(page) : page_to_pfn(regwatch_zero_page);
 	ret = vmf_insert_pfn(vmf->vma, vmf->address, pfn);
 	mutex_unlock(&ctx->setup_lock);
@@ -247,7 +239,7 @@ void regwatch_status_words(struct regwatch_ctx *ctx, u32 slot,
 		     (page_start - sizeof(struct regwatch_status)) / sizeof(u64);
 	first_offset = regwatch_word_offset(run->first);
 	run->count = (page_start + PAGE_SIZE - first_offset) / sizeof(u64);
-	page = xa_load(&ctx->status_pages, page_start >> PAGE_SHIFT);
+	page = ctx->status_pages.blocks[page_start >> PAGE_SHIFT];
 	run->word = (const u64 *)(page + (first_offset - page_start));
 }
 

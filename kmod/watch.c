@@ -3,9 +3,9 @@
  * regwatch: the per-fd watch table, its free list and its dirty list.
  *
  * Watches live in chunks of REGWATCH_CHUNK_SLOTS slots, found by chunk
- * number in an xarray, allocated by capacity.c when a slot in them is first
- * used. Both lists link slots by u32 index through regwatch_slot.next/prev, which
- * keeps a watch at 112 bytes; a slot is on at most one list at a time (free
+ * number in a table (struct regwatch_table), allocated by capacity.c when
+ * a slot in them is first used. Both lists link slots by u32 index through
+ * regwatch_slot.next/prev, which keeps a watch at 112 bytes; a slot is on at most one list at a time (free
  * list while FREE, dirty list while PENDING). read() takes from the dirty
  * list in records.c.
  *
@@ -19,7 +19,6 @@
 #include <linux/overflow.h>
 #include <linux/poll.h>
 #include <linux/sched/mm.h>
-#include <linux/vmalloc.h>
 
 #include "regwatch_internal.h"
 
@@ -533,8 +532,6 @@ bool regwatch_mark_dirty(struct regwatch_ctx *ctx, struct regwatch_slot *slot,
  */
 void regwatch_teardown(struct regwatch_ctx *ctx)
 {
-	struct regwatch_slot *chunk;
-	unsigned long index;
 	long removed = 0;
 	u32 idx;
 
@@ -552,8 +549,6 @@ void regwatch_teardown(struct regwatch_ctx *ctx)
 		cond_resched();
 	}
 	regwatch_user_uncharge(ctx->user, removed);
-	xa_for_each(&ctx->chunks, index, chunk)
-		vfree(chunk);
-	xa_destroy(&ctx->chunks);
+	regwatch_table_free(&ctx->chunks);
 	regwatch_status_free(ctx);
 }

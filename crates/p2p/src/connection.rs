@@ -199,6 +199,28 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends copied eager message `bytes` with `tag` to `peer` at once, if nothing is queued
+    /// before it and a send bounce buffer is free: returns that buffer's index, whose SEND
+    /// completion completes nothing ([`Connection::send_done`] returns `None`), with the
+    /// posting's outcome; `None` when the message cannot go at once. For a blocking send that
+    /// waits for the completion itself, with no operation in the table.
+    pub(crate) fn send_copied_at_once(
+        &mut self,
+        bytes: &[u8],
+        tag: u32,
+        peer: usize,
+    ) -> Option<(u32, Result<(), String>)> {
+        if !self.outbox.is_empty() {
+            return None;
+        }
+        let index = self.free_send_buffers.pop()?;
+        self.send_completes[index as usize] = None;
+        // The receiver of an eager message does not use its cookie.
+        let header = Header::eager(tag, bytes.len(), 0);
+        let posted = self.post_message(header, true, Payload::Copied(bytes), peer, index);
+        Some((index, posted))
+    }
+
     /// Posts the SEND of `outgoing` to `peer` from send bounce buffer `index`.
     fn post_outgoing(
         &mut self,
@@ -207,9 +229,7 @@ impl Connection {
         index: u32,
         operations: &mut Operations,
     ) -> Result<(), String> {
-        let wr_id = WorkRequest::SendBounce { peer, index }.id();
         self.send_completes[index as usize] = outgoing.eager_op;
-        let header = outgoing.header;
         let payload = match outgoing.eager_op.and_then(|id| operations.get_mut(id)) {
             Some(Operation {
                 buffer,
@@ -231,9 +251,24 @@ impl Connection {
             }
             None => Payload::Copied(&[]),
         };
+        let eager = outgoing.eager_op.is_some();
+        self.post_message(outgoing.header, eager, payload, peer, index)
+    }
+
+    /// Posts the SEND of the message with `header` to `peer` from send bounce buffer `index`;
+    /// an `eager` one carries `payload` after the header.
+    fn post_message(
+        &mut self,
+        header: Header,
+        eager: bool,
+        payload: Payload<'_>,
+        peer: usize,
+        index: u32,
+    ) -> Result<(), String> {
+        let wr_id = WorkRequest::SendBounce { peer, index }.id();
         // Eager messages whose tag fits the immediate data go without a header: a message
         // of whole pages takes no extra packet, a short one no header to write and read.
-        let headerless = outgoing.eager_op.and(wire::headerless_imm(header.tag));
+        let headerless = eager.then(|| wire::headerless_imm(header.tag)).flatten();
         let start = self.send_pool.offset(index);
         let posted = match (payload, headerless) {
             (Payload::Registered(sge), Some(imm)) => self.qp.post_send_with_imm(wr_id, &[sge], imm),

@@ -330,9 +330,9 @@ fn go(comm: &mut Communicator) {
 /// do not match it are kept, in order, for later receives; a matching request to send is
 /// read like any other; wildcards take messages in arrival order; a truncated message on the
 /// fast path is an error that leaves its bounce buffer posted again (more rounds than a
-/// connection has receive bounce buffers). Blocking sends that go out at once, and wait for
-/// their own completion, leave the completion of a nonblocking send before them to the
-/// generic path.
+/// connection has receive bounce buffers); a receive posted behind another that matches does
+/// not wait alone. Blocking sends that go out at once, and wait for their own completion,
+/// leave the completion of a nonblocking send before them to the generic path.
 fn waiting_alone(comm: &mut Communicator) {
     let mid = comm.eager_threshold() + 100;
     let big = comm.rendezvous_threshold() + 100;
@@ -352,7 +352,8 @@ fn waiting_alone(comm: &mut Communicator) {
         }
         send(comm, 9, 4);
         go(comm);
-        let first = ok(comm.isend(pattern(10, seed(11, 10)), 1, 11), "isend");
+        let (tag, len) = arriving[0];
+        let first = ok(comm.isend(pattern(len, seed(tag, len)), 1, tag), "isend");
         for (tag, len) in &arriving[1..] {
             send(comm, *tag, *len);
         }
@@ -366,6 +367,9 @@ fn waiting_alone(comm: &mut Communicator) {
             send(comm, 31, 16);
         }
         send(comm, 32, 8);
+        go(comm);
+        send(comm, 33, 1);
+        send(comm, 33, 2);
     } else {
         expect_message(comm, 0, 9, 4, 4);
         // The oldest unexpected message.
@@ -398,6 +402,14 @@ fn waiting_alone(comm: &mut Communicator) {
             }
         }
         expect_message(comm, 0, 32, 8, 8);
+        // Behind a posted nonblocking receive that matches too, a blocking one does not wait
+        // alone: the first message is the older receive's.
+        let older = ok(comm.irecv(vec![0; 8], 0, ANY_TAG), "irecv");
+        go(comm);
+        expect_message(comm, 0, 33, 2, 8);
+        let (status, buf) = ok(comm.wait(older), "wait for the older receive");
+        assert_eq!(status, from_rank_0(33, 1));
+        assert_same_bytes(&pattern(1, seed(33, 1)), &buf[..1], "older receive");
     }
 }
 

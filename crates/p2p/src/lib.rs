@@ -21,6 +21,10 @@
 //! Receives match like MPI's: by source and tag, either of which may be a wildcard
 //! ([`ANY_SOURCE`], [`ANY_TAG`]); messages between one pair of ranks never overtake each
 //! other. Every wait is bounded: a peer that dies turns into an error, never a hang.
+//! A blocking [`Communicator::recv`] that nothing stands before (no other receive posted, no
+//! unexpected message it matches) and a blocking copied [`Communicator::send`] that goes out at
+//! once take their own completions in their wait loop, without the matcher or the operation
+//! table: the shortest path from a poll to the caller, with the same matching.
 //!
 //! Nothing a peer sends is trusted: a message that is not the protocol (a truncated header, a
 //! length other than the bytes carried or longer than the receive bounce buffer, unknown

@@ -49,6 +49,7 @@
 //! ```
 
 mod bootstrap;
+mod bounce;
 mod comm;
 mod connection;
 mod error;

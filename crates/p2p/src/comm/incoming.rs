@@ -58,7 +58,7 @@ impl Communicator {
                         Some(id) => {
                             if let Some(op) = self.ops.get_mut(id) {
                                 op.complete_eager(status, |out| {
-                                    connection.read_payload(payload_at, out)
+                                    connection.read_payload(index, payload_at, out)
                                 })
                                 .map_err(copy_failed)?;
                             }
@@ -67,7 +67,7 @@ impl Communicator {
                         None => {
                             let mut payload = vec![0; status.len];
                             connection
-                                .read_payload(payload_at, &mut payload)
+                                .read_payload(index, payload_at, &mut payload)
                                 .map_err(copy_failed)?;
                             Some(Arrived::Eager(payload))
                         }

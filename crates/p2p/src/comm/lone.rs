@@ -213,7 +213,7 @@ impl Communicator {
         }
         let (result, closing) = match buf.get_mut(..status.len) {
             None => (Err(truncation(status, buf.len())), None),
-            Some(out) => match connection.read_payload(payload_at, out) {
+            Some(out) => match connection.read_payload(index, payload_at, out) {
                 Ok(()) => (Ok(status), None),
                 Err(err) => {
                     let failure = PeerFailure::from(copy_failed(err));

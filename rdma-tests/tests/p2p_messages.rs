@@ -89,6 +89,11 @@ fn sizes(comm: &mut Communicator, with_64_mib: bool) {
         0,
         1,
         // Soft-RoCE's inline limit, which p2p asks for first: inline, then a bounce buffer.
+        // The end of a receive bounce buffer's 128-byte head, where a message goes on into
+        // the buffer's tail.
+        127,
+        128,
+        129,
         512,
         513,
         eager - 1,
@@ -101,7 +106,15 @@ fn sizes(comm: &mut Communicator, with_64_mib: bool) {
     ];
     // A tag with the top bit set does not fit an eager SEND's immediate data: that message,
     // copied or zero-copy, carries a header instead.
-    let high_tags = [(u32::MAX - 1, 1), (u32::MAX, eager + 1)];
+    // With its 40-byte header, such a message reaches the tail of the receive bounce buffer
+    // from 89 bytes.
+    let high_tags = [
+        (u32::MAX - 4, 88),
+        (u32::MAX - 3, 89),
+        (u32::MAX - 2, 513),
+        (u32::MAX - 1, 1),
+        (u32::MAX, eager + 1),
+    ];
     for (tag, len) in (0u32..).zip(lens).chain(high_tags) {
         let data = pattern(len, seed(tag, len));
         if comm.rank() == 0 {

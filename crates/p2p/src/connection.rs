@@ -187,21 +187,9 @@ impl Connection {
         }
         let index = self.free_send_buffers.pop()?;
         self.send_completes[index as usize] = None;
-        // The shortest messages first, in the fewest steps: `post_message` would post them
-        // the same way.
-        let posted = match wire::headerless_imm(tag) {
-            Some(imm) if bytes.len() <= self.qp.max_inline_data() as usize => {
-                let wr_id = WorkRequest::SendBounce { peer, index }.id();
-                self.qp
-                    .post_send_inline(wr_id, bytes, Some(imm))
-                    .map_err(|err| format!("posting a SEND failed: {err}"))
-            }
-            _ => {
-                // The receiver of an eager message does not use its cookie.
-                let header = Header::eager(tag, bytes.len(), 0);
-                self.post_message(header, true, Payload::Copied(bytes), peer, index)
-            }
-        };
+        // The receiver of an eager message does not use its cookie.
+        let header = Header::eager(tag, bytes.len(), 0);
+        let posted = self.post_message(header, true, Payload::Copied(bytes), peer, index);
         Some((index, posted))
     }
 
@@ -393,11 +381,6 @@ impl Peers {
     /// # Errors
     /// [`Error::InvalidRank`], [`Error::PeerFailed`].
     pub(crate) fn connection(&mut self, rank: usize) -> Result<&mut Connection> {
-        // An open connection is to a peer (this rank has none) and has no failure (`close`
-        // records one as it takes the connection): the checks below are for the errors.
-        if self.connections.get(rank).is_some_and(Option::is_some) {
-            return Ok(self.connections[rank].as_mut().expect("checked above"));
-        }
         self.check_rank(rank)?;
         if let Some(error) = self.failure(rank) {
             return Err(error);

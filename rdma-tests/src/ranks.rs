@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use p2p::{Communicator, Status};
+use p2p::{Communicator, Source, Status, TagMatch, ANY_SOURCE, ANY_TAG};
 
 use crate::{assert_same_bytes, error_chain, expect_odp_correct, pattern, require_devices, RXE0};
 
@@ -90,9 +90,36 @@ pub fn expect_message(
     len: usize,
     capacity: usize,
 ) {
+    check_received(
+        comm,
+        source.into(),
+        tag.into(),
+        Status { source, tag, len },
+        capacity,
+    );
+}
+
+/// Receives with both wildcards into a buffer of `capacity` bytes and checks that it was the
+/// message `expected` and its bytes of [`pattern`].
+///
+/// # Panics
+///
+/// When the receive fails or the status or the bytes differ.
+pub fn expect_any_message(comm: &mut Communicator, expected: Status, capacity: usize) {
+    check_received(comm, ANY_SOURCE, ANY_TAG, expected, capacity);
+}
+
+fn check_received(
+    comm: &mut Communicator,
+    source: Source,
+    tag: TagMatch,
+    expected: Status,
+    capacity: usize,
+) {
     let mut buf = vec![0; capacity];
     let status = ok(comm.recv(&mut buf, source, tag), "recv");
-    assert_eq!(status, Status { source, tag, len });
+    assert_eq!(status, expected);
+    let Status { tag, len, .. } = expected;
     assert_same_bytes(&pattern(len, seed(tag, len)), &buf[..len], "received bytes");
 }
 

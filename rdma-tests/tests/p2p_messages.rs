@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use p2p::{Communicator, Error, Status, ANY_SOURCE, ANY_TAG};
 use rdma_tests::ranks::{
-    expect_message, ok, rank_scenario, run_on_rxe0, run_rank, seed, Job, RankPlacement, MIB,
+    expect_any_message, expect_message, ok, rank_scenario, run_on_rxe0, run_rank, seed, Job,
+    RankPlacement, MIB,
 };
 use rdma_tests::{assert_same_bytes, expect_rxe1, pattern, require_devices, RXE0, RXE1};
 
@@ -29,6 +30,7 @@ fn rank_entry() {
             "flood" => flood(comm),
             "wildcards_and_ring" => wildcards_and_ring(comm),
             "truncation" => truncation(comm),
+            "waiting_alone" => waiting_alone(comm),
             other => panic!("unknown scenario {other}"),
         },
     );
@@ -87,6 +89,11 @@ fn sizes(comm: &mut Communicator, with_64_mib: bool) {
         0,
         1,
         // Soft-RoCE's inline limit, which p2p asks for first: inline, then a bounce buffer.
+        // The end of a receive bounce buffer's 128-byte head, where a message goes on into
+        // the buffer's tail.
+        127,
+        128,
+        129,
         512,
         513,
         eager - 1,
@@ -99,7 +106,15 @@ fn sizes(comm: &mut Communicator, with_64_mib: bool) {
     ];
     // A tag with the top bit set does not fit an eager SEND's immediate data: that message,
     // copied or zero-copy, carries a header instead.
-    let high_tags = [(u32::MAX - 1, 1), (u32::MAX, eager + 1)];
+    // With its 40-byte header, such a message reaches the tail of the receive bounce buffer
+    // from 89 bytes.
+    let high_tags = [
+        (u32::MAX - 4, 88),
+        (u32::MAX - 3, 89),
+        (u32::MAX - 2, 513),
+        (u32::MAX - 1, 1),
+        (u32::MAX, eager + 1),
+    ];
     for (tag, len) in (0u32..).zip(lens).chain(high_tags) {
         let data = pattern(len, seed(tag, len));
         if comm.rank() == 0 {
@@ -137,6 +152,15 @@ fn sizes(comm: &mut Communicator, with_64_mib: bool) {
 
 /// `len` bytes whose 8-byte words hold their own index plus a constant: every page differs,
 /// and it is cheap to generate in a debug build.
+/// The status of a message of `len` bytes from rank 0 with `tag`.
+fn from_rank_0(tag: u32, len: usize) -> Status {
+    Status {
+        source: 0,
+        tag,
+        len,
+    }
+}
+
 fn word_pattern(len: usize) -> Vec<u8> {
     let mut bytes = vec![0; len];
     for (index, word) in bytes.chunks_exact_mut(8).enumerate() {
@@ -169,25 +193,8 @@ fn order(comm: &mut Communicator) {
     } else {
         // Tag 3 overtakes the other tags; within a tag (and for ANY_TAG) the order holds.
         expect_message(comm, 0, 3, 20, 64);
-        let mut expect_any = |tag: u32, len: usize| {
-            let mut buf = vec![0; big];
-            let status = ok(comm.recv(&mut buf, ANY_SOURCE, ANY_TAG), "recv any");
-            assert_eq!(
-                status,
-                Status {
-                    source: 0,
-                    tag,
-                    len
-                }
-            );
-            assert_same_bytes(
-                &pattern(len, seed(tag, len)),
-                &buf[..len],
-                "wildcard receive",
-            );
-        };
-        expect_any(1, 10);
-        expect_any(2, big);
+        expect_any_message(comm, from_rank_0(1, 10), big);
+        expect_any_message(comm, from_rank_0(2, big), big);
         expect_message(comm, 0, 1, mid, mid);
         expect_message(comm, 0, 1, big, big);
         expect_message(comm, 0, 1, 30, 30);
@@ -317,6 +324,108 @@ fn truncation(comm: &mut Communicator) {
     }
 }
 
+/// Tags of `waiting_alone`'s go-ahead messages, from rank 1 to rank 0.
+const GO_TAG: u32 = 90;
+
+/// Rank 1 tells rank 0 to go on, then receives: the receive is posted before rank 0 sends, so
+/// it waits alone (no other receive posted, no unexpected message it matches) and takes the
+/// messages of the fast path (`p2p`'s `comm::lone`) as they are polled.
+fn go(comm: &mut Communicator) {
+    if comm.rank() == 0 {
+        ok(comm.recv(&mut [], 1, GO_TAG), "wait for go");
+    } else {
+        ok(comm.send(&[], 0, GO_TAG), "go");
+    }
+}
+
+/// Blocking receives that wait alone keep MPI's matching exactly: unexpected messages that
+/// arrived before them are taken first, in order; messages that arrive while one waits and
+/// do not match it are kept, in order, for later receives; a matching request to send is
+/// read like any other; wildcards take messages in arrival order; a truncated message on the
+/// fast path is an error that leaves its bounce buffer posted again (more rounds than a
+/// connection has receive bounce buffers); a receive posted behind another that matches does
+/// not wait alone. Blocking sends that go out at once, and wait for their own completion,
+/// leave the completion of a nonblocking send before them to the generic path.
+fn waiting_alone(comm: &mut Communicator) {
+    let mid = comm.eager_threshold() + 100;
+    let big = comm.rendezvous_threshold() + 100;
+    let send = |comm: &mut Communicator, tag: u32, len: usize| {
+        ok(comm.send(&pattern(len, seed(tag, len)), 1, tag), "send");
+    };
+    // Unexpected messages first: the receive of tag 9 waits alone, the rest do not.
+    let unexpected = [(5, 1), (6, 2), (5, 3)];
+    // Arriving while a receive of tag 12 waits alone: tag 11 goes by, a request to send
+    // matches.
+    let arriving = [(11, 10), (12, big), (11, mid), (12, 20)];
+    let wildcard = [(21, 5), (22, big), (23, mid), (24, 7)];
+    let truncated_rounds = 72;
+    if comm.rank() == 0 {
+        for (tag, len) in unexpected {
+            send(comm, tag, len);
+        }
+        send(comm, 9, 4);
+        go(comm);
+        let (tag, len) = arriving[0];
+        let first = ok(comm.isend(pattern(len, seed(tag, len)), 1, tag), "isend");
+        for (tag, len) in &arriving[1..] {
+            send(comm, *tag, *len);
+        }
+        ok(comm.wait(first), "wait for isend");
+        go(comm);
+        for (tag, len) in wildcard {
+            send(comm, tag, len);
+        }
+        for _ in 0..truncated_rounds {
+            go(comm);
+            send(comm, 31, 16);
+        }
+        send(comm, 32, 8);
+        go(comm);
+        send(comm, 33, 1);
+        send(comm, 33, 2);
+    } else {
+        expect_message(comm, 0, 9, 4, 4);
+        // The oldest unexpected message.
+        expect_any_message(comm, from_rank_0(5, 1), 8);
+        expect_message(comm, 0, 5, 3, 3);
+        expect_message(comm, 0, 6, 2, 2);
+
+        go(comm);
+        expect_message(comm, 0, 12, big, big);
+        expect_message(comm, 0, 12, 20, 20);
+        expect_message(comm, 0, 11, 10, 10);
+        expect_message(comm, 0, 11, mid, mid);
+
+        go(comm);
+        // In arrival order.
+        for (tag, len) in wildcard {
+            expect_any_message(comm, from_rank_0(tag, len), big);
+        }
+
+        for round in 0..truncated_rounds {
+            go(comm);
+            match comm.recv(&mut [0; 4], 0, 31) {
+                Err(Error::Truncated {
+                    source_rank: 0,
+                    tag: 31,
+                    len: 16,
+                    capacity: 4,
+                }) => {}
+                other => panic!("round {round}: expected a truncation, got {other:?}"),
+            }
+        }
+        expect_message(comm, 0, 32, 8, 8);
+        // Behind a posted nonblocking receive that matches too, a blocking one does not wait
+        // alone: the first message is the older receive's.
+        let older = ok(comm.irecv(vec![0; 8], 0, ANY_TAG), "irecv");
+        go(comm);
+        expect_message(comm, 0, 33, 2, 8);
+        let (status, buf) = ok(comm.wait(older), "wait for the older receive");
+        assert_eq!(status, from_rank_0(33, 1));
+        assert_same_bytes(&pattern(1, seed(33, 1)), &buf[..1], "older receive");
+    }
+}
+
 #[test]
 fn two_ranks_exchange_every_size_from_0_bytes_to_64_mib() {
     if require_devices().is_none() {
@@ -346,6 +455,11 @@ fn four_ranks_receive_with_wildcards_and_pass_a_ring() {
 #[test]
 fn a_too_small_receive_buffer_is_a_truncation_error() {
     run_on_rxe0("truncation", 2);
+}
+
+#[test]
+fn blocking_receives_that_wait_alone_keep_the_matching_order() {
+    run_on_rxe0("waiting_alone", 2);
 }
 
 #[test]

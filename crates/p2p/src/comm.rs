@@ -17,8 +17,15 @@ use crate::setup;
 use crate::wire::{Header, WorkRequest};
 
 mod incoming;
+mod lone;
 
 use incoming::Arrived;
+
+/// Why the connection of an `operation` abandoned while in progress closes: the device may
+/// still be reading or writing its buffer.
+fn abandoned(operation: &str) -> PeerFailure {
+    format!("a {operation} was abandoned while in progress").into()
+}
 
 /// One rank of a job: connected to every other rank by an RC queue pair.
 ///
@@ -140,6 +147,12 @@ impl Communicator {
     /// [`Error::PeerFailed`], [`Error::PeerMisbehaved`], [`Error::Timeout`] (the connection to
     /// `dest` is then closed).
     pub fn send(&mut self, buf: &[u8], dest: usize, tag: u32) -> Result<()> {
+        if self.thresholds.protocol(buf.len()) == Protocol::Copied {
+            let connection = self.peers.connection(dest)?;
+            if let Some((index, posted)) = connection.send_copied_at_once(buf, tag, dest) {
+                return self.finish_send_alone(dest, index, posted);
+            }
+        }
         let buffer = UserBuffer::Borrowed {
             // Never written through: send buffers are only read, by the CPU or the device.
             ptr: buf.as_ptr().cast_mut(),
@@ -160,11 +173,15 @@ impl Communicator {
         source: impl Into<Source>,
         tag: impl Into<TagMatch>,
     ) -> Result<Status> {
+        let (source, tag) = (source.into(), tag.into());
+        if self.matcher.would_wait_alone(source, tag) {
+            return self.recv_alone(buf, source, tag);
+        }
         let buffer = UserBuffer::Borrowed {
             ptr: buf.as_mut_ptr(),
             len: buf.len(),
         };
-        let id = self.start_recv(buffer, source.into(), tag.into())?;
+        let id = self.start_recv(buffer, source, tag)?;
         self.finish_borrowed(id, "receive")
     }
 
@@ -342,10 +359,7 @@ impl Communicator {
             (State::Unmatched, _) => {
                 self.matcher.cancel(&id);
             }
-            (_, Some(peer)) => {
-                let reason = format!("a {operation} was abandoned while in progress");
-                self.fail_peer(peer, reason.into());
-            }
+            (_, Some(peer)) => self.fail_peer(peer, abandoned(operation)),
             (_, None) => {}
         }
         self.ops.remove(id);
@@ -384,34 +398,47 @@ impl Communicator {
                 .map_err(|source| Error::Poll { source })?;
             let more = batch.was_full();
             for polled in batch {
-                match polled {
-                    Ok(completion) => self.on_completion(&completion),
-                    Err(verbs::Error::WorkCompletion {
-                        wr_id,
-                        status,
-                        opcode,
-                        ..
-                    }) => self
-                        .on_failed_completion(wr_id, format!("{opcode:?} completed with {status}")),
-                    Err(source) => return Err(Error::Poll { source }),
-                }
+                self.on_polled(polled)?;
                 handled += 1;
             }
             if !more {
                 break;
             }
         }
-        // Only a completion frees what queued messages and READs wait for (a send bounce
-        // buffer, a READ's turn): a poll that found none has nothing new to post.
         if handled > 0 {
-            for peer in 0..self.peers.size() {
-                if let Some(connection) = self.peers.get_mut(peer) {
-                    let posted = connection.post_queued(peer, &mut self.ops);
-                    self.close_on_error(peer, posted);
-                }
-            }
+            self.post_queued();
         }
         Ok(handled)
+    }
+
+    /// Handles one polled completion, a failed one included.
+    ///
+    /// # Errors
+    /// [`Error::Poll`] for a polling error that is no completion.
+    fn on_polled(&mut self, polled: verbs::Result<Completion>) -> Result<()> {
+        match polled {
+            Ok(completion) => self.on_completion(&completion),
+            Err(verbs::Error::WorkCompletion {
+                wr_id,
+                status,
+                opcode,
+                ..
+            }) => self.on_failed_completion(wr_id, format!("{opcode:?} completed with {status}")),
+            Err(source) => return Err(Error::Poll { source }),
+        }
+        Ok(())
+    }
+
+    /// Posts the queued messages and READs of every connection that can go now. Only a
+    /// completion frees what they wait for (a send bounce buffer, a READ's turn): call after
+    /// a poll that handled one.
+    fn post_queued(&mut self) {
+        for peer in 0..self.peers.size() {
+            if let Some(connection) = self.peers.get_mut(peer) {
+                let posted = connection.post_queued(peer, &mut self.ops);
+                self.close_on_error(peer, posted);
+            }
+        }
     }
 
     fn on_failed_completion(&mut self, wr_id: u64, reason: String) {

@@ -3,10 +3,10 @@
 //! to all its peers.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use verbs::{AccessFlags, Mtu, OwnedMemoryRegion, ProtectionDomain, QpEndpoint, QueuePair};
+use verbs::{Mtu, QpEndpoint, QueuePair};
 
+use crate::bounce::{BouncePool, ReceivePool};
 use crate::error::{Error, PeerFailure, Result};
 use crate::operation::{Operation, Operations, State};
 use crate::protocol::Thresholds;
@@ -18,30 +18,6 @@ pub(crate) const RECV_BOUNCE_BUFFERS: u32 = 32;
 pub(crate) const SEND_BOUNCE_BUFFERS: u32 = 32;
 /// RDMA READs in flight per peer; more wait in a backlog.
 pub(crate) const MAX_READS: usize = 16;
-
-/// Bounce buffers of equal length in one registered region, by index.
-#[derive(Debug)]
-pub(crate) struct BouncePool {
-    region: OwnedMemoryRegion,
-    buffer_len: usize,
-}
-
-impl BouncePool {
-    /// `count` buffers of `buffer_len` bytes.
-    pub(crate) fn new(
-        pd: &Arc<ProtectionDomain>,
-        count: u32,
-        buffer_len: usize,
-        access: AccessFlags,
-    ) -> verbs::Result<Self> {
-        let region = OwnedMemoryRegion::new(pd, count as usize * buffer_len, access)?;
-        Ok(Self { region, buffer_len })
-    }
-
-    fn offset(&self, index: u32) -> usize {
-        index as usize * self.buffer_len
-    }
-}
 
 /// What an outgoing SEND carries besides a header, if it has one.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +55,7 @@ impl Outgoing {
 pub(crate) struct Connection {
     // First field: destroyed before the bounce buffers it may write.
     qp: QueuePair,
-    recv_pool: BouncePool,
+    recv_pool: ReceivePool,
     send_pool: BouncePool,
     free_send_buffers: Vec<u32>,
     /// The eager send each send bounce buffer's SEND completes.
@@ -92,7 +68,7 @@ pub(crate) struct Connection {
 impl Connection {
     /// A connection over `qp` with [`RECV_BOUNCE_BUFFERS`] in `recv_pool` and
     /// [`SEND_BOUNCE_BUFFERS`] in `send_pool`.
-    pub(crate) fn new(qp: QueuePair, recv_pool: BouncePool, send_pool: BouncePool) -> Self {
+    pub(crate) fn new(qp: QueuePair, recv_pool: ReceivePool, send_pool: BouncePool) -> Self {
         Self {
             qp,
             recv_pool,
@@ -117,14 +93,13 @@ impl Connection {
     /// Posts receive bounce buffer `index` of the connection to `peer`: at set-up, and again
     /// once the message that landed in it was taken out.
     pub(crate) fn post_receive(&self, peer: usize, index: u32) -> verbs::Result<()> {
-        let pool = &self.recv_pool;
-        let sge = pool.region.sge(pool.offset(index), pool.buffer_len)?;
+        let (sges, count) = self.recv_pool.sges(index)?;
         self.qp
-            .post_recv(WorkRequest::RecvBounce { peer, index }.id(), &[sge])
+            .post_recv(WorkRequest::RecvBounce { peer, index }.id(), &sges[..count])
     }
 
     /// The message of `byte_len` bytes with `imm_data` that landed in receive bounce buffer
-    /// `index`: its header and where its eager payload starts (for
+    /// `index`: its header and where its eager payload starts in the buffer (for
     /// [`Connection::read_payload`]), or why the connection must close: the peer's violation
     /// ([`wire::parse_message`]) or a failure to read the buffer.
     pub(crate) fn received(
@@ -134,26 +109,23 @@ impl Connection {
         imm_data: Option<u32>,
         thresholds: Thresholds,
     ) -> Result<(Header, usize), PeerFailure> {
-        let start = self.recv_pool.offset(index);
         let mut head = [0; HEADER_LEN];
         // A SEND with immediate data has no header to read (`wire::parse_message` reads none).
         if imm_data.is_none() {
             self.recv_pool
-                .region
-                .read_at(start, &mut head)
+                .read(index, 0, &mut head)
                 .map_err(|err| format!("reading a receive bounce buffer failed: {err}"))?;
         }
         let limits = ReceiveLimits {
-            capacity: self.recv_pool.buffer_len,
+            capacity: self.recv_pool.buffer_len(),
             eager_below: thresholds.rendezvous(),
         };
-        let (header, payload_at) = wire::parse_message(imm_data, byte_len, limits, &head)?;
-        Ok((header, start + payload_at))
+        Ok(wire::parse_message(imm_data, byte_len, limits, &head)?)
     }
 
-    /// Copies the bytes at `at` of the receive bounce buffers into `out`.
-    pub(crate) fn read_payload(&self, at: usize, out: &mut [u8]) -> verbs::Result<()> {
-        self.recv_pool.region.read_at(at, out)
+    /// Copies the bytes from `at` of receive bounce buffer `index` into `out`.
+    pub(crate) fn read_payload(&self, index: u32, at: usize, out: &mut [u8]) -> verbs::Result<()> {
+        self.recv_pool.read(index, at, out)
     }
 
     /// The SEND from send bounce buffer `index` completed: frees the buffer; returns the eager
@@ -199,6 +171,28 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends copied eager message `bytes` with `tag` to `peer` at once, if nothing is queued
+    /// before it and a send bounce buffer is free: returns that buffer's index, whose SEND
+    /// completion completes nothing ([`Connection::send_done`] returns `None`), with the
+    /// posting's outcome; `None` when the message cannot go at once. For a blocking send that
+    /// waits for the completion itself, with no operation in the table.
+    pub(crate) fn send_copied_at_once(
+        &mut self,
+        bytes: &[u8],
+        tag: u32,
+        peer: usize,
+    ) -> Option<(u32, Result<(), String>)> {
+        if !self.outbox.is_empty() {
+            return None;
+        }
+        let index = self.free_send_buffers.pop()?;
+        self.send_completes[index as usize] = None;
+        // The receiver of an eager message does not use its cookie.
+        let header = Header::eager(tag, bytes.len(), 0);
+        let posted = self.post_message(header, true, Payload::Copied(bytes), peer, index);
+        Some((index, posted))
+    }
+
     /// Posts the SEND of `outgoing` to `peer` from send bounce buffer `index`.
     fn post_outgoing(
         &mut self,
@@ -207,9 +201,7 @@ impl Connection {
         index: u32,
         operations: &mut Operations,
     ) -> Result<(), String> {
-        let wr_id = WorkRequest::SendBounce { peer, index }.id();
         self.send_completes[index as usize] = outgoing.eager_op;
-        let header = outgoing.header;
         let payload = match outgoing.eager_op.and_then(|id| operations.get_mut(id)) {
             Some(Operation {
                 buffer,
@@ -231,9 +223,24 @@ impl Connection {
             }
             None => Payload::Copied(&[]),
         };
+        let eager = outgoing.eager_op.is_some();
+        self.post_message(outgoing.header, eager, payload, peer, index)
+    }
+
+    /// Posts the SEND of the message with `header` to `peer` from send bounce buffer `index`;
+    /// an `eager` one carries `payload` after the header.
+    fn post_message(
+        &mut self,
+        header: Header,
+        eager: bool,
+        payload: Payload<'_>,
+        peer: usize,
+        index: u32,
+    ) -> Result<(), String> {
+        let wr_id = WorkRequest::SendBounce { peer, index }.id();
         // Eager messages whose tag fits the immediate data go without a header: a message
         // of whole pages takes no extra packet, a short one no header to write and read.
-        let headerless = outgoing.eager_op.and(wire::headerless_imm(header.tag));
+        let headerless = eager.then(|| wire::headerless_imm(header.tag)).flatten();
         let start = self.send_pool.offset(index);
         let posted = match (payload, headerless) {
             (Payload::Registered(sge), Some(imm)) => self.qp.post_send_with_imm(wr_id, &[sge], imm),

@@ -16,11 +16,17 @@
 //! registers its buffer through the cache and sends a request-to-send with address, length and
 //! rkey; the receiver RDMA-READs into its own cached registration and answers with a FIN that
 //! completes the send. Zero-copy eager spares middle sizes the rendezvous' two extra trips
-//! (request-to-send, READ request) at the price of larger receive bounce buffers.
+//! (request-to-send, READ request) at the price of larger receive bounce buffers. Each receive
+//! bounce buffer is posted as a short head, from an area the heads of a connection share, and
+//! the rest: a short message touches the same few pages whichever buffer it lands in.
 //!
 //! Receives match like MPI's: by source and tag, either of which may be a wildcard
 //! ([`ANY_SOURCE`], [`ANY_TAG`]); messages between one pair of ranks never overtake each
 //! other. Every wait is bounded: a peer that dies turns into an error, never a hang.
+//! A blocking [`Communicator::recv`] that nothing stands before (no other receive posted, no
+//! unexpected message it matches) and a blocking copied [`Communicator::send`] that goes out at
+//! once take their own completions in their wait loop, without the matcher or the operation
+//! table: the shortest path from a poll to the caller, with the same matching.
 //!
 //! Nothing a peer sends is trusted: a message that is not the protocol (a truncated header, a
 //! length other than the bytes carried or longer than the receive bounce buffer, unknown
@@ -45,6 +51,7 @@
 //! ```
 
 mod bootstrap;
+mod bounce;
 mod comm;
 mod connection;
 mod error;

@@ -54,7 +54,7 @@ pub struct Status {
 }
 
 impl Status {
-    fn matches(&self, source: Source, tag: TagMatch) -> bool {
+    pub(crate) fn matches(&self, source: Source, tag: TagMatch) -> bool {
         let source_ok = match source {
             Source::Any => true,
             Source::Rank(rank) => rank == self.source,
@@ -106,6 +106,20 @@ impl<K: PartialEq, M> Matcher<K, M> {
         }
         self.posted.push_back(PostedReceive { key, source, tag });
         None
+    }
+
+    /// Whether a receive for `source` and `tag` posted now would wait alone: no receive is
+    /// posted before it (so every message that arrives while it waits and matches it is
+    /// its own, in arrival order) and no unexpected message matches it (it would take that
+    /// one at once). Such a receive may be kept out of the matcher by a caller that then
+    /// sees every arriving message first ([`Matcher::arrive`] would hand it the first one
+    /// that matches).
+    pub(crate) fn would_wait_alone(&self, source: Source, tag: TagMatch) -> bool {
+        self.posted.is_empty()
+            && !self
+                .unexpected
+                .iter()
+                .any(|(status, _)| status.matches(source, tag))
     }
 
     /// A message arrived: returns the oldest posted receive it matches (removed from the queue)
@@ -246,6 +260,36 @@ mod tests {
             .map(|key| matcher.post(key, ANY_SOURCE, TagMatch::Tag(0)).unwrap().1)
             .collect();
         assert_eq!(rest, [100, 101, 102, 103]);
+    }
+
+    #[test]
+    fn a_receive_waits_alone_only_behind_no_posted_receive_and_no_matching_message() {
+        let mut matcher: Matcher<u32, ()> = Matcher::default();
+        assert!(matcher.would_wait_alone(ANY_SOURCE, ANY_TAG));
+        assert!(matcher.arrive(status(1, 5), ()).is_none());
+        assert!(
+            matcher.would_wait_alone(Source::Rank(1), TagMatch::Tag(6)),
+            "an unexpected message of another tag is not taken"
+        );
+        assert!(matcher.would_wait_alone(Source::Rank(2), TagMatch::Tag(5)));
+        for (source, tag) in [
+            (Source::Rank(1), TagMatch::Tag(5)),
+            (ANY_SOURCE, TagMatch::Tag(5)),
+            (Source::Rank(1), ANY_TAG),
+        ] {
+            assert!(
+                !matcher.would_wait_alone(source, tag),
+                "{source:?} {tag:?} takes the unexpected message"
+            );
+        }
+        assert!(matcher.post(0, Source::Rank(1), TagMatch::Tag(5)).is_some());
+        assert!(matcher.post(1, Source::Rank(3), TagMatch::Tag(7)).is_none());
+        assert!(
+            !matcher.would_wait_alone(Source::Rank(2), TagMatch::Tag(8)),
+            "behind a posted receive, even one that accepts other messages"
+        );
+        assert!(matcher.cancel(&1));
+        assert!(matcher.would_wait_alone(Source::Rank(1), TagMatch::Tag(5)));
     }
 
     #[test]

@@ -10,9 +10,8 @@ use verbs::{
 };
 
 use crate::bootstrap;
-use crate::connection::{
-    BouncePool, Connection, Peers, MAX_READS, RECV_BOUNCE_BUFFERS, SEND_BOUNCE_BUFFERS,
-};
+use crate::bounce::{BouncePool, ReceivePool};
+use crate::connection::{Connection, Peers, MAX_READS, RECV_BOUNCE_BUFFERS, SEND_BOUNCE_BUFFERS};
 use crate::error::{Error, Result};
 use crate::launch::LaunchConfig;
 use crate::protocol::Thresholds;
@@ -121,6 +120,8 @@ pub(crate) fn connect(
         max_recv_wr: RECV_BOUNCE_BUFFERS,
         // A zero-copy SEND gathers its header and the user's buffer.
         max_send_sge: 2,
+        // A receive bounce buffer's head and tail.
+        max_recv_sge: 2,
         ..QpConfig::new(PORT, gid_index)
     };
     let mut connections = Vec::with_capacity(config.size);
@@ -129,25 +130,18 @@ pub(crate) fn connect(
             connections.push(None);
             continue;
         }
-        let pool = |count: u32, buffer_len: usize, access| {
-            BouncePool::new(&pd, count, buffer_len, access)
-                .map_err(setup_error(dev, "registering bounce buffers"))
-        };
         let qp =
             create_qp(&pd, &cq, qp_config).map_err(setup_error(dev, "creating a queue pair"))?;
-        connections.push(Some(Connection::new(
-            qp,
-            pool(
-                RECV_BOUNCE_BUFFERS,
-                thresholds.recv_bounce_len(),
-                AccessFlags::LOCAL_WRITE,
-            )?,
-            pool(
-                SEND_BOUNCE_BUFFERS,
-                thresholds.send_bounce_len(),
-                AccessFlags::LOCAL_READ,
-            )?,
-        )));
+        let recv_pool = ReceivePool::new(&pd, RECV_BOUNCE_BUFFERS, thresholds.recv_bounce_len())
+            .map_err(setup_error(dev, "registering bounce buffers"))?;
+        let send_pool = BouncePool::new(
+            &pd,
+            SEND_BOUNCE_BUFFERS,
+            thresholds.send_bounce_len(),
+            AccessFlags::LOCAL_READ,
+        )
+        .map_err(setup_error(dev, "registering bounce buffers"))?;
+        connections.push(Some(Connection::new(qp, recv_pool, send_pool)));
     }
     let unused = QpEndpoint {
         qpn: 0,

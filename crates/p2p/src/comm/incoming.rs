@@ -16,6 +16,16 @@ pub(super) enum Arrived {
     Rendezvous { addr: u64, rkey: u32, cookie: u64 },
 }
 
+/// Why a connection closes when a payload could not be copied out of its receive bounce buffer.
+pub(super) fn copy_failed(err: verbs::Error) -> String {
+    format!("copying a payload out of a receive buffer failed: {err}")
+}
+
+/// Why a connection closes when one of its receive bounce buffers could not be posted again.
+pub(super) fn repost_failed(err: verbs::Error) -> String {
+    format!("reposting a receive failed: {err}")
+}
+
 impl Communicator {
     /// A SEND from `peer` landed in receive bounce buffer `index`: take it out and repost the
     /// buffer. An eager payload goes straight into the buffer of the receive it matches, if one
@@ -33,8 +43,6 @@ impl Communicator {
         let Some(connection) = self.peers.get_mut(peer) else {
             return;
         };
-        let copy_failed =
-            |err: verbs::Error| format!("copying a payload out of a receive buffer failed: {err}");
         let taken = connection
             .received(index, byte_len, imm_data, self.thresholds)
             .and_then(|(header, payload_at)| {
@@ -50,7 +58,7 @@ impl Communicator {
                         Some(id) => {
                             if let Some(op) = self.ops.get_mut(id) {
                                 op.complete_eager(status, |out| {
-                                    connection.read_payload(payload_at, out)
+                                    connection.read_payload(index, payload_at, out)
                                 })
                                 .map_err(copy_failed)?;
                             }
@@ -59,7 +67,7 @@ impl Communicator {
                         None => {
                             let mut payload = vec![0; status.len];
                             connection
-                                .read_payload(payload_at, &mut payload)
+                                .read_payload(index, payload_at, &mut payload)
                                 .map_err(copy_failed)?;
                             Some(Arrived::Eager(payload))
                         }
@@ -73,7 +81,7 @@ impl Communicator {
                 };
                 connection
                     .post_receive(peer, index)
-                    .map_err(|err| format!("reposting a receive failed: {err}"))?;
+                    .map_err(repost_failed)?;
                 Ok((header, status, arrived))
             });
         let (header, status, arrived) = match taken {

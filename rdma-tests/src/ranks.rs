@@ -35,12 +35,13 @@ pub fn rank_scenario() -> Option<String> {
 }
 
 /// Joins the job (`joined` is the communicator or why joining failed), runs `scenario`
-/// through `run` and says it passed.
+/// through `run`, drops the communicator and says it passed.
 ///
 /// # Panics
 ///
 /// When joining failed, when `mode_is_chosen` and `REGCACHE_MODE=odp` but the cache does not
-/// run in mode odp, and whenever `run` panics.
+/// run in mode odp, whenever `run` panics, and when the drop could not deliver what the rank
+/// owed its peers ([`p2p::undelivered_at_drop`]).
 pub fn run_rank(
     scenario: &str,
     joined: p2p::Result<Communicator>,
@@ -59,7 +60,14 @@ pub fn run_rank(
         assert_eq!(comm.cache_policy(), regcache::Policy::Odp, "mode odp");
     }
     run(&mut comm);
-    println!("rank {}: scenario {scenario} passed", comm.rank());
+    let rank = comm.rank();
+    drop(comm);
+    assert_eq!(
+        p2p::undelivered_at_drop(),
+        0,
+        "rank {rank}: dropping the communicator left messages to peers undelivered"
+    );
+    println!("rank {rank}: scenario {scenario} passed");
 }
 
 /// The value of a p2p call, or a panic naming `what` and the error's chain.

@@ -1,5 +1,6 @@
 //! The p2p layer across processes on Soft-RoCE: messages of every size and protocol between
-//! ranks, their order and matching, wildcards, a ring, a flood and truncation.
+//! ranks, their order and matching, wildcards, a ring, a flood, truncation, and what a rank
+//! owes its peer when it drops its communicator.
 //!
 //! Each test runs a [`Job`] of rank processes (`rdma_tests::ranks`), which re-executes this
 //! test program with only `rank_entry` selected.
@@ -31,6 +32,7 @@ fn rank_entry() {
             "wildcards_and_ring" => wildcards_and_ring(comm),
             "truncation" => truncation(comm),
             "waiting_alone" => waiting_alone(comm),
+            "owed_at_drop" => owed_at_drop(comm),
             other => panic!("unknown scenario {other}"),
         },
     );
@@ -77,6 +79,38 @@ fn flood(comm: &mut Communicator) {
     }
     for request in sends {
         ok(comm.wait(request), "wait for a send");
+    }
+}
+
+/// Messages rank 1 sends in `owed_at_drop`: twice a connection's send bounce buffers, so
+/// that the last ones, and the FIN behind them, wait for rank 0 to repost receives.
+const OWED_MESSAGES: u32 = 64;
+
+/// Rank 1 returns, and so drops its communicator, while it still owes rank 0 messages: it
+/// sends more messages than rank 0, which sleeps, has receives posted, then receives rank 0's
+/// rendezvous message, whose FIN queues behind them. Rank 0 then receives every message, and
+/// its rendezvous send completes: with the FIN, which the drop must have delivered (a queue
+/// pair destroyed at once would have flushed it, and the messages behind the first 32).
+fn owed_at_drop(comm: &mut Communicator) {
+    let peer = 1 - comm.rank();
+    let rendezvous_len = comm.rendezvous_threshold() + 100;
+    let payload = pattern(rendezvous_len, seed(0, rendezvous_len));
+    if comm.rank() == 0 {
+        let send = ok(comm.isend(payload, peer, 0), "isend");
+        std::thread::sleep(Duration::from_secs(3));
+        for tag in 1..=OWED_MESSAGES {
+            expect_message(comm, peer, tag, 8, 8);
+        }
+        ok(comm.wait(send), "wait for the rendezvous send");
+    } else {
+        // Never waited for: the drop delivers them.
+        let _sends: Vec<_> = (1..=OWED_MESSAGES)
+            .map(|tag| ok(comm.isend(pattern(8, seed(tag, 8)), peer, tag), "isend"))
+            .collect();
+        let receive = ok(comm.irecv(vec![0; rendezvous_len], peer, 0), "irecv");
+        let (status, buf) = ok(comm.wait(receive), "wait for the rendezvous message");
+        assert_eq!(status.len, rendezvous_len);
+        assert_same_bytes(&payload, &buf, "rendezvous message");
     }
 }
 
@@ -460,6 +494,11 @@ fn a_too_small_receive_buffer_is_a_truncation_error() {
 #[test]
 fn blocking_receives_that_wait_alone_keep_the_matching_order() {
     run_on_rxe0("waiting_alone", 2);
+}
+
+#[test]
+fn a_dropped_communicator_delivers_what_it_owes_its_peer() {
+    run_on_rxe0("owed_at_drop", 2);
 }
 
 #[test]

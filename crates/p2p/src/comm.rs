@@ -18,8 +18,10 @@ use crate::wire::{Header, WorkRequest};
 
 mod incoming;
 mod lone;
+mod shutdown;
 
 use incoming::Arrived;
+pub use shutdown::undelivered_at_drop;
 
 /// Why the connection of an `operation` abandoned while in progress closes: the device may
 /// still be reading or writing its buffer.
@@ -30,6 +32,9 @@ fn abandoned(operation: &str) -> PeerFailure {
 /// One rank of a job: connected to every other rank by an RC queue pair.
 ///
 /// Not thread-safe: one thread drives it; every call makes progress on all operations.
+/// Dropping it first delivers what the rank still owes its peers (a rendezvous's FIN, sends
+/// never waited for), for at most the configured timeout ([`undelivered_at_drop`] counts the
+/// drops that gave up).
 #[derive(Debug)]
 pub struct Communicator {
     config: LaunchConfig,
@@ -324,25 +329,41 @@ impl Communicator {
     /// (timeout, polling), the operation is abandoned ([`Communicator::abandon`]). The
     /// timeout is kept by a [`WaitTimer`].
     fn wait_op(&mut self, id: u64, operation: &'static str) -> Result<Operation> {
+        let waited = self.progress_until(operation, |comm| match comm.ops.take_if_done(id) {
+            Progress::Done(op) => Some(Ok(op)),
+            Progress::Unknown => Some(Err(Error::UnknownRequest { id })),
+            Progress::Pending => None,
+        });
+        match waited {
+            Ok(result) => result,
+            Err(error) => Err(self.abandon(id, operation, error)),
+        }
+    }
+
+    /// Makes progress until `settled` returns a value, and returns it.
+    ///
+    /// # Errors
+    /// [`Error::Poll`]; [`Error::Timeout`] of `operation` after the configured timeout.
+    fn progress_until<T>(
+        &mut self,
+        operation: &'static str,
+        mut settled: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Result<T> {
         let mut idle = IdleWait::default();
         let mut timer = WaitTimer::new(self.config.timeout);
         loop {
-            match self.ops.take_if_done(id) {
-                Progress::Done(op) => return Ok(op),
-                Progress::Unknown => return Err(Error::UnknownRequest { id }),
-                Progress::Pending => {}
+            if let Some(value) = settled(self) {
+                return Ok(value);
             }
-            let timed_out = match self.progress() {
-                Ok(0) => timer.idle(idle.idle()),
-                Ok(_) => {
+            let timed_out = match self.progress()? {
+                0 => timer.idle(idle.idle()),
+                _ => {
                     idle.progressed();
                     timer.busy()
                 }
-                Err(error) => return Err(self.abandon(id, operation, error)),
             };
             if let Some(after) = timed_out {
-                let timeout = Error::Timeout { operation, after };
-                return Err(self.abandon(id, operation, timeout));
+                return Err(Error::Timeout { operation, after });
             }
         }
     }

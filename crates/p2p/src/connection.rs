@@ -171,6 +171,12 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether a message to the peer is queued, or posted and not yet acknowledged: a SEND
+    /// completes on an RC queue pair once the peer's device has it.
+    pub(crate) fn owes_peer(&self) -> bool {
+        !self.outbox.is_empty() || self.free_send_buffers.len() < SEND_BOUNCE_BUFFERS as usize
+    }
+
     /// Sends copied eager message `bytes` with `tag` to `peer` at once, if nothing is queued
     /// before it and a send bounce buffer is free: returns that buffer's index, whose SEND
     /// completion completes nothing ([`Connection::send_done`] returns `None`), with the
@@ -387,6 +393,11 @@ impl Peers {
         }
         let invalid = self.invalid(rank);
         self.connections[rank].as_mut().ok_or(invalid)
+    }
+
+    /// Whether an open connection owes its peer a message ([`Connection::owes_peer`]).
+    pub(crate) fn owe_a_peer(&self) -> bool {
+        self.connections.iter().flatten().any(Connection::owes_peer)
     }
 
     /// The connection to `peer`, if it is open.

@@ -64,7 +64,7 @@ mod registrations;
 mod setup;
 mod wire;
 
-pub use comm::Communicator;
+pub use comm::{undelivered_at_drop, Communicator};
 pub use error::{Error, Result, Violation};
 pub use idle::IdleWait;
 pub use launch::LaunchConfig;

@@ -83,14 +83,14 @@ fn flood(comm: &mut Communicator) {
 }
 
 /// Messages rank 1 sends in `owed_at_drop`: twice a connection's send bounce buffers, so
-/// that the last ones, and the FIN behind them, wait for rank 0 to repost receives.
+/// that half of them are still queued when it returns.
 const OWED_MESSAGES: u32 = 64;
 
 /// Rank 1 returns, and so drops its communicator, while it still owes rank 0 messages: it
-/// sends more messages than rank 0, which sleeps, has receives posted, then receives rank 0's
-/// rendezvous message, whose FIN queues behind them. Rank 0 then receives every message, and
-/// its rendezvous send completes: with the FIN, which the drop must have delivered (a queue
-/// pair destroyed at once would have flushed it, and the messages behind the first 32).
+/// receives rank 0's rendezvous message (its FIN goes out), then sends more messages than it
+/// has send bounce buffers, never waiting for them, while rank 0 sleeps. Rank 0 then receives
+/// every message, and its rendezvous send completes. The drop must deliver the messages still
+/// queued, which a queue pair destroyed at once would never send.
 fn owed_at_drop(comm: &mut Communicator) {
     let peer = 1 - comm.rank();
     let rendezvous_len = comm.rendezvous_threshold() + 100;
@@ -103,14 +103,13 @@ fn owed_at_drop(comm: &mut Communicator) {
         }
         ok(comm.wait(send), "wait for the rendezvous send");
     } else {
-        // Never waited for: the drop delivers them.
-        let _sends: Vec<_> = (1..=OWED_MESSAGES)
-            .map(|tag| ok(comm.isend(pattern(8, seed(tag, 8)), peer, tag), "isend"))
-            .collect();
         let receive = ok(comm.irecv(vec![0; rendezvous_len], peer, 0), "irecv");
         let (status, buf) = ok(comm.wait(receive), "wait for the rendezvous message");
         assert_eq!(status.len, rendezvous_len);
         assert_same_bytes(&payload, &buf, "rendezvous message");
+        let _never_waited_for: Vec<_> = (1..=OWED_MESSAGES)
+            .map(|tag| ok(comm.isend(pattern(8, seed(tag, 8)), peer, tag), "isend"))
+            .collect();
     }
 }
 

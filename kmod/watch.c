@@ -5,9 +5,9 @@
  * Watches live in chunks of REGWATCH_CHUNK_SLOTS slots, found by chunk
  * number in a table (struct regwatch_table), allocated by capacity.c when
  * a slot in them is first used. Both lists link slots by u32 index through
- * regwatch_slot.next/prev, which keeps a watch at 112 bytes; a slot is on at most one list at a time (free
- * list while FREE, dirty list while PENDING). read() takes from the dirty
- * list in records.c.
+ * regwatch_slot.next/prev, which keeps a watch at 112 bytes; a slot is on
+ * at most one list at a time (free list while FREE, dirty list while
+ * PENDING). read() takes from the dirty list in records.c.
  *
  * An unwatch leaves the slot's notifier inserted, ignored, in the fd's one
  * parked slot: a watch of the same range takes it back without an insert,

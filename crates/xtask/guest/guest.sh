@@ -28,6 +28,10 @@ shift
 
 say() { echo "regcache-guest: $*"; }
 
+# The first line of ours on the console: a kernel fault before it happened
+# while the kernel booted, before anything of this project ran.
+say "started in $mode mode on $(uname -r)"
+
 dump_kernel_log() {
 	echo "===REGCACHE-DMESG-BEGIN==="
 	dmesg

@@ -14,12 +14,43 @@ pub struct Verdict {
     pub cases_passed: u64,
     pub cases_failed: u64,
     pub problems: Vec<String>,
-    /// The guest stopped before its kernel-log dump with no test failed
-    /// and no fault on its console: the death's cause is outside what the
-    /// run can see (CI has seen it once, locally a helper once, each
-    /// passing on the next boot), so the caller may boot once more.
-    pub died_unexplained: bool,
+    /// Set when the run's failure says nothing about the code under test,
+    /// so the caller may boot once more.
+    pub boot_again: Option<BootAgain>,
 }
+
+/// Why a failed guest run is worth a second boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootAgain {
+    /// The guest stopped before its kernel-log dump with no test failed and
+    /// no fault on its console: the death's cause is outside what the run
+    /// can see (CI has seen it once, locally a helper once, each passing on
+    /// the next boot).
+    DiedUnexplained,
+    /// The kernel faulted while it booted, before the guest script's first
+    /// line: nothing of this project had run (the script loads every module
+    /// of ours). CI saw 7.3.4 fault in the scheduler 2 s into a boot, at an
+    /// address inside a 5-byte NOP: code patched while the emulated CPU ran
+    /// it.
+    KernelFaultedWhileBooting,
+}
+
+impl BootAgain {
+    pub fn describe(self) -> &'static str {
+        match self {
+            BootAgain::DiedUnexplained => {
+                "the guest died with nothing failed and no fault on its console"
+            }
+            BootAgain::KernelFaultedWhileBooting => {
+                "the kernel faulted while it booted, before the guest script started"
+            }
+        }
+    }
+}
+
+/// The guest script's first line (crates/xtask/guest/guest.sh): every
+/// console line before it is the kernel's and the init's own.
+pub const GUEST_STARTED_MARKER: &str = "regcache-guest: started in ";
 
 impl Verdict {
     pub fn ok(&self) -> bool {
@@ -87,9 +118,22 @@ pub fn judge(run: &GuestRun) -> Verdict {
             .push(format!("guest command exited with status {code}")),
     }
     if !saw_kernel_log {
-        verdict.died_unexplained = run.status.is_some()
-            && verdict.failed.is_empty()
-            && !run.output.iter().any(|line| kernel_log::is_failure(line));
+        let first_fault = run
+            .output
+            .iter()
+            .position(|line| kernel_log::is_failure(line));
+        let guest_started = run
+            .output
+            .iter()
+            .position(|line| line.contains(GUEST_STARTED_MARKER));
+        verdict.boot_again = match (first_fault, guest_started) {
+            (Some(fault), Some(started)) if fault > started => None,
+            (Some(_), _) => Some(BootAgain::KernelFaultedWhileBooting),
+            (None, _) if run.status.is_some() && verdict.failed.is_empty() => {
+                Some(BootAgain::DiedUnexplained)
+            }
+            (None, _) => None,
+        };
         verdict.problems.push(format!(
             "the guest never printed its kernel log (crash or timeout?) after {} s; \
              the last lines of its console, kernel lines included:\n{}",
@@ -201,21 +245,52 @@ mod tests {
         assert_eq!(problem.matches("        | ").count(), CONSOLE_TAIL_LINES);
     }
 
+    const STARTED: &str = "regcache-guest: started in test mode on 7.3.4+deb13-amd64";
+
     #[test]
     fn only_a_death_with_nothing_failed_and_no_fault_is_unexplained() {
-        let quiet = ["REGCACHE-RESULT pass smoke-0123", "a guest line"];
-        assert!(judge(&run(&quiet, Some(255))).died_unexplained);
-        let panicked = ["REGCACHE-RESULT pass smoke-0123", "[ 9.0] Kernel panic - x"];
-        assert!(!judge(&run(&panicked, Some(255))).died_unexplained);
-        let failed = ["REGCACHE-RESULT fail smoke-0123 (exit 1)"];
-        assert!(!judge(&run(&failed, Some(255))).died_unexplained);
-        assert!(!judge(&run(&quiet, None)).died_unexplained, "a timeout");
+        let unexplained = Some(BootAgain::DiedUnexplained);
+        let quiet = [STARTED, "REGCACHE-RESULT pass smoke-0123", "a guest line"];
+        assert_eq!(judge(&run(&quiet, Some(255))).boot_again, unexplained);
+        let panicked = [
+            STARTED,
+            "REGCACHE-RESULT pass smoke-0123",
+            "[ 9.0] Kernel panic - x",
+        ];
+        assert_eq!(judge(&run(&panicked, Some(255))).boot_again, None);
+        let failed = [STARTED, "REGCACHE-RESULT fail smoke-0123 (exit 1)"];
+        assert_eq!(judge(&run(&failed, Some(255))).boot_again, None);
+        assert_eq!(judge(&run(&quiet, None)).boot_again, None, "a timeout");
         let finished = [
+            STARTED,
             "REGCACHE-RESULT pass smoke-0123",
             kernel_log::BEGIN_MARKER,
             kernel_log::END_MARKER,
         ];
-        assert!(!judge(&run(&finished, Some(1))).died_unexplained);
+        assert_eq!(judge(&run(&finished, Some(1))).boot_again, None);
+    }
+
+    #[test]
+    fn only_a_fault_before_the_guest_script_started_is_the_kernels_own_boot() {
+        let while_booting = Some(BootAgain::KernelFaultedWhileBooting);
+        let in_boot = [
+            "[    2.166092] Oops: invalid opcode: 0000 [#1] SMP NOPTI",
+            "[    2.166092] RIP: 0010:set_next_task_fair+0x609/0x780",
+        ];
+        assert_eq!(judge(&run(&in_boot, Some(255))).boot_again, while_booting);
+        assert_eq!(
+            judge(&run(&in_boot, None)).boot_again,
+            while_booting,
+            "a hang"
+        );
+        let after_start = [STARTED, in_boot[0], in_boot[1]];
+        assert_eq!(judge(&run(&after_start, Some(255))).boot_again, None);
+        let before_and_after = [in_boot[0], STARTED, "[   30.0] BUG: unable to handle x"];
+        assert_eq!(
+            judge(&run(&before_and_after, Some(255))).boot_again,
+            while_booting,
+            "the first fault decides"
+        );
     }
 
     #[test]

@@ -98,9 +98,9 @@ pub fn prepare(ctx: &Context) -> Result<Prepared> {
 
 /// Boots each configuration with the suite and prints a summary per
 /// configuration. The boot console is kept, so that a guest that dies
-/// leaves its kernel's last words; one that dies with nothing failed and
-/// no fault on its console is booted once more, aloud, and the second boot
-/// is the verdict.
+/// leaves its kernel's last words. A guest whose death says nothing about
+/// the code under test (`verdict::BootAgain`) is booted once more, aloud,
+/// and the second boot is the verdict.
 fn run_suite(
     ctx: &Context,
     prepared: &Prepared,
@@ -117,30 +117,29 @@ fn run_suite(
         let exec = stage.exec_line_in(&environment, "test");
         let mut run = guest.run(&config.kernel, &exec, SUITE_TIMEOUT)?;
         let mut verdict = verdict::judge(&run);
-        let booted_again = verdict.died_unexplained;
-        if booted_again {
+        let first_boot_lost = verdict.boot_again;
+        if let Some(why) = first_boot_lost {
             eprintln!(
-                "    {}: the guest died with nothing failed and no fault on its console; \
-                 booting once more: {}",
+                "    {}: {}; booting once more: {}",
                 config.describe(),
+                why.describe(),
                 verdict.summary()
             );
             run = guest.run(&config.kernel, &exec, SUITE_TIMEOUT)?;
             verdict = verdict::judge(&run);
         }
-        verdicts.push((config, verdict, run.elapsed, booted_again));
+        verdicts.push((config, verdict, run.elapsed, first_boot_lost));
     }
     eprintln!("==> VM suite summary");
-    for (config, verdict, elapsed, booted_again) in &verdicts {
+    for (config, verdict, elapsed, first_boot_lost) in &verdicts {
         let state = if verdict.ok() { "PASS" } else { "FAIL" };
         eprintln!(
             "    {state} {}{} in {} s: {}",
             config.describe(),
-            if *booted_again {
-                " (second boot: the first died unexplained)"
-            } else {
-                ""
-            },
+            first_boot_lost.map_or(String::new(), |why| format!(
+                " (second boot: in the first, {})",
+                why.describe()
+            )),
             elapsed.as_secs(),
             verdict.summary()
         );

@@ -33,6 +33,11 @@ pub enum BootAgain {
     /// address inside a 5-byte NOP: code patched while the emulated CPU ran
     /// it.
     KernelFaultedWhileBooting,
+    /// The guest hung or died before the guest script's first line, with no
+    /// fault on its console: as with a fault there, nothing of this project
+    /// had run. CI failed a harness self-test boot at stop 20 that printed
+    /// nothing of its case, where every local boot of the case passed.
+    ScriptNeverStarted,
 }
 
 impl BootAgain {
@@ -43,6 +48,9 @@ impl BootAgain {
             }
             BootAgain::KernelFaultedWhileBooting => {
                 "the kernel faulted while it booted, before the guest script started"
+            }
+            BootAgain::ScriptNeverStarted => {
+                "the guest stopped before the guest script started, with no fault on its console"
             }
         }
     }
@@ -129,10 +137,11 @@ pub fn judge(run: &GuestRun) -> Verdict {
         verdict.boot_again = match (first_fault, guest_started) {
             (Some(fault), Some(started)) if fault > started => None,
             (Some(_), _) => Some(BootAgain::KernelFaultedWhileBooting),
-            (None, _) if run.status.is_some() && verdict.failed.is_empty() => {
+            (None, None) => Some(BootAgain::ScriptNeverStarted),
+            (None, Some(_)) if run.status.is_some() && verdict.failed.is_empty() => {
                 Some(BootAgain::DiedUnexplained)
             }
-            (None, _) => None,
+            (None, Some(_)) => None,
         };
         verdict.problems.push(format!(
             "the guest never printed its kernel log (crash or timeout?) after {} s; \
@@ -291,6 +300,19 @@ mod tests {
             while_booting,
             "the first fault decides"
         );
+    }
+
+    #[test]
+    fn a_guest_that_stops_before_its_script_starts_is_booted_again() {
+        let never_started = Some(BootAgain::ScriptNeverStarted);
+        let boot_only = ["[    1.0] Run /init as init process", "an init line"];
+        assert_eq!(judge(&run(&boot_only, Some(255))).boot_again, never_started);
+        assert_eq!(
+            judge(&run(&boot_only, None)).boot_again,
+            never_started,
+            "a hang"
+        );
+        assert_eq!(judge(&run(&[], Some(0))).boot_again, never_started);
     }
 
     #[test]

@@ -9,11 +9,11 @@ use crate::kmod;
 use crate::rootfs::Rootfs;
 use crate::rxe_fix;
 use crate::stage::Stage;
-use crate::verdict::{self, Verdict};
+use crate::verdict::{self, BootAgain, Verdict};
 use crate::virtme::{self, Accel, Guest, Virtme};
 use crate::vmdir::VmDir;
 use anyhow::{bail, Result};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const GUEST_MEMORY_GIB: u32 = 4;
 const GUEST_CPUS: u32 = 2;
@@ -29,6 +29,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The guest of a judged run: with its boot console, so that a guest
+    /// that dies leaves its kernel's last words.
+    fn judged_guest(&self) -> Guest<'_> {
+        Guest {
+            boot_console: true,
+            ..self.guest()
+        }
+    }
+
     pub fn guest(&self) -> Guest<'_> {
         Guest {
             virtme: &self.virtme,
@@ -97,54 +106,40 @@ pub fn prepare(ctx: &Context) -> Result<Prepared> {
 }
 
 /// Boots each configuration with the suite and prints a summary per
-/// configuration. The boot console is kept, so that a guest that dies
-/// leaves its kernel's last words. A guest whose death says nothing about
-/// the code under test (`verdict::BootAgain`) is booted once more, aloud,
-/// and the second boot is the verdict.
+/// configuration, with the boot console kept and a lost first boot tried
+/// again ([`boot_and_judge`]).
 fn run_suite(
     ctx: &Context,
     prepared: &Prepared,
     stage: &Stage,
     configurations: &[Configuration],
 ) -> Result<()> {
-    let guest = Guest {
-        boot_console: true,
-        ..prepared.guest()
-    };
+    let guest = prepared.judged_guest();
     let mut verdicts = Vec::new();
     for config in configurations {
         let environment = guest_environment(ctx, &prepared.rootfs, config)?;
         let exec = stage.exec_line_in(&environment, "test");
-        let mut run = guest.run(&config.kernel, &exec, SUITE_TIMEOUT)?;
-        let mut verdict = verdict::judge(&run);
-        let first_boot_lost = verdict.boot_again;
-        if let Some(why) = first_boot_lost {
-            eprintln!(
-                "    {}: {}; booting once more: {}",
-                config.describe(),
-                why.describe(),
-                verdict.summary()
-            );
-            run = guest.run(&config.kernel, &exec, SUITE_TIMEOUT)?;
-            verdict = verdict::judge(&run);
-        }
-        verdicts.push((config, verdict, run.elapsed, first_boot_lost));
+        let judged = boot_and_judge(
+            &guest,
+            &config.kernel,
+            &config.describe(),
+            &exec,
+            SUITE_TIMEOUT,
+        )?;
+        verdicts.push((config, judged));
     }
     eprintln!("==> VM suite summary");
-    for (config, verdict, elapsed, first_boot_lost) in &verdicts {
-        let state = if verdict.ok() { "PASS" } else { "FAIL" };
+    for (config, judged) in &verdicts {
+        let state = if judged.verdict.ok() { "PASS" } else { "FAIL" };
         eprintln!(
             "    {state} {}{} in {} s: {}",
             config.describe(),
-            first_boot_lost.map_or(String::new(), |why| format!(
-                " (second boot: in the first, {})",
-                why.describe()
-            )),
-            elapsed.as_secs(),
-            verdict.summary()
+            judged.second_boot_note(),
+            judged.elapsed.as_secs(),
+            judged.verdict.summary()
         );
     }
-    let failed = verdicts.iter().filter(|(_, v, _, _)| !v.ok()).count();
+    let failed = verdicts.iter().filter(|(_, j)| !j.verdict.ok()).count();
     if failed > 0 {
         bail!(
             "the VM suite failed in {failed} of {} guest configurations",
@@ -152,6 +147,54 @@ fn run_suite(
         );
     }
     Ok(())
+}
+
+/// A guest run judged by [`boot_and_judge`].
+struct Judged {
+    verdict: Verdict,
+    /// The time of the boot that gave the verdict.
+    elapsed: Duration,
+    /// Why the first boot was not the verdict, when it was not.
+    first_boot_lost: Option<BootAgain>,
+}
+
+impl Judged {
+    fn second_boot_note(&self) -> String {
+        self.first_boot_lost.map_or(String::new(), |why| {
+            format!(" (second boot: in the first, {})", why.describe())
+        })
+    }
+}
+
+/// Boots `kernel` to run `exec` and judges the run. A run whose failure says
+/// nothing about the code under test (`verdict::BootAgain`: the kernel
+/// faulted or stopped before the guest script started, or the guest died
+/// with nothing failed and no fault) is booted once more, aloud, and the
+/// second boot is the verdict. `what` names the run in what is printed.
+fn boot_and_judge(
+    guest: &Guest,
+    kernel: &Kernel,
+    what: &str,
+    exec: &str,
+    timeout: Duration,
+) -> Result<Judged> {
+    let mut run = guest.run(kernel, exec, timeout)?;
+    let mut verdict = verdict::judge(&run);
+    let first_boot_lost = verdict.boot_again;
+    if let Some(why) = first_boot_lost {
+        eprintln!(
+            "    {what}: {}; booting once more: {}",
+            why.describe(),
+            verdict.summary()
+        );
+        run = guest.run(kernel, exec, timeout)?;
+        verdict = verdict::judge(&run);
+    }
+    Ok(Judged {
+        verdict,
+        elapsed: run.elapsed,
+        first_boot_lost,
+    })
 }
 
 /// `vm test`.
@@ -169,19 +212,20 @@ fn shell_quote(word: &str) -> String {
 }
 
 /// Runs the guest script's `run` mode with `command_line` on `kernel` and
-/// judges the run.
+/// judges the run ([`boot_and_judge`]).
 fn run_command(
-    guest: &Guest,
+    prepared: &Prepared,
     stage: &Stage,
     kernel: &Kernel,
     command_line: &str,
-) -> Result<Verdict> {
-    let run = guest.run(
+) -> Result<Judged> {
+    boot_and_judge(
+        &prepared.judged_guest(),
         kernel,
+        &kernel.release,
         &stage.exec_line(kernel, &format!("run {command_line}")),
         COMMAND_TIMEOUT,
-    )?;
-    Ok(verdict::judge(&run))
+    )
 }
 
 /// `vm run --kernel K -- CMD`: exits non-zero when the command or the kernel log failed.
@@ -191,9 +235,14 @@ pub fn vm_run(ctx: &Context, selector: &str, command: &[String]) -> Result<()> {
     let stage = artefacts::stage_suite(&ctx.workspace, &prepared.rootfs, &kernels)?;
     let line: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
     for kernel in &kernels {
-        let verdict = run_command(&prepared.guest(), &stage, kernel, &line.join(" "))?;
-        if !verdict.ok() {
-            bail!("{}: {}", kernel.release, verdict.summary());
+        let judged = run_command(&prepared, &stage, kernel, &line.join(" "))?;
+        if !judged.verdict.ok() {
+            bail!(
+                "{}{}: {}",
+                kernel.release,
+                judged.second_boot_note(),
+                judged.verdict.summary()
+            );
         }
     }
     Ok(())
@@ -210,8 +259,9 @@ const BOOT_CHECK: &str = "grep -q ACTIVE /sys/class/infiniband/rxe0/ports/1/stat
 /// `vm boot-check --kernel K`: one guest per selected kernel with only the
 /// module staged (no test executables built): rdma_rxe must give rxe0 and
 /// regwatch /dev/regwatch. The least a guest boot needs, for the container
-/// image's check in `cargo xtask test`. The boot console is kept, and a
-/// failed boot is tried once more, so that a failure in CI says why.
+/// image's check in `cargo xtask test`. The boot console is kept and a lost
+/// first boot tried again ([`boot_and_judge`]), so that a failure in CI says
+/// why.
 pub fn vm_boot_check(ctx: &Context, selector: &str) -> Result<()> {
     let prepared = prepare(ctx)?;
     let kernels = prepared.select_kernels(selector)?;
@@ -225,28 +275,14 @@ pub fn vm_boot_check(ctx: &Context, selector: &str) -> Result<()> {
         "vm boot-check",
     )?;
     let line = format!("sh -c {}", shell_quote(BOOT_CHECK));
-    let guest = Guest {
-        boot_console: true,
-        ..prepared.guest()
-    };
     for kernel in &kernels {
-        let mut verdict = run_command(&guest, &stage, kernel, &line)?;
-        if !verdict.ok() {
-            // One more boot, said aloud: a guest of a fresh container has
-            // died once without a word on the console in CI where every
-            // local boot passed; a second failure is the verdict.
-            eprintln!(
-                "    {}: boot check failed, booting once more: {}",
-                kernel.release,
-                verdict.summary()
-            );
-            verdict = run_command(&guest, &stage, kernel, &line)?;
-        }
-        if !verdict.ok() {
+        let judged = run_command(&prepared, &stage, kernel, &line)?;
+        if !judged.verdict.ok() {
             bail!(
-                "{}: no rxe0 or no /dev/regwatch in two boots: {}",
+                "{}: no rxe0 or no /dev/regwatch{}: {}",
                 kernel.release,
-                verdict.summary()
+                judged.second_boot_note(),
+                judged.verdict.summary()
             );
         }
         eprintln!("    {}: rxe0 and /dev/regwatch present", kernel.release);
@@ -281,24 +317,29 @@ pub fn vm_selftest(ctx: &Context) -> Result<()> {
     ];
     let mut wrong = Vec::new();
     for (name, command, should_pass) in cases {
-        let verdict = run_command(&prepared.guest(), &stage, kernel, command)?;
-        let judged = if verdict.ok() { "pass" } else { "failure" };
+        let judged = run_command(&prepared, &stage, kernel, command)?;
+        let verdict = &judged.verdict;
         let right = verdict.ok() == should_pass;
-        eprintln!(
-            "    selftest: {name}: reported as {judged} ({}){}",
-            if right { "correct" } else { "WRONG" },
+        let reading = format!(
+            "{name}: reported as {}{}{}",
+            if verdict.ok() { "pass" } else { "failure" },
+            judged.second_boot_note(),
             if verdict.ok() {
                 String::new()
             } else {
                 format!(": {}", verdict.summary())
             }
         );
+        eprintln!(
+            "    selftest: {reading} ({})",
+            if right { "correct" } else { "WRONG" }
+        );
         if !right {
-            wrong.push(name);
+            wrong.push(reading);
         }
     }
     if !wrong.is_empty() {
-        bail!("harness selftest: misjudged {}", wrong.join(", "));
+        bail!("harness selftest: misjudged\n{}", wrong.join("\n"));
     }
     eprintln!("    selftest: all 3 cases judged correctly");
     Ok(())
@@ -329,17 +370,18 @@ pub fn vm_rxe_fix(ctx: &Context, selector: &str) -> Result<()> {
              echo \"== patched: exit $fixed\"; [ $stock -eq 1 ] && [ $fixed -eq 0 ]",
             swap = patched.swap_command
         );
-        let verdict = run_command(
-            &prepared.guest(),
+        let judged = run_command(
+            &prepared,
             &stage,
             kernel,
             &format!("sh -c {}", shell_quote(&script)),
         )?;
-        if !verdict.ok() {
+        if !judged.verdict.ok() {
             bail!(
-                "{}: the reproducer did not fail on the stock rdma_rxe and pass on the patched one: {}",
+                "{}: the reproducer did not fail on the stock rdma_rxe and pass on the patched one{}: {}",
                 kernel.release,
-                verdict.summary()
+                judged.second_boot_note(),
+                judged.verdict.summary()
             );
         }
         eprintln!(

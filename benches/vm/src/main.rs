@@ -119,6 +119,8 @@ fn rank(plan: Plan) -> Result<()> {
     let mut off = join(&base, Variant::AlwaysRegister, 0).context("joining with the cache off")?;
     let mut raw = RawVerbs::connect(&mut off, &device, addr, plan, Protocol::SendRecv)?;
     let mut raw_inline = RawVerbs::connect(&mut off, &device, addr, plan, Protocol::SendInline)?;
+    let copied_out = Protocol::SendInlineCopiedOut;
+    let mut raw_copied_out = RawVerbs::connect(&mut off, &device, addr, plan, copied_out)?;
     let mut raw_read = RawVerbs::connect(&mut off, &device, addr, plan, Protocol::ReadRendezvous)?;
     let mut always_register = ThroughP2p::new(off, plan)?;
     let mut cached = Vec::new();
@@ -142,6 +144,7 @@ fn rank(plan: Plan) -> Result<()> {
     let mut exchanges: Vec<(Variant, &mut dyn Exchange)> = vec![
         (Variant::RawVerbs, &mut raw),
         (Variant::RawVerbsInline, &mut raw_inline),
+        (Variant::RawVerbsCopiedOut, &mut raw_copied_out),
         (Variant::RawVerbsRead, &mut raw_read),
     ];
     for (variant, through) in &mut cached {

@@ -8,13 +8,16 @@ use std::fmt;
 use crate::plan::{median, Metric, Variant};
 
 /// Prefix of a paired-ratio line:
-/// `REGCACHE-BENCH-RATIO <variant> <metric> <bytes> <median> <low> <high> <rounds>`.
+/// `REGCACHE-BENCH-RATIO <series> <metric> <bytes> <median> <low> <high> <rounds>`, where the
+/// series is the variant's name over raw verbs SEND, `<variant>/<baseline>` over another.
 pub const RATIO_PREFIX: &str = "REGCACHE-BENCH-RATIO";
 
 /// The median of per-round ratios of one variant to raw verbs at one size.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PairedRatio {
     pub variant: Variant,
+    /// What the ratio is over: raw verbs SEND, or another baseline.
+    pub baseline: Variant,
     pub metric: Metric,
     pub bytes: usize,
     pub median: f64,
@@ -25,11 +28,11 @@ pub struct PairedRatio {
 }
 
 impl PairedRatio {
-    /// The ratio of `variant`'s figure to raw verbs' from `times` and `baseline_times`, the
-    /// two variants' times (µs) in the same rounds: latency over raw's latency (above 1:
-    /// slower), bandwidth over raw's bandwidth (below 1: slower). `None` without rounds.
+    /// The ratio of `variant`'s figure to `baseline`'s from `times` and `baseline_times`, the
+    /// two variants' times (µs) in the same rounds: latency over the baseline's latency (above
+    /// 1: slower), bandwidth over its bandwidth (below 1: slower). `None` without rounds.
     pub fn new(
-        variant: Variant,
+        (variant, baseline): (Variant, Variant),
         metric: Metric,
         bytes: usize,
         times: &[f64],
@@ -49,6 +52,7 @@ impl PairedRatio {
         let (low, high) = median_interval(&ratios);
         Some(Self {
             variant,
+            baseline,
             metric,
             bytes,
             median,
@@ -74,10 +78,14 @@ fn median_interval(sorted: &[f64]) -> (f64, f64) {
 
 impl fmt::Display for PairedRatio {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{RATIO_PREFIX} {}", self.variant)?;
+        if self.baseline != Variant::RawVerbs {
+            write!(f, "/{}", self.baseline)?;
+        }
         write!(
             f,
-            "{RATIO_PREFIX} {} {} {} {:.4} {:.4} {:.4} {}",
-            self.variant, self.metric, self.bytes, self.median, self.low, self.high, self.rounds
+            " {} {} {:.4} {:.4} {:.4} {}",
+            self.metric, self.bytes, self.median, self.low, self.high, self.rounds
         )
     }
 }
@@ -90,22 +98,22 @@ mod tests {
     fn latency_ratios_pair_rounds_and_bandwidth_ratios_invert() {
         let raw = [100.0, 200.0, 400.0];
         let p2p = [110.0, 220.0, 440.0];
-        let latency =
-            PairedRatio::new(Variant::CachePinned, Metric::LatencyMicros, 8, &p2p, &raw).unwrap();
+        let over_raw = (Variant::CachePinned, Variant::RawVerbs);
+        let latency = PairedRatio::new(over_raw, Metric::LatencyMicros, 8, &p2p, &raw).unwrap();
         assert!((latency.median - 1.1).abs() < 1e-9, "{latency:?}");
         assert_eq!(latency.rounds, 3);
-        let bandwidth = PairedRatio::new(
-            Variant::CachePinned,
-            Metric::BandwidthMegabytes,
-            8,
-            &p2p,
-            &raw,
-        )
-        .unwrap();
+        let bandwidth =
+            PairedRatio::new(over_raw, Metric::BandwidthMegabytes, 8, &p2p, &raw).unwrap();
         assert!((bandwidth.median - 1.0 / 1.1).abs() < 1e-9, "{bandwidth:?}");
-        assert!(
-            PairedRatio::new(Variant::CachePinned, Metric::LatencyMicros, 8, &[], &[]).is_none()
-        );
+        assert!(PairedRatio::new(over_raw, Metric::LatencyMicros, 8, &[], &[]).is_none());
+        let over_floor = (Variant::CachePinned, Variant::RawVerbsCopiedOut);
+        let floor = PairedRatio::new(over_floor, Metric::LatencyMicros, 8, &p2p, &raw).unwrap();
+        assert!(latency
+            .to_string()
+            .contains(" p2p-cache-pinned latency_us "));
+        assert!(floor
+            .to_string()
+            .contains(" p2p-cache-pinned/raw-verbs-copied-out latency_us "));
     }
 
     #[test]
@@ -129,6 +137,7 @@ mod tests {
     fn a_ratio_prints_as_one_parsable_line() {
         let ratio = PairedRatio {
             variant: Variant::CachePinned,
+            baseline: Variant::RawVerbs,
             metric: Metric::LatencyMicros,
             bytes: 8,
             median: 1.04,

@@ -23,6 +23,9 @@ pub enum Variant {
     /// As [`Variant::RawVerbs`], but a message as short as the queue pair's inline limit goes
     /// inline (copied into the work request), as p2p's copied ones do.
     RawVerbsInline,
+    /// As [`Variant::RawVerbsInline`], and the receiver copies each message out of its receive
+    /// slot: the floor of any eager protocol, p2p's copied path included.
+    RawVerbsCopiedOut,
     /// p2p's rendezvous (announce, RDMA READ, notice) by hand on buffers registered once up
     /// front: the same trips on the wire as p2p's, without p2p and without registration.
     RawVerbsRead,
@@ -30,9 +33,10 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in the order of the report's columns.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::RawVerbs,
         Self::RawVerbsInline,
+        Self::RawVerbsCopiedOut,
         Self::RawVerbsRead,
         Self::CachePinned,
         Self::CacheOdp,
@@ -45,10 +49,20 @@ impl Variant {
         match self {
             Self::CachePinned => "pinned",
             Self::CacheOdp => "odp",
-            Self::AlwaysRegister | Self::RawVerbs | Self::RawVerbsInline | Self::RawVerbsRead => {
-                "off"
-            }
+            Self::AlwaysRegister
+            | Self::RawVerbs
+            | Self::RawVerbsInline
+            | Self::RawVerbsCopiedOut
+            | Self::RawVerbsRead => "off",
         }
+    }
+
+    /// Whether the variant goes through p2p.
+    pub fn is_p2p(self) -> bool {
+        matches!(
+            self,
+            Self::CachePinned | Self::CacheOdp | Self::AlwaysRegister
+        )
     }
 
     fn name(self) -> &'static str {
@@ -58,6 +72,7 @@ impl Variant {
             Self::AlwaysRegister => "p2p-always-register",
             Self::RawVerbs => "raw-verbs",
             Self::RawVerbsInline => "raw-verbs-inline",
+            Self::RawVerbsCopiedOut => "raw-verbs-copied-out",
             Self::RawVerbsRead => "raw-verbs-read",
         }
     }

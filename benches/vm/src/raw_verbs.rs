@@ -45,6 +45,10 @@ pub enum Protocol {
     /// As `SendRecv`, inline (copied into the work request) when the message fits the
     /// queue pair's inline limit ([`INLINE_WANTED`]).
     SendInline,
+    /// As `SendInline`, and the receiver copies each message out of its receive slot into a
+    /// buffer of its own: the least an eager protocol's receive does (the message lands in a
+    /// buffer posted before anyone knew where it was going), which `SendRecv` never does.
+    SendInlineCopiedOut,
     /// A SEND announces the message, the receiver RDMA-READs it from the sender's registered
     /// buffer, and a SEND tells the sender it may reuse the buffer.
     ReadRendezvous,
@@ -70,6 +74,8 @@ pub struct RawVerbs {
     /// The latest receives, oldest first: slot and length. A slot's bytes stay those of its
     /// receive until the peer sends `RECV_SLOTS` messages more, which no check waits for.
     filled: VecDeque<(usize, usize)>,
+    /// Where [`Protocol::SendInlineCopiedOut`] copies each message out of its slot.
+    copied_out: Vec<u8>,
     /// Completions polled but not yet taken by a wait.
     unclaimed_sends: usize,
     unclaimed_recvs: usize,
@@ -147,7 +153,7 @@ impl RawVerbs {
         let depth = u32::try_from(2 * RECV_SLOTS + 2)?;
         let cq = CompletionQueue::new(&ctx, depth)?;
         let max_inline_data = match protocol {
-            Protocol::SendInline => INLINE_WANTED,
+            Protocol::SendInline | Protocol::SendInlineCopiedOut => INLINE_WANTED,
             Protocol::SendRecv | Protocol::ReadRendezvous => 0,
         };
         let qp_config = QpConfig {
@@ -182,6 +188,7 @@ impl RawVerbs {
             send,
             inline_payload,
             recv,
+            copied_out: vec![0; slot_len],
             slot_len,
             filled: VecDeque::with_capacity(RECV_SLOTS),
             unclaimed_sends: 0,
@@ -225,7 +232,7 @@ impl RawVerbs {
     /// The sending side of one message: SEND it, or announce it and wait for the notice.
     fn send_one(&mut self, bytes: usize) -> Result<()> {
         match self.protocol {
-            Protocol::SendRecv | Protocol::SendInline => {
+            Protocol::SendRecv | Protocol::SendInline | Protocol::SendInlineCopiedOut => {
                 self.post_send(bytes)?;
                 self.wait(1, 0)
             }
@@ -236,10 +243,18 @@ impl RawVerbs {
         }
     }
 
-    /// The receiving side of `count` messages: take them, or their announcements, then READ
-    /// them all and send a notice for each.
+    /// The receiving side of `count` messages: take them (and copy them out, if the protocol
+    /// says so), or their announcements, then READ them all and send a notice for each.
     fn receive(&mut self, count: usize, bytes: usize) -> Result<()> {
         self.wait(0, count)?;
+        if self.protocol == Protocol::SendInlineCopiedOut {
+            // The newest `count` receives are this call's messages.
+            for back in 1..=count.min(self.filled.len()) {
+                let (slot, len) = self.filled[self.filled.len() - back];
+                self.recv
+                    .read_at(slot * self.slot_len, &mut self.copied_out[..len])?;
+            }
+        }
         if self.protocol == Protocol::ReadRendezvous {
             for _ in 0..count {
                 self.post_read(bytes)?;
@@ -314,7 +329,9 @@ impl Exchange for RawVerbs {
     fn window(&mut self, bytes: usize) -> Result<()> {
         if self.rank == 0 {
             let (message, notices) = match self.protocol {
-                Protocol::SendRecv | Protocol::SendInline => (bytes, 0),
+                Protocol::SendRecv | Protocol::SendInline | Protocol::SendInlineCopiedOut => {
+                    (bytes, 0)
+                }
                 Protocol::ReadRendezvous => (CONTROL_BYTES, WINDOW),
             };
             for _ in 0..WINDOW {

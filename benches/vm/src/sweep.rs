@@ -100,16 +100,31 @@ fn interleaved(
     Ok(())
 }
 
-/// Every contender's ratio to raw verbs in the rounds just measured (samples in round order).
+/// Every contender's ratio to raw verbs in the rounds just measured (samples in round order),
+/// and every p2p variant's ratio to raw verbs copied out, the floor of its copied path.
 fn paired_ratios(contenders: &[Contender<'_>], metric: Metric, bytes: usize) -> Vec<PairedRatio> {
-    let Some(baseline) = contenders.iter().find(|c| c.variant == Variant::RawVerbs) else {
-        return Vec::new();
+    let samples_of = |variant| {
+        contenders
+            .iter()
+            .find(|c| c.variant == variant)
+            .map(|c| &c.samples[..])
     };
-    contenders
-        .iter()
-        .filter(|c| c.variant != Variant::RawVerbs)
-        .filter_map(|c| PairedRatio::new(c.variant, metric, bytes, &c.samples, &baseline.samples))
-        .collect()
+    let over = |baseline, variants: &dyn Fn(Variant) -> bool| -> Vec<PairedRatio> {
+        let Some(baseline_samples) = samples_of(baseline) else {
+            return Vec::new();
+        };
+        contenders
+            .iter()
+            .filter(|c| c.variant != baseline && variants(c.variant))
+            .filter_map(|c| {
+                let pair = (c.variant, baseline);
+                PairedRatio::new(pair, metric, bytes, &c.samples, baseline_samples)
+            })
+            .collect()
+    };
+    let mut ratios = over(Variant::RawVerbs, &|_| true);
+    ratios.extend(over(Variant::RawVerbsCopiedOut, &Variant::is_p2p));
+    ratios
 }
 
 /// Fails unless every received buffer holds the payload.
@@ -130,7 +145,8 @@ fn check_received(contender: &Contender<'_>, bytes: usize, payload: &[u8]) -> Re
 
 /// Every size of `plan` through every exchange, interleaved; rank 0 prints a latency and a
 /// bandwidth figure per variant and size, and every variant's paired ratio to raw verbs SEND
-/// (the median of its per-round ratios, with that median's 95% interval).
+/// (the median of its per-round ratios, with that median's 95% interval), and every p2p
+/// variant's to raw verbs copied out.
 ///
 /// # Errors
 /// A failed transfer, or received bytes that differ from the payload.

@@ -26,11 +26,15 @@ const ALWAYS_REGISTER: &str = "p2p-always-register";
 /// A series of a table or plot: its name as printed by p2p-bench, its heading.
 type Column = (&'static str, &'static str);
 /// Columns, in order.
-const COLUMNS: [Column; 8] = [
+const COLUMNS: [Column; 9] = [
     (RAW, "raw verbs SEND, registered once"),
     (
         "raw-verbs-inline",
         "raw verbs SEND, inline up to 512 B, registered once",
+    ),
+    (
+        "raw-verbs-copied-out",
+        "raw verbs SEND, inline up to 512 B, copied out of the receive slot",
     ),
     (RAW_READ, "raw verbs READ rendezvous, registered once"),
     (CACHED, "p2p + cache (pinned)"),
@@ -334,7 +338,13 @@ impl Figures {
                     );
                 }
             }
-            let _ = write!(out, "\n{}{}", self.verdict(), self.copied_verdict());
+            let _ = write!(
+                out,
+                "\n{}{}{}",
+                self.verdict(),
+                self.copied_verdict(),
+                self.copied_floor_line()
+            );
         }
         for table in [self.first_touch_table(), self.munmap_table()] {
             if !table.is_empty() {

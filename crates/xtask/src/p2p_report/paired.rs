@@ -16,6 +16,9 @@ const COPIED_UP_TO_BYTES: usize = 4 << 10;
 const COPIED_BOUND: f64 = 1.05;
 /// The cache variant the bound applies to.
 const CACHED: &str = "p2p-cache-pinned";
+/// The series of [`CACHED`] over raw verbs SEND copied out: over the floor of any eager
+/// protocol, whose receive must copy each message out of the buffer it landed in.
+const CACHED_OVER_COPIED_OUT: &str = "p2p-cache-pinned/raw-verbs-copied-out";
 
 /// One variant's median ratio to raw verbs at one size, and its 95% interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -134,6 +137,37 @@ impl Figures {
             human_bytes(bytes)
         )
     }
+
+    /// The copied path over its floor: p2p + cache (pinned) over raw verbs SEND copied out, at
+    /// every size up to [`COPIED_UP_TO_BYTES`], beside the bound's line; for reading the bound
+    /// against what any eager receive costs, not a bound itself. Empty without those ratios.
+    pub(super) fn copied_floor_line(&self) -> String {
+        let Some(series) = self
+            .ratios
+            .get(LATENCY)
+            .and_then(|by_what| by_what.get(CACHED_OVER_COPIED_OUT))
+        else {
+            return String::new();
+        };
+        let sizes: Vec<String> = series
+            .range(..=COPIED_UP_TO_BYTES)
+            .map(|(&bytes, r)| {
+                format!(
+                    "{} {:.3}x [{:.3}, {:.3}]",
+                    human_bytes(bytes),
+                    r.median,
+                    r.low,
+                    r.high
+                )
+            })
+            .collect();
+        format!(
+            "- latency 8 B to 4 KiB, p2p + cache (pinned) / raw verbs SEND copied out (inline up \
+             to 512 B, the receiver copying each message out of its slot: the least an eager \
+             receive does), median of paired ratios: {}\n",
+            sizes.join("; ")
+        )
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +181,8 @@ mod tests {
 [rank 0] REGCACHE-BENCH-RATIO p2p-cache-pinned latency_us 4096 1.0200 1.0000 1.0300 1000
 [rank 0] REGCACHE-BENCH-RATIO p2p-cache-pinned latency_us 65536 1.2000 1.1000 1.3000 1000
 [rank 0] REGCACHE-BENCH-RATIO raw-verbs-read latency_us 8 3.0000 2.9000 3.1000 1000
+[rank 0] REGCACHE-BENCH-RATIO p2p-cache-pinned/raw-verbs-copied-out latency_us 8 1.0100 1.0000 1.0300 1000
+[rank 0] REGCACHE-BENCH-RATIO p2p-cache-pinned/raw-verbs-copied-out latency_us 65536 1.5000 1.4000 1.6000 1000
 ";
 
     #[test]
@@ -185,6 +221,23 @@ mod tests {
             .unwrap()
             .copied_verdict()
             .contains("not checked"));
+    }
+
+    #[test]
+    fn the_floor_line_gives_every_copied_size_over_raw_copied_out() {
+        let figures = Figures::parse(RUN.lines()).unwrap();
+        let line = figures.copied_floor_line();
+        assert!(
+            line.ends_with("ratios: 8 B 1.010x [1.000, 1.030]\n"),
+            "{line}"
+        );
+        assert!(figures
+            .paired_table("latency_us")
+            .contains("| 8 B | 1000 | 3.000x"));
+        assert!(Figures::parse(RUN.lines().take(2))
+            .unwrap()
+            .copied_floor_line()
+            .is_empty());
     }
 
     #[test]

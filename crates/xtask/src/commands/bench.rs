@@ -1,6 +1,6 @@
 //! `bench regwatch`, `bench p2p` and `bench hit-path`.
 
-use super::vm::{guest_environment, prepare, Prepared};
+use super::vm::{boot_and_judge, guest_environment, prepare, Judged, Prepared};
 use super::{Context, P2P_BENCH_TIMEOUT, SUITE_TIMEOUT};
 use crate::artefacts;
 use crate::host;
@@ -9,7 +9,7 @@ use crate::kmod;
 use crate::p2p_report::Figures;
 use crate::sh::{self, cmd};
 use crate::stage::Stage;
-use crate::verdict::{self, Verdict};
+use crate::verdict::Verdict;
 use anyhow::{bail, Result};
 
 /// `bench regwatch`: the module's micro-benchmarks in a guest; the lines
@@ -29,10 +29,13 @@ pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
     let out_dir = ctx.workspace.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     for kernel in &kernels {
-        let run = prepared
-            .guest()
-            .run(kernel, &stage.exec_line(kernel, "bench"), SUITE_TIMEOUT)?;
-        let verdict = verdict::judge(&run);
+        let Judged { run, verdict, .. } = boot_and_judge(
+            &prepared.judged_guest(),
+            kernel,
+            &kernel.release,
+            &stage.exec_line(kernel, "bench"),
+            SUITE_TIMEOUT,
+        )?;
         let figures: Vec<&str> = run
             .output
             .iter()
@@ -113,12 +116,13 @@ fn bench_p2p_in(
         kmod::With::Nothing,
     )?;
     artefacts::stage_p2p_bench(&ctx.workspace, &stage)?;
-    let run = prepared.guest().run(
+    let Judged { run, verdict, .. } = boot_and_judge(
+        &prepared.judged_guest(),
         kernel,
+        &config.describe(),
         &stage.exec_line_in(&environment, &plan.guest_mode()),
         P2P_BENCH_TIMEOUT,
     )?;
-    let verdict = verdict::judge(&run);
     let out_dir = ctx.workspace.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let (name, odp) = match plan {

@@ -1,11 +1,10 @@
 //! `demo`: the main job, shown on the newest kernel, with its stock and its
 //! fixed rdma_rxe.
 
-use super::vm::{guest_environment, prepare};
+use super::vm::{boot_and_judge, guest_environment, prepare};
 use super::{Context, COMMAND_TIMEOUT};
 use crate::artefacts;
 use crate::p2p_report::Figures;
-use crate::verdict;
 use anyhow::{bail, Result};
 
 /// What the ODP self-test's tests print for the cache's choice in mode auto.
@@ -27,15 +26,21 @@ pub fn demo(ctx: &Context) -> Result<()> {
         std::slice::from_ref(&config.kernel),
     )?;
     let environment = guest_environment(ctx, &prepared.rootfs, config)?;
-    let run = prepared.guest().run(
+    let judged = boot_and_judge(
+        &prepared.judged_guest(),
         &config.kernel,
+        &config.describe(),
         &stage.exec_line_in(&environment, "demo"),
         COMMAND_TIMEOUT,
     )?;
-    let verdict = verdict::judge(&run);
-    if !verdict.ok() {
-        bail!("demo failed: {}", verdict.summary());
+    if !judged.verdict.ok() {
+        bail!(
+            "demo failed{}: {}",
+            judged.second_boot_note(),
+            judged.verdict.summary()
+        );
     }
+    let run = &judged.run;
     eprintln!("==> the cache's ODP choice in mode auto on rxe0");
     let mut part = "";
     for line in &run.output {

@@ -1,12 +1,11 @@
 //! `cargo xtask soak`: the randomized soak of the registration cache (rdma-tests' `soak`
 //! program, `rdma_tests::soak`) in a guest per kernel, with regwatch loaded and Soft-RoCE up.
 
-use super::vm::prepare;
+use super::vm::{boot_and_judge, prepare, Judged};
 use super::Context;
 use crate::artefacts;
 use crate::kmod;
 use crate::stage::Stage;
-use crate::verdict;
 use anyhow::{bail, Result};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,10 +65,13 @@ pub fn soak(ctx: &Context, args: &SoakArgs) -> Result<()> {
     );
     let mut failed = Vec::new();
     for kernel in &kernels {
-        let run = prepared
-            .guest()
-            .run(kernel, &stage.exec_line(kernel, &command), timeout)?;
-        let verdict = verdict::judge(&run);
+        let Judged { run, verdict, .. } = boot_and_judge(
+            &prepared.judged_guest(),
+            kernel,
+            &kernel.release,
+            &stage.exec_line(kernel, &command),
+            timeout,
+        )?;
         eprintln!(
             "==> soak on {} ({:?}) in {} s: {}",
             kernel.release,

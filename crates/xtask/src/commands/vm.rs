@@ -10,7 +10,7 @@ use crate::rootfs::Rootfs;
 use crate::rxe_fix;
 use crate::stage::Stage;
 use crate::verdict::{self, BootAgain, Verdict};
-use crate::virtme::{self, Accel, Guest, Virtme};
+use crate::virtme::{self, Accel, Guest, GuestRun, Virtme};
 use crate::vmdir::VmDir;
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ pub struct Prepared {
 impl Prepared {
     /// The guest of a judged run: with its boot console, so that a guest
     /// that dies leaves its kernel's last words.
-    fn judged_guest(&self) -> Guest<'_> {
+    pub(crate) fn judged_guest(&self) -> Guest<'_> {
         Guest {
             boot_console: true,
             ..self.guest()
@@ -135,7 +135,7 @@ fn run_suite(
             "    {state} {}{} in {} s: {}",
             config.describe(),
             judged.second_boot_note(),
-            judged.elapsed.as_secs(),
+            judged.run.elapsed.as_secs(),
             judged.verdict.summary()
         );
     }
@@ -150,16 +150,16 @@ fn run_suite(
 }
 
 /// A guest run judged by [`boot_and_judge`].
-struct Judged {
-    verdict: Verdict,
-    /// The time of the boot that gave the verdict.
-    elapsed: Duration,
+pub(crate) struct Judged {
+    /// The boot that gave the verdict.
+    pub(crate) run: GuestRun,
+    pub(crate) verdict: Verdict,
     /// Why the first boot was not the verdict, when it was not.
-    first_boot_lost: Option<BootAgain>,
+    pub(crate) first_boot_lost: Option<BootAgain>,
 }
 
 impl Judged {
-    fn second_boot_note(&self) -> String {
+    pub(crate) fn second_boot_note(&self) -> String {
         self.first_boot_lost.map_or(String::new(), |why| {
             format!(" (second boot: in the first, {})", why.describe())
         })
@@ -171,7 +171,7 @@ impl Judged {
 /// faulted or stopped before the guest script started, or the guest died
 /// with nothing failed and no fault) is booted once more, aloud, and the
 /// second boot is the verdict. `what` names the run in what is printed.
-fn boot_and_judge(
+pub(crate) fn boot_and_judge(
     guest: &Guest,
     kernel: &Kernel,
     what: &str,
@@ -191,8 +191,8 @@ fn boot_and_judge(
         verdict = verdict::judge(&run);
     }
     Ok(Judged {
+        run,
         verdict,
-        elapsed: run.elapsed,
         first_boot_lost,
     })
 }

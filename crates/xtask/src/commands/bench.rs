@@ -30,7 +30,7 @@ pub fn bench_regwatch(ctx: &Context, selector: &str) -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     for kernel in &kernels {
         let Judged { run, verdict, .. } = boot_and_judge(
-            &prepared.judged_guest(),
+            &prepared,
             kernel,
             &kernel.release,
             &stage.exec_line(kernel, "bench"),
@@ -117,7 +117,7 @@ fn bench_p2p_in(
     )?;
     artefacts::stage_p2p_bench(&ctx.workspace, &stage)?;
     let Judged { run, verdict, .. } = boot_and_judge(
-        &prepared.judged_guest(),
+        prepared,
         kernel,
         &config.describe(),
         &stage.exec_line_in(&environment, &plan.guest_mode()),

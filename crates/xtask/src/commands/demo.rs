@@ -27,7 +27,7 @@ pub fn demo(ctx: &Context) -> Result<()> {
     )?;
     let environment = guest_environment(ctx, &prepared.rootfs, config)?;
     let judged = boot_and_judge(
-        &prepared.judged_guest(),
+        &prepared,
         &config.kernel,
         &config.describe(),
         &stage.exec_line_in(&environment, "demo"),

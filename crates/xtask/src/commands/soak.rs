@@ -66,7 +66,7 @@ pub fn soak(ctx: &Context, args: &SoakArgs) -> Result<()> {
     let mut failed = Vec::new();
     for kernel in &kernels {
         let Judged { run, verdict, .. } = boot_and_judge(
-            &prepared.judged_guest(),
+            &prepared,
             kernel,
             &kernel.release,
             &stage.exec_line(kernel, &command),

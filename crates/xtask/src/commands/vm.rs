@@ -31,7 +31,7 @@ pub struct Prepared {
 impl Prepared {
     /// The guest of a judged run: with its boot console, so that a guest
     /// that dies leaves its kernel's last words.
-    pub(crate) fn judged_guest(&self) -> Guest<'_> {
+    fn judged_guest(&self) -> Guest<'_> {
         Guest {
             boot_console: true,
             ..self.guest()
@@ -114,13 +114,12 @@ fn run_suite(
     stage: &Stage,
     configurations: &[Configuration],
 ) -> Result<()> {
-    let guest = prepared.judged_guest();
     let mut verdicts = Vec::new();
     for config in configurations {
         let environment = guest_environment(ctx, &prepared.rootfs, config)?;
         let exec = stage.exec_line_in(&environment, "test");
         let judged = boot_and_judge(
-            &guest,
+            prepared,
             &config.kernel,
             &config.describe(),
             &exec,
@@ -166,18 +165,20 @@ impl Judged {
     }
 }
 
-/// Boots `kernel` to run `exec` and judges the run. A run whose failure says
+/// Boots `kernel` to run `exec` in `prepared`'s guest, with its boot console
+/// ([`Prepared::judged_guest`]), and judges the run. A run whose failure says
 /// nothing about the code under test (`verdict::BootAgain`: the kernel
 /// faulted or stopped before the guest script started, or the guest died
 /// with nothing failed and no fault) is booted once more, aloud, and the
 /// second boot is the verdict. `what` names the run in what is printed.
 pub(crate) fn boot_and_judge(
-    guest: &Guest,
+    prepared: &Prepared,
     kernel: &Kernel,
     what: &str,
     exec: &str,
     timeout: Duration,
 ) -> Result<Judged> {
+    let guest = prepared.judged_guest();
     let mut run = guest.run(kernel, exec, timeout)?;
     let mut verdict = verdict::judge(&run);
     let first_boot_lost = verdict.boot_again;
@@ -220,7 +221,7 @@ fn run_command(
     command_line: &str,
 ) -> Result<Judged> {
     boot_and_judge(
-        &prepared.judged_guest(),
+        prepared,
         kernel,
         &kernel.release,
         &stage.exec_line(kernel, &format!("run {command_line}")),
@@ -321,8 +322,9 @@ pub fn vm_selftest(ctx: &Context) -> Result<()> {
         let verdict = &judged.verdict;
         let right = verdict.ok() == should_pass;
         let reading = format!(
-            "{name}: reported as {}{}{}",
+            "{name}: reported as {} ({}){}{}",
             if verdict.ok() { "pass" } else { "failure" },
+            if right { "correct" } else { "WRONG" },
             judged.second_boot_note(),
             if verdict.ok() {
                 String::new()
@@ -330,10 +332,7 @@ pub fn vm_selftest(ctx: &Context) -> Result<()> {
                 format!(": {}", verdict.summary())
             }
         );
-        eprintln!(
-            "    selftest: {reading} ({})",
-            if right { "correct" } else { "WRONG" }
-        );
+        eprintln!("    selftest: {reading}");
         if !right {
             wrong.push(reading);
         }

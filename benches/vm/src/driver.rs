@@ -1,6 +1,7 @@
 //! Starts the two ranks of every variant, forwards what they print, then runs perftest
 //! between the same two devices.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,48 +20,72 @@ const BOOTSTRAP_PORT: u16 = 18_600;
 /// `valgrind --tool=callgrind --callgrind-out-file=/tmp/rank0.out`.
 const RANK0_WRAPPER_VAR: &str = "P2P_BENCH_RANK0_WRAPPER";
 
-/// Where a rank runs: its device and address, and the network namespace it must enter.
+/// Where a rank runs: its device and address, the network namespace it must enter, and the
+/// CPU it is bound to.
 #[derive(Debug, Clone, Copy)]
 pub struct Place {
     pub node: Node,
     pub netns: Option<&'static str>,
+    pub cpu: Option<usize>,
 }
 
 impl Place {
-    /// `program` with `args`, run inside this place's network namespace.
+    /// `program` with `args`, run inside this place's network namespace and bound to its CPU.
     pub fn command(&self, program: &Path, args: &[String]) -> Command {
-        let mut command = match self.netns {
-            Some(netns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", netns]).arg(program);
-                command
-            }
-            None => Command::new(program),
-        };
-        command.args(args);
+        let mut words: Vec<OsString> = Vec::new();
+        if let Some(netns) = self.netns {
+            words.extend(["ip", "netns", "exec", netns].map(OsString::from));
+        }
+        if let Some(cpu) = self.cpu {
+            words.extend(["taskset".into(), "--cpu-list".into(), cpu.to_string().into()]);
+        }
+        words.push(program.into());
+        words.extend(args.iter().map(OsString::from));
+        let mut command = Command::new(&words[0]);
+        command.args(&words[1..]);
         command
+    }
+
+    fn describe(&self) -> String {
+        let netns = self.netns.map_or(String::new(), |ns| format!(", netns {ns}"));
+        let cpu = self.cpu.map_or(String::new(), |cpu| format!(", CPU {cpu}"));
+        format!("{} ({}{netns}{cpu})", self.node.device, self.node.addr)
     }
 }
 
 /// The two ends: rxe0 and, where the guest set it up, rxe1 in `ns1`; else rxe0 twice.
+///
+/// With two CPUs or more, rank 0 is bound to CPU 0 and rank 1 to CPU 1, as Open MPI's
+/// `mpirun` binds two ranks to cores by default. Unbound, the scheduler at times puts both
+/// ranks on one CPU, where each yield of a waiting rank switches to the other process; under
+/// emulation every such switch flushes the translation caches, so each message then costs
+/// by the pages and functions it reaches, and the ratios move by a tenth from run to run
+/// (benches/RESULTS.md, "Ranks bound to CPUs, stop 22").
 fn places() -> Result<[Place; 2]> {
     let devices = verbs::devices().context("listing RDMA devices")?;
-    let here = Place {
-        node: RXE0,
-        netns: None,
-    };
     if !devices.iter().any(|d| d.name == RXE0.device) {
         bail!("no {} device: run inside the project's VM", RXE0.device);
     }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let cpu = |rank: usize| (cpus >= 2).then_some(rank);
+    let here = Place {
+        node: RXE0,
+        netns: None,
+        cpu: cpu(0),
+    };
     let across =
         devices.iter().any(|d| d.name == RXE1.device) && Path::new("/var/run/netns/ns1").exists();
     let there = if across {
         Place {
             node: RXE1,
             netns: Some("ns1"),
+            cpu: cpu(1),
         }
     } else {
-        here
+        Place {
+            cpu: cpu(1),
+            ..here
+        }
     };
     Ok([here, there])
 }
@@ -159,14 +184,9 @@ fn run_ranks(plan: Plan, places: &[Place; 2]) -> Result<()> {
 pub fn run_everything(plan: Plan) -> Result<()> {
     let places = places()?;
     println!(
-        "p2p-bench: rank 0 on {} ({}), rank 1 on {} ({}{}); {} sizes",
-        places[0].node.device,
-        places[0].node.addr,
-        places[1].node.device,
-        places[1].node.addr,
-        places[1]
-            .netns
-            .map_or(String::new(), |ns| format!(", netns {ns}")),
+        "p2p-bench: rank 0 on {}, rank 1 on {}; {} sizes",
+        places[0].describe(),
+        places[1].describe(),
         plan.sizes().len(),
     );
     let mut failures = Vec::new();

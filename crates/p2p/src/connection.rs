@@ -93,9 +93,9 @@ impl Connection {
     /// Posts receive bounce buffer `index` of the connection to `peer`: at set-up, and again
     /// once the message that landed in it was taken out.
     pub(crate) fn post_receive(&self, peer: usize, index: u32) -> verbs::Result<()> {
-        let (sges, count) = self.recv_pool.sges(index)?;
+        let sge = self.recv_pool.sge(index)?;
         self.qp
-            .post_recv(WorkRequest::RecvBounce { peer, index }.id(), &sges[..count])
+            .post_recv(WorkRequest::RecvBounce { peer, index }.id(), &[sge])
     }
 
     /// The message of `byte_len` bytes with `imm_data` that landed in receive bounce buffer

@@ -120,8 +120,7 @@ pub(crate) fn connect(
         max_recv_wr: RECV_BOUNCE_BUFFERS,
         // A zero-copy SEND gathers its header and the user's buffer.
         max_send_sge: 2,
-        // A receive bounce buffer's head and tail.
-        max_recv_sge: 2,
+        max_recv_sge: 1,
         ..QpConfig::new(PORT, gid_index)
     };
     let mut connections = Vec::with_capacity(config.size);

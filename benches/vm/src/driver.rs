@@ -37,7 +37,11 @@ impl Place {
             words.extend(["ip", "netns", "exec", netns].map(OsString::from));
         }
         if let Some(cpu) = self.cpu {
-            words.extend(["taskset".into(), "--cpu-list".into(), cpu.to_string().into()]);
+            words.extend([
+                "taskset".into(),
+                "--cpu-list".into(),
+                cpu.to_string().into(),
+            ]);
         }
         words.push(program.into());
         words.extend(args.iter().map(OsString::from));
@@ -47,7 +51,9 @@ impl Place {
     }
 
     fn describe(&self) -> String {
-        let netns = self.netns.map_or(String::new(), |ns| format!(", netns {ns}"));
+        let netns = self
+            .netns
+            .map_or(String::new(), |ns| format!(", netns {ns}"));
         let cpu = self.cpu.map_or(String::new(), |cpu| format!(", CPU {cpu}"));
         format!("{} ({}{netns}{cpu})", self.node.device, self.node.addr)
     }

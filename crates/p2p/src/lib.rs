@@ -16,9 +16,7 @@
 //! registers its buffer through the cache and sends a request-to-send with address, length and
 //! rkey; the receiver RDMA-READs into its own cached registration and answers with a FIN that
 //! completes the send. Zero-copy eager spares middle sizes the rendezvous' two extra trips
-//! (request-to-send, READ request) at the price of larger receive bounce buffers. Each receive
-//! bounce buffer is posted as a short head, from an area the heads of a connection share, and
-//! the rest: a short message touches the same few pages whichever buffer it lands in.
+//! (request-to-send, READ request) at the price of larger receive bounce buffers.
 //!
 //! Receives match like MPI's: by source and tag, either of which may be a wildcard
 //! ([`ANY_SOURCE`], [`ANY_TAG`]); messages between one pair of ranks never overtake each

@@ -212,6 +212,13 @@ impl Guest<'_> {
         command.args(["--numa", &format!("{node_mib}M,cpus=0-{}", self.cpus - 1)]);
         command.args(["--numa", &format!("{node_mib}M")]);
         command.args(["--exec", exec]);
+        // The emulated CPUs' time stamp counters all read the host's clock, so they agree. Left
+        // to judge that itself, the kernel at times marks the TSC unstable under TCG's stalls
+        // and flips a static branch in `sched_clock_cpu` while the other CPU runs through
+        // it: TCG then lets that CPU execute the patch's temporary breakpoint (`Oops: int3`
+        // in `sched_clock_cpu`, at boot or hours in). And a TSC marked unstable makes the
+        // clock a system call for the rest of the run.
+        command.args(["--append", "tsc=reliable"]);
         if self.accel == Accel::Tcg {
             command.arg("--disable-kvm");
         }

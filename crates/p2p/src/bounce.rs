@@ -5,39 +5,17 @@ use std::sync::Arc;
 
 use verbs::{AccessFlags, OwnedMemoryRegion, ProtectionDomain, Sge};
 
-/// Bounce buffers of equal length in one registered region, by index.
-#[derive(Debug)]
-pub(crate) struct BouncePool {
-    pub(crate) region: OwnedMemoryRegion,
-    buffer_len: usize,
-}
-
-impl BouncePool {
-    /// `count` buffers of `buffer_len` bytes.
-    pub(crate) fn new(
-        pd: &Arc<ProtectionDomain>,
-        count: u32,
-        buffer_len: usize,
-        access: AccessFlags,
-    ) -> verbs::Result<Self> {
-        let region = OwnedMemoryRegion::new(pd, count as usize * buffer_len, access)?;
-        Ok(Self { region, buffer_len })
-    }
-
-    pub(crate) fn offset(&self, index: u32) -> usize {
-        index as usize * self.buffer_len
-    }
-}
-
-/// Receive bounce buffers of equal length in one registered region, by index, each posted
-/// with one scatter entry.
+/// Bounce buffers of equal length in one registered region, by index: a connection's send
+/// bounce buffers, and its receive bounce buffers, each posted with one scatter entry. Every
+/// access is checked against its own buffer, not only against the region.
 ///
-/// Stop 19 posted each as a 128-byte head (all heads side by side in one page) and a tail, so
-/// that a short message touched the same page whichever buffer it landed in: under emulation
-/// a page not touched since the last switch between processes costs a translation fill. The
-/// benchmark's ranks share no CPU since stop 22, so no such switch comes between messages, and
-/// the second scatter entry and the copy in two pieces cost more than they saved: 0.03 of raw
-/// SEND's latency from 512 B to 4 KiB (benches/RESULTS.md, "Ranks bound to CPUs, stop 22").
+/// Receive buffers were posted as a 128-byte head (all heads side by side in one page) and a
+/// tail at stop 19, so that a short message touched the same page whichever buffer it landed
+/// in: under emulation a page not touched since the last switch between processes costs a
+/// translation fill. The benchmark's ranks share no CPU since stop 22, so no such switch comes
+/// between messages, and the second scatter entry and the copy in two pieces cost more than
+/// they saved: 0.03 of raw SEND's latency from 512 B to 4 KiB (benches/RESULTS.md, "Ranks
+/// bound to CPUs, stop 22").
 ///
 /// Buffers start an odd number of pages apart. Receives are consumed in turn through all the
 /// buffers, and with a stride of a power of two pages (the default 256 KiB and a header) the
@@ -46,23 +24,24 @@ impl BouncePool {
 /// the last one's entry. An odd stride is coprime with every power of two, so the buffers'
 /// first pages fall into as many sets as there are buffers.
 #[derive(Debug)]
-pub(crate) struct ReceivePool {
+pub(crate) struct BouncePool {
     region: OwnedMemoryRegion,
     count: usize,
     buffer_len: usize,
     stride: usize,
 }
 
-impl ReceivePool {
-    /// `count` buffers of `buffer_len` bytes, written by the device.
+impl BouncePool {
+    /// `count` buffers of `buffer_len` bytes, registered with `access`.
     pub(crate) fn new(
         pd: &Arc<ProtectionDomain>,
         count: u32,
         buffer_len: usize,
+        access: AccessFlags,
     ) -> verbs::Result<Self> {
         let count = count as usize;
         let stride = odd_pages(buffer_len);
-        let region = OwnedMemoryRegion::new(pd, count * stride, AccessFlags::LOCAL_WRITE)?;
+        let region = OwnedMemoryRegion::new(pd, count * stride, access)?;
         Ok(Self {
             region,
             count,
@@ -76,23 +55,36 @@ impl ReceivePool {
         self.buffer_len
     }
 
-    /// The scatter entry of buffer `index`.
-    pub(crate) fn sge(&self, index: u32) -> verbs::Result<Sge> {
-        let at = self.offset(index as usize, 0, self.buffer_len)?;
-        self.region.sge(at, self.buffer_len)
+    /// The scatter entry of the first `len` bytes of buffer `index`.
+    ///
+    /// # Errors
+    /// [`verbs::Error::RangeOutOfBounds`] when they are not inside the buffer.
+    pub(crate) fn sge(&self, index: u32, len: usize) -> verbs::Result<Sge> {
+        let at = self.offset(index, 0, len)?;
+        self.region.sge(at, len)
     }
 
-    /// Copies the bytes from `from` of the message in buffer `index` into `out`.
+    /// Copies the bytes from `from` of buffer `index` into `out`.
     ///
     /// # Errors
     /// [`verbs::Error::RangeOutOfBounds`] when the range is not inside the buffer.
     pub(crate) fn read(&self, index: u32, from: usize, out: &mut [u8]) -> verbs::Result<()> {
-        let at = self.offset(index as usize, from, out.len())?;
+        let at = self.offset(index, from, out.len())?;
         self.region.read_at(at, out)
     }
 
+    /// Copies `bytes` into buffer `index` from its byte `from` on.
+    ///
+    /// # Errors
+    /// [`verbs::Error::RangeOutOfBounds`] when the range is not inside the buffer.
+    pub(crate) fn write(&mut self, index: u32, from: usize, bytes: &[u8]) -> verbs::Result<()> {
+        let at = self.offset(index, from, bytes.len())?;
+        self.region.write_at(at, bytes)
+    }
+
     /// Where in the region the `len` bytes from `from` of buffer `index` start.
-    fn offset(&self, index: usize, from: usize, len: usize) -> verbs::Result<usize> {
+    fn offset(&self, index: u32, from: usize, len: usize) -> verbs::Result<usize> {
+        let index = index as usize;
         offset_inside(self.count, self.buffer_len, self.stride, index, from, len).ok_or(
             verbs::Error::RangeOutOfBounds {
                 offset: from,

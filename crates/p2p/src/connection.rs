@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use verbs::{Mtu, QpEndpoint, QueuePair};
 
-use crate::bounce::{BouncePool, ReceivePool};
+use crate::bounce::BouncePool;
 use crate::error::{Error, PeerFailure, Result};
 use crate::operation::{Operation, Operations, State};
 use crate::protocol::Thresholds;
@@ -55,7 +55,7 @@ impl Outgoing {
 pub(crate) struct Connection {
     // First field: destroyed before the bounce buffers it may write.
     qp: QueuePair,
-    recv_pool: ReceivePool,
+    recv_pool: BouncePool,
     send_pool: BouncePool,
     free_send_buffers: Vec<u32>,
     /// The eager send each send bounce buffer's SEND completes.
@@ -68,7 +68,7 @@ pub(crate) struct Connection {
 impl Connection {
     /// A connection over `qp` with [`RECV_BOUNCE_BUFFERS`] in `recv_pool` and
     /// [`SEND_BOUNCE_BUFFERS`] in `send_pool`.
-    pub(crate) fn new(qp: QueuePair, recv_pool: ReceivePool, send_pool: BouncePool) -> Self {
+    pub(crate) fn new(qp: QueuePair, recv_pool: BouncePool, send_pool: BouncePool) -> Self {
         Self {
             qp,
             recv_pool,
@@ -93,7 +93,7 @@ impl Connection {
     /// Posts receive bounce buffer `index` of the connection to `peer`: at set-up, and again
     /// once the message that landed in it was taken out.
     pub(crate) fn post_receive(&self, peer: usize, index: u32) -> verbs::Result<()> {
-        let sge = self.recv_pool.sge(index)?;
+        let sge = self.recv_pool.sge(index, self.recv_pool.buffer_len())?;
         self.qp
             .post_recv(WorkRequest::RecvBounce { peer, index }.id(), &[sge])
     }
@@ -247,7 +247,6 @@ impl Connection {
         // Eager messages whose tag fits the immediate data go without a header: a message
         // of whole pages takes no extra packet, a short one no header to write and read.
         let headerless = eager.then(|| wire::headerless_imm(header.tag)).flatten();
-        let start = self.send_pool.offset(index);
         let posted = match (payload, headerless) {
             (Payload::Registered(sge), Some(imm)) => self.qp.post_send_with_imm(wr_id, &[sge], imm),
             (Payload::Copied(bytes), Some(imm))
@@ -256,10 +255,9 @@ impl Connection {
                 self.qp.post_send_inline(wr_id, bytes, Some(imm))
             }
             (Payload::Copied(bytes), Some(imm)) => {
-                let region = &mut self.send_pool.region;
-                region
-                    .write_at(start, bytes)
-                    .and_then(|()| region.sge(start, bytes.len()))
+                let pool = &mut self.send_pool;
+                pool.write(index, 0, bytes)
+                    .and_then(|()| pool.sge(index, bytes.len()))
                     .and_then(|sge| self.qp.post_send_with_imm(wr_id, &[sge], imm))
             }
             (payload, None) => {
@@ -267,11 +265,10 @@ impl Connection {
                     Payload::Copied(bytes) => bytes,
                     Payload::Registered(_) => &[],
                 };
-                let region = &mut self.send_pool.region;
-                region
-                    .write_at(start, &header.encode())
-                    .and_then(|()| region.write_at(start + HEADER_LEN, copied))
-                    .and_then(|()| region.sge(start, HEADER_LEN + copied.len()))
+                let pool = &mut self.send_pool;
+                pool.write(index, 0, &header.encode())
+                    .and_then(|()| pool.write(index, HEADER_LEN, copied))
+                    .and_then(|()| pool.sge(index, HEADER_LEN + copied.len()))
                     .and_then(|head| match payload {
                         Payload::Registered(sge) => self.qp.post_send(wr_id, &[head, sge]),
                         Payload::Copied(_) => self.qp.post_send(wr_id, &[head]),

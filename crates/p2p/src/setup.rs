@@ -10,7 +10,7 @@ use verbs::{
 };
 
 use crate::bootstrap;
-use crate::bounce::{BouncePool, ReceivePool};
+use crate::bounce::BouncePool;
 use crate::connection::{Connection, Peers, MAX_READS, RECV_BOUNCE_BUFFERS, SEND_BOUNCE_BUFFERS};
 use crate::error::{Error, Result};
 use crate::launch::LaunchConfig;
@@ -131,8 +131,13 @@ pub(crate) fn connect(
         }
         let qp =
             create_qp(&pd, &cq, qp_config).map_err(setup_error(dev, "creating a queue pair"))?;
-        let recv_pool = ReceivePool::new(&pd, RECV_BOUNCE_BUFFERS, thresholds.recv_bounce_len())
-            .map_err(setup_error(dev, "registering bounce buffers"))?;
+        let recv_pool = BouncePool::new(
+            &pd,
+            RECV_BOUNCE_BUFFERS,
+            thresholds.recv_bounce_len(),
+            AccessFlags::LOCAL_WRITE,
+        )
+        .map_err(setup_error(dev, "registering bounce buffers"))?;
         let send_pool = BouncePool::new(
             &pd,
             SEND_BOUNCE_BUFFERS,

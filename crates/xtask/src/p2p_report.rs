@@ -340,10 +340,11 @@ impl Figures {
             }
             let _ = write!(
                 out,
-                "\n{}{}{}",
+                "\n{}{}{}{}",
                 self.verdict(),
                 self.copied_verdict(),
-                self.copied_floor_line()
+                self.copied_floor_line(),
+                self.same_code_line()
             );
         }
         for table in [self.first_touch_table(), self.munmap_table()] {

@@ -7,15 +7,13 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, Context, Result};
 
-use super::{human_bytes, Column, Figures, COLUMNS, LATENCY, RAW};
+use super::{human_bytes, Column, Figures, ALWAYS_REGISTER, CACHED, COLUMNS, LATENCY, RAW};
 
 pub(super) const RATIO_PREFIX: &str = "REGCACHE-BENCH-RATIO ";
 /// Up to this size p2p copies messages (below the eager threshold of 8 KiB), and there p2p
 /// + cache must be within [`COPIED_BOUND`] of raw verbs SEND.
 const COPIED_UP_TO_BYTES: usize = 4 << 10;
 const COPIED_BOUND: f64 = 1.05;
-/// The cache variant the bound applies to.
-const CACHED: &str = "p2p-cache-pinned";
 /// The series of [`CACHED`] over raw verbs SEND copied out: over the floor of any eager
 /// protocol, whose receive must copy each message out of the buffer it landed in.
 const CACHED_OVER_COPIED_OUT: &str = "p2p-cache-pinned/raw-verbs-copied-out";
@@ -168,6 +166,40 @@ impl Figures {
             sizes.join("; ")
         )
     }
+
+    /// How far apart the same code lands in one run, beside the bound's line. Below the eager
+    /// threshold p2p copies every message and registers nothing, so p2p + cache (pinned) and
+    /// p2p always-registering run the same code there, each in its own communicator with
+    /// buffers of its own. The largest gap between their medians, up to
+    /// [`COPIED_UP_TO_BYTES`], is what memory layout alone moved a ratio in this boot: the
+    /// run's resolution for the bound. Empty without both series.
+    pub(super) fn same_code_line(&self) -> String {
+        let Some(by_what) = self.ratios.get(LATENCY) else {
+            return String::new();
+        };
+        let (Some(cached), Some(always)) = (by_what.get(CACHED), by_what.get(ALWAYS_REGISTER))
+        else {
+            return String::new();
+        };
+        let widest = cached
+            .range(..=COPIED_UP_TO_BYTES)
+            .filter_map(|(bytes, c)| {
+                always
+                    .get(bytes)
+                    .map(|a| (*bytes, (c.median - a.median).abs()))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let Some((bytes, gap)) = widest else {
+            return String::new();
+        };
+        format!(
+            "- latency 8 B to 4 KiB, the same code in two slots (p2p + cache (pinned) and p2p \
+             always-register: below the eager threshold neither registers): their medians of \
+             paired ratios lie up to {gap:.3} apart (at {}), what memory layout alone moves a \
+             ratio in this boot\n",
+            human_bytes(bytes)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +212,9 @@ mod tests {
 [rank 0] REGCACHE-BENCH-RATIO p2p-cache-pinned latency_us 8 1.0400 1.0100 1.0700 1000
 [rank 0] REGCACHE-BENCH-RATIO p2p-cache-pinned latency_us 4096 1.0200 1.0000 1.0300 1000
 [rank 0] REGCACHE-BENCH-RATIO p2p-cache-pinned latency_us 65536 1.2000 1.1000 1.3000 1000
+[rank 0] REGCACHE-BENCH-RATIO p2p-always-register latency_us 8 1.0300 1.0000 1.0600 1000
+[rank 0] REGCACHE-BENCH-RATIO p2p-always-register latency_us 4096 1.0700 1.0500 1.0900 1000
+[rank 0] REGCACHE-BENCH-RATIO p2p-always-register latency_us 65536 1.6000 1.5000 1.7000 1000
 [rank 0] REGCACHE-BENCH-RATIO raw-verbs-read latency_us 8 3.0000 2.9000 3.1000 1000
 [rank 0] REGCACHE-BENCH-RATIO p2p-cache-pinned/raw-verbs-copied-out latency_us 8 1.0100 1.0000 1.0300 1000
 [rank 0] REGCACHE-BENCH-RATIO p2p-cache-pinned/raw-verbs-copied-out latency_us 65536 1.5000 1.4000 1.6000 1000
@@ -237,6 +272,19 @@ mod tests {
         assert!(Figures::parse(RUN.lines().take(2))
             .unwrap()
             .copied_floor_line()
+            .is_empty());
+    }
+
+    #[test]
+    fn the_same_code_line_takes_the_widest_gap_up_to_4_kib() {
+        let line = Figures::parse(RUN.lines()).unwrap().same_code_line();
+        assert!(
+            line.contains("lie up to 0.050 apart (at 4 KiB)"),
+            "not 0.010 at 8 B, nor 0.400 at 64 KiB: {line}"
+        );
+        assert!(Figures::parse(RUN.lines().take(3))
+            .unwrap()
+            .same_code_line()
             .is_empty());
     }
 
